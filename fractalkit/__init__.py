@@ -1,0 +1,53 @@
+"""fractalkit: fractal generative models, generative models built from generative models.
+
+A :class:`Fractal` splits its data with a :class:`Partitioner`, models the children with an
+autoregressive level (:class:`ARLevel`, causal, raster order; :class:`MARLevel`, masked, random
+order), and hands each child with its condition to the next level, down to a leaf
+(:class:`RGBLeaf`, :class:`CategoricalLeaf`).
+"""
+
+from fractalkit.config import ComponentConfig, config_from_dict, register_config
+from fractalkit.fractal import Fractal, TrainingLoss
+from fractalkit.leaves import CategoricalLeaf, CategoricalLeafConfig, Leaf, RGBLeaf, RGBLeafConfig
+from fractalkit.levels import ARLevel, ARLevelConfig, Level, MARLevel, MARLevelConfig
+from fractalkit.partition import (
+    Channels,
+    ImagePatches,
+    Partitioner,
+    SequenceChunks,
+    partitioner_from_config,
+)
+from fractalkit.protocol import AbstractGenerator, BitsPerDim, Generator, LogProb
+from fractalkit.sampling.options import Progress, SampleOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARLevel",
+    "ARLevelConfig",
+    "AbstractGenerator",
+    "BitsPerDim",
+    "CategoricalLeaf",
+    "CategoricalLeafConfig",
+    "Channels",
+    "ComponentConfig",
+    "Fractal",
+    "Generator",
+    "ImagePatches",
+    "Leaf",
+    "Level",
+    "LogProb",
+    "MARLevel",
+    "MARLevelConfig",
+    "Partitioner",
+    "Progress",
+    "RGBLeaf",
+    "RGBLeafConfig",
+    "SampleOptions",
+    "SequenceChunks",
+    "TrainingLoss",
+    "__version__",
+    "config_from_dict",
+    "partitioner_from_config",
+    "register_config",
+]

@@ -1,0 +1,7 @@
+"""Leaves: generators with no child, modelling the smallest elements (a pixel's channels, a byte)."""
+
+from fractalkit.leaves.base import Leaf
+from fractalkit.leaves.categorical import CategoricalLeaf, CategoricalLeafConfig
+from fractalkit.leaves.rgb import RGBLeaf, RGBLeafConfig
+
+__all__ = ["CategoricalLeaf", "CategoricalLeafConfig", "Leaf", "RGBLeaf", "RGBLeafConfig"]

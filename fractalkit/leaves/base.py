@@ -1,0 +1,133 @@
+"""The leaf contract: p(element values | condition) over an instance's few elements.
+
+Shape letters: M instances, T condition tokens, D condition width, E elements, V values.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
+from fractalkit.sampling.guidance import guided_logits
+from fractalkit.sampling.options import DecodeContext, ScoreContext
+from fractalkit.sampling.rng import sample_categorical
+
+
+class Leaf(AbstractGenerator):
+    """A generator with no child: categorical distributions over its E elements.
+
+    Subclasses implement :meth:`element_logits`; element e's logits may depend on the condition
+    and, when ``autoregressive`` is True, on elements ``< e`` only. Scoring, sampling, guidance and
+    completion are shared here.
+
+    Args:
+        event_shape: shape of one instance (E = its number of elements).
+        cond_dim: D of the incoming condition.
+        cond_tokens: T of the incoming condition (the leaf reads token 0, the "middle" one).
+        num_values: V.
+        channel_weights: per-element weights of the *training* objective (e.g. the paper's red
+            weight 5: ``(5, 1, 1)``); likelihoods never use them.
+    """
+
+    autoregressive: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        cond_dim: int,
+        cond_tokens: int,
+        num_values: int,
+        channel_weights: tuple[float, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.cond_dim = int(cond_dim)
+        self.cond_tokens = int(cond_tokens)
+        if num_values < 2:
+            raise ValueError(f"{type(self).__name__}: num_values must be >= 2, got {num_values}")
+        self._num_values = int(num_values)
+        e = math.prod(self.event_shape)
+        if channel_weights is not None:
+            if len(channel_weights) != e or min(channel_weights) <= 0:
+                raise ValueError(
+                    f"{type(self).__name__}: channel_weights must be {e} positive numbers "
+                    f"(one per element), got {channel_weights}"
+                )
+        self.channel_weights = None if channel_weights is None else tuple(channel_weights)
+
+    @property
+    def num_values(self) -> int:
+        """V: values per element."""
+        return self._num_values
+
+    @abc.abstractmethod
+    def element_logits(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Teacher-forced logits of every element.
+
+        Args:
+            x: int64 ``[M, E]`` flattened instance values.
+            cond: ``[M, T, D]``.
+
+        Returns:
+            ``[M, E, V]``; row e depends on ``x[:, :e]`` only (or on nothing but ``cond``).
+        """
+
+    def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
+        """Exact log-probabilities of ``x [M, *event]``; see :meth:`AbstractGenerator.score`."""
+        flat = x.reshape(x.shape[0], -1)  # [M, E]
+        logits = self.element_logits(flat, cond)  # [M, E, V]
+        acc = accumulation_dtype(logits.dtype)
+        lp = logits.to(acc).log_softmax(-1).gather(-1, flat[..., None]).squeeze(-1)  # [M, E]
+        logp = lp.sum(-1)
+        e = flat.shape[1]
+        objective = -logp
+        if ctx.mode == "train" and self.channel_weights is not None:
+            w = torch.tensor(self.channel_weights, dtype=acc, device=lp.device)
+            objective = -(lp * w).sum(-1) * (e / w.sum())
+        dims = torch.full_like(logp, e)
+        return Score(logp, dims, objective)
+
+    def decode(
+        self, x: Tensor, known: Tensor, cond: Tensor, ctx: DecodeContext
+    ) -> tuple[Tensor, Tensor]:
+        """Sample (or force) each unknown element; see :meth:`AbstractGenerator.decode`."""
+        rows = x.shape[0]
+        half = rows // 2 if ctx.guided else rows
+        cur = x.reshape(rows, -1).clone()  # [M, E]
+        fixed = known.reshape(rows, -1)[:half]  # [M', E]
+        opts = ctx.options
+        logp = torch.zeros(half, dtype=accumulation_dtype(cond.dtype), device=cond.device)
+        elements = range(cur.shape[1]) if self.autoregressive else [None]
+        for e in elements:
+            logits = self.element_logits(cur, cond)  # [M, E, V]
+            if e is not None:
+                logits = logits[:, e : e + 1]  # [M, 1, V]
+            shaped = guided_logits(
+                logits,
+                guided=ctx.guided,
+                scale=ctx.scale,
+                temperature=opts.temperature,
+                filter_threshold=opts.filter_threshold,
+            )  # [M', e, V]
+            logprobs = shaped.log_softmax(-1)
+            cols = slice(e, e + 1) if e is not None else slice(None)
+            given = cur[:half, cols]  # [M', e]
+            if ctx.force:
+                value, decided = given, torch.ones_like(given, dtype=torch.bool)
+            else:
+                drawn = sample_categorical(
+                    logprobs.exp().flatten(0, 1), generator=ctx.generator
+                ).view_as(given)
+                keep = fixed[:, cols]
+                value, decided = torch.where(keep, given, drawn), ~keep
+            lp = logprobs.gather(-1, value[..., None]).squeeze(-1)  # [M', e]
+            logp = logp + torch.where(decided, lp, torch.zeros_like(lp)).sum(-1).to(logp.dtype)
+            cur[:, cols] = value.repeat(rows // half, 1)
+        if ctx.guided:
+            logp = logp.repeat(2)
+        return cur.view_as(x), logp

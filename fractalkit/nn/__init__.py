@@ -1,0 +1,20 @@
+"""Shared layers: attention with an optional KV cache, transformer blocks, rotary embeddings.
+
+Shape letters used in this package: N batch of sequences, S sequence length, D width,
+H heads, E head dim.
+"""
+
+from fractalkit.nn.attention import Attention, KVCache
+from fractalkit.nn.blocks import Backbone, LlamaBlock, RMSNorm, ViTBlock, make_block
+from fractalkit.nn.rope import rope_2d_table
+
+__all__ = [
+    "Attention",
+    "Backbone",
+    "KVCache",
+    "LlamaBlock",
+    "RMSNorm",
+    "ViTBlock",
+    "make_block",
+    "rope_2d_table",
+]

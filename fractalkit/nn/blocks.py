@@ -1,0 +1,197 @@
+"""Transformer blocks: ViT style (LayerNorm, GELU MLP, biases) and LLaMA style (RMSNorm, SwiGLU).
+
+Shape letters: N sequences, S tokens, D width.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fractalkit.nn.attention import Attention, KVCache
+
+BlockStyle = Literal["vit", "llama"]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 (or wider) and cast back.
+
+    Args:
+        width: D.
+        eps: added to the mean square (LLaMA: 1e-5).
+    """
+
+    def __init__(self, width: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``[..., D]``; returns the same shape and dtype."""
+        work = x.to(torch.promote_types(x.dtype, torch.float32))
+        out = work * torch.rsqrt(work.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.to(x.dtype) * self.weight
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm ViT block: ``x + attn(LN(x))``, then ``x + fc2(GELU(fc1(LN(x))))``.
+
+    LayerNorm eps 1e-6, qkv with bias, exact (erf) GELU, MLP hidden ``mlp_ratio * D``.
+
+    Args:
+        width: D.
+        heads: attention heads.
+        mlp_ratio: MLP hidden size over D.
+        attn_dropout, proj_dropout: dropout rates (training only).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = Attention(
+            width, heads, bias=True, attn_dropout=attn_dropout, proj_dropout=proj_dropout
+        )
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+        self.drop = nn.Dropout(proj_dropout)
+
+    def forward(
+        self, x: Tensor, *, causal: bool, rope: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """``[N, S, D] -> [N, S, D]``; see :class:`fractalkit.nn.Attention` for the arguments."""
+        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache)
+        h = self.drop(F.gelu(self.fc1(self.norm2(x))))
+        return x + self.drop(self.fc2(h))
+
+
+def swiglu_hidden(width: int, multiple_of: int = 256) -> int:
+    """LLaMA's SwiGLU hidden size: ``int(2 * 4 * width / 3)`` rounded up to ``multiple_of``."""
+    hidden = int(2 * 4 * width / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class LlamaBlock(nn.Module):
+    """LLaMA block: ``x + attn(RMSNorm(x))``, then ``x + w2(silu(w1 h) * w3 h)``, no biases.
+
+    RMSNorm eps 1e-5; SwiGLU hidden size from :func:`swiglu_hidden`.
+
+    Args:
+        width: D.
+        heads: attention heads.
+        attn_dropout, proj_dropout: dropout rates (training only).
+        multiple_of: SwiGLU hidden-size rounding.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        *,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        multiple_of: int = 256,
+    ) -> None:
+        super().__init__()
+        hidden = swiglu_hidden(width, multiple_of)
+        self.norm1 = RMSNorm(width)
+        self.attn = Attention(
+            width, heads, bias=False, attn_dropout=attn_dropout, proj_dropout=proj_dropout
+        )
+        self.norm2 = RMSNorm(width)
+        self.w1 = nn.Linear(width, hidden, bias=False)
+        self.w3 = nn.Linear(width, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, width, bias=False)
+        self.drop = nn.Dropout(proj_dropout)
+
+    def forward(
+        self, x: Tensor, *, causal: bool, rope: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """``[N, S, D] -> [N, S, D]``; see :class:`fractalkit.nn.Attention` for the arguments."""
+        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache)
+        h = self.norm2(x)
+        return x + self.drop(self.w2(F.silu(self.w1(h)) * self.w3(h)))
+
+
+def make_block(
+    style: BlockStyle, width: int, heads: int, *, attn_dropout: float, proj_dropout: float
+) -> nn.Module:
+    """Build one block of the named style (``"vit"`` or ``"llama"``)."""
+    if style == "vit":
+        return ViTBlock(width, heads, attn_dropout=attn_dropout, proj_dropout=proj_dropout)
+    if style == "llama":
+        return LlamaBlock(width, heads, attn_dropout=attn_dropout, proj_dropout=proj_dropout)
+    raise ValueError(f"block: expected 'vit' or 'llama', got {style!r}")
+
+
+class Backbone(nn.Module):
+    """A stack of blocks of one style followed by a final LayerNorm (eps 1e-6).
+
+    Args:
+        style: ``"vit"`` or ``"llama"``.
+        width: D.
+        depth: number of blocks.
+        heads: attention heads per block.
+        attn_dropout, proj_dropout: dropout rates (training only).
+        checkpointing: recompute each block in the backward pass (saves activation memory).
+    """
+
+    def __init__(
+        self,
+        style: BlockStyle,
+        width: int,
+        depth: int,
+        heads: int,
+        *,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            make_block(style, width, heads, attn_dropout=attn_dropout, proj_dropout=proj_dropout)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.checkpointing = checkpointing
+
+    def new_caches(self, batch: int, capacity: int, like: Tensor) -> list[KVCache]:
+        """One empty :class:`KVCache` per block for ``batch`` sequences of up to ``capacity``."""
+        attn = self.blocks[0].attn if len(self.blocks) else None
+        if attn is None:
+            return []
+        return [
+            KVCache(batch, attn.heads, attn.head_dim, capacity, like.device, like.dtype)
+            for _ in self.blocks
+        ]
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        causal: bool,
+        rope: Tensor | None = None,
+        caches: list[KVCache] | None = None,
+    ) -> Tensor:
+        """``[N, S, D] -> [N, S, D]``, normalised; ``caches`` (one per block) are appended to."""
+        for i, block in enumerate(self.blocks):
+            cache = caches[i] if caches is not None else None
+            if self.checkpointing and self.training and torch.is_grad_enabled() and cache is None:
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, causal=causal, rope=rope, use_reentrant=False
+                )
+            else:
+                x = block(x, causal=causal, rope=rope, cache=cache)
+        return self.norm(x)

@@ -1,0 +1,84 @@
+"""ImagePatches: an image cut into a grid of non-overlapping patches.
+
+Shape letters: N batch, k = (H / ph) * (W / pw) children, C channels, H/W image height/width,
+ph/pw patch height/width, gh/gw grid rows/cols (H / ph, W / pw).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from einops import rearrange
+from torch import Tensor
+
+from fractalkit.partition.base import Partitioner, _pair, _positive_int
+
+__all__ = ["ImagePatches"]
+
+
+class ImagePatches(Partitioner):
+    """Cut ``[N, C, H, W]`` images into ``(H / ph) x (W / pw)`` patches of ``[C, ph, pw]``.
+
+    Child ``j`` is the patch at grid row ``j // gw``, column ``j % gw`` (raster order).
+    Flattening one child ``[C, ph, pw]`` puts element ``(channel, row, col)`` at index
+    ``channel * ph * pw + row * pw + col``: the layout of the original FractalGen ``patchify``
+    (``nchpwq -> nhwcpq``), which ported weights rely on.
+
+    Args:
+        size: Image size ``H`` (square) or ``(H, W)``.
+        patch: Patch size ``ph`` (square) or ``(ph, pw)``; must divide ``size``.
+        channels: Number of channels ``C``.
+
+    Raises:
+        ValueError: if a size is not a positive int or ``patch`` does not divide ``size``.
+
+    Example:
+        >>> p = ImagePatches(size=8, patch=4, channels=3)
+        >>> p.event_shape, p.child_shape, p.grid
+        ((3, 8, 8), (3, 4, 4), (2, 2))
+    """
+
+    kind: ClassVar[str] = "image_patches"
+
+    def __init__(
+        self, size: int | tuple[int, int], patch: int | tuple[int, int], channels: int = 3
+    ) -> None:
+        name = type(self).__name__
+        h, w = _pair(name, "size", size)
+        ph, pw = _pair(name, "patch", patch)
+        c = _positive_int(name, "channels", channels)
+        if h % ph or w % pw:
+            raise ValueError(
+                f"{name}: size {_show(size, h, w)} is not divisible by patch {_show(patch, ph, pw)};"
+                " choose a patch size that divides the image"
+            )
+        self.size = (h, w)
+        self.patch = (ph, pw)
+        self.channels = c
+        self.event_shape = (c, h, w)
+        self.child_shape = (c, ph, pw)
+        self.grid = (h // ph, w // pw)
+
+    def _split(self, x: Tensor) -> Tensor:
+        ph, pw = self.patch
+        # [N, C, H, W] -> [N, k, C, ph, pw], children in raster order of the (gh, gw) grid
+        return rearrange(x, "n c (gh ph) (gw pw) -> n (gh gw) c ph pw", ph=ph, pw=pw)
+
+    def _merge(self, children: Tensor) -> Tensor:
+        gh, gw = self.grid
+        # [N, k, C, ph, pw] -> [N, C, H, W]
+        return rearrange(children, "n (gh gw) c ph pw -> n c (gh ph) (gw pw)", gh=gh, gw=gw)
+
+    def config(self) -> dict[str, Any]:
+        """``{"kind": "image_patches", "size": [H, W], "patch": [ph, pw], "channels": C}``."""
+        return {
+            "kind": self.kind,
+            "size": list(self.size),
+            "patch": list(self.patch),
+            "channels": self.channels,
+        }
+
+
+def _show(given: object, a: int, b: int) -> str:
+    # Echo the user's own spelling for a square size ("30"), else "30x32".
+    return str(a) if isinstance(given, int) else f"{a}x{b}"
