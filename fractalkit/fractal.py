@@ -50,12 +50,14 @@ class TrainingLoss:
     @property
     def bits_per_dim(self) -> float:
         """``nll`` in bits per dimension (for logging)."""
-        return float(self.nll) / math.log(2)
+        return float(self.nll.detach()) / math.log(2)
 
 
 def _event_tensor(value: float | Sequence[float], event_shape: tuple[int, ...], name: str) -> Tensor:
     """A per-element tensor of ``event_shape`` from a scalar or one value per leading axis entry."""
-    t = torch.as_tensor(value, dtype=torch.float32)
+    # Config constants: built on the CPU so that checks on them work under any default device
+    # (e.g. ``with torch.device("meta"):``); buffers made from them follow ``model.to(...)``.
+    t = torch.as_tensor(value, dtype=torch.float32, device="cpu")
     if t.dim() == 1:
         if t.numel() != event_shape[0]:
             raise ValueError(
@@ -601,6 +603,9 @@ class Fractal(nn.Module):
                 "by Fractal.save?"
             )
         model = cls.from_config(json.loads(metadata["fractalkit_config"]))
+        dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+        if len(dtypes) == 1:  # keep the saved precision (load_state_dict would cast to float32)
+            model = model.to(dtypes.pop())
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

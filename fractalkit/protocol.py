@@ -83,11 +83,12 @@ class BitsPerDim:
     def mean(self) -> tuple[float, float | None]:
         """Batch mean and its standard error (over instances, plus the draws' own error)."""
         n = self.value.numel()
-        mean = float(self.value.mean())
+        value = self.value.detach()
+        mean = float(value.mean())
         if n < 2 and self.stderr is None:
             return mean, None
-        spread = float(self.value.var(unbiased=True)) / n if n > 1 else 0.0
-        draws = float((self.stderr**2).sum()) / n**2 if self.stderr is not None else 0.0
+        spread = float(value.var(unbiased=True)) / n if n > 1 else 0.0
+        draws = float((self.stderr.detach() ** 2).sum()) / n**2 if self.stderr is not None else 0.0
         return mean, math.sqrt(spread + draws)
 
     def __str__(self) -> str:
@@ -166,11 +167,16 @@ class Generator(Protocol):
     @property
     def num_values(self) -> int: ...
 
-    def log_prob(self, x: Tensor, cond: Tensor) -> LogProb: ...
+    def log_prob(self, x: Tensor, cond: Tensor) -> LogProb:
+        """Log-likelihood of integer ``x [N, *event_shape]`` given ``cond [N, T, D]``: a
+        :class:`LogProb` with ``value [N]`` in nats, summed over each instance, and its kind."""
+        ...
 
     def sample(
         self, cond: Tensor, *, options: SampleOptions | None = None, generator=None
-    ) -> Tensor: ...
+    ) -> Tensor:
+        """One draw per condition row of ``cond [N, T, D]``: int64 ``[N, *event_shape]``."""
+        ...
 
 
 class AbstractGenerator(nn.Module, abc.ABC):

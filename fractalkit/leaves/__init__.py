@@ -2,6 +2,15 @@
 
 from fractalkit.leaves.base import Leaf
 from fractalkit.leaves.categorical import CategoricalLeaf, CategoricalLeafConfig
+from fractalkit.leaves.logistic import DiscretizedLogisticLeaf, DiscretizedLogisticLeafConfig
 from fractalkit.leaves.rgb import RGBLeaf, RGBLeafConfig
 
-__all__ = ["CategoricalLeaf", "CategoricalLeafConfig", "Leaf", "RGBLeaf", "RGBLeafConfig"]
+__all__ = [
+    "CategoricalLeaf",
+    "CategoricalLeafConfig",
+    "DiscretizedLogisticLeaf",
+    "DiscretizedLogisticLeafConfig",
+    "Leaf",
+    "RGBLeaf",
+    "RGBLeafConfig",
+]

@@ -6,7 +6,9 @@ Shape letters: M instances, T condition tokens, D condition width, E elements, V
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -59,6 +61,27 @@ class Leaf(AbstractGenerator):
                     f"(one per element), got {channel_weights}"
                 )
         self.channel_weights = None if channel_weights is None else tuple(channel_weights)
+        #: while :meth:`recording` is active: the per-element log-probabilities of every score
+        self._records: list[Tensor] | None = None
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[Tensor]]:
+        """Collect the per-element log-probabilities of every :meth:`score` call in the block.
+
+        Each call appends a detached float ``[M, E]`` tensor (natural log of each element's
+        probability, in the rows and element order the leaf saw). With exact teacher forcing
+        (AR levels, or MAR levels under given orders) the rows are every pixel in the levels'
+        split order, so merging them back up through the partitioners gives a per-element
+        log-likelihood map whose sum is ``log_prob``.
+
+        Yields:
+            The list the tensors are appended to.
+        """
+        previous, self._records = self._records, []
+        try:
+            yield self._records
+        finally:
+            self._records = previous
 
     @property
     def num_values(self) -> int:
@@ -79,10 +102,12 @@ class Leaf(AbstractGenerator):
 
     def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
         """Exact log-probabilities of ``x [M, *event]``; see :meth:`AbstractGenerator.score`."""
-        flat = x.reshape(x.shape[0], -1)  # [M, E]
+        flat = x.reshape(x.shape[0], self.num_elements)  # [M, E] (explicit E: M may be 0)
         logits = self.element_logits(flat, cond)  # [M, E, V]
         acc = accumulation_dtype(logits.dtype)
         lp = logits.to(acc).log_softmax(-1).gather(-1, flat[..., None]).squeeze(-1)  # [M, E]
+        if self._records is not None:
+            self._records.append(lp.detach())
         logp = lp.sum(-1)
         e = flat.shape[1]
         objective = -logp
@@ -98,8 +123,8 @@ class Leaf(AbstractGenerator):
         """Sample (or force) each unknown element; see :meth:`AbstractGenerator.decode`."""
         rows = x.shape[0]
         half = rows // 2 if ctx.guided else rows
-        cur = x.reshape(rows, -1).clone()  # [M, E]
-        fixed = known.reshape(rows, -1)[:half]  # [M', E]
+        cur = x.reshape(rows, self.num_elements).clone()  # [M, E]
+        fixed = known.reshape(rows, self.num_elements)[:half]  # [M', E]
         opts = ctx.options
         logp = torch.zeros(half, dtype=accumulation_dtype(cond.dtype), device=cond.device)
         elements = range(cur.shape[1]) if self.autoregressive else [None]
@@ -127,7 +152,7 @@ class Leaf(AbstractGenerator):
                 value, decided = torch.where(keep, given, drawn), ~keep
             lp = logprobs.gather(-1, value[..., None]).squeeze(-1)  # [M', e]
             logp = logp + torch.where(decided, lp, torch.zeros_like(lp)).sum(-1).to(logp.dtype)
-            cur[:, cols] = value.repeat(rows // half, 1)
+            cur[:, cols] = value.repeat(rows // half if half else 1, 1)  # no rows: no copies
         if ctx.guided:
             logp = logp.repeat(2)
         return cur.view_as(x), logp

@@ -50,8 +50,10 @@ class ChildEmbedding(nn.Module):
         self.num_values = num_values
         if mode == "linear":
             self.proj = nn.Linear(p, width)
-            mean = torch.as_tensor(value_mean, dtype=torch.float32).expand(child_shape)
-            std = torch.as_tensor(value_std, dtype=torch.float32).expand(child_shape)
+            # Config constants on the CPU (checks work under any default device, e.g. meta);
+            # the buffers follow ``module.to(...)``.
+            mean = torch.as_tensor(value_mean, dtype=torch.float32, device="cpu").expand(child_shape)
+            std = torch.as_tensor(value_std, dtype=torch.float32, device="cpu").expand(child_shape)
             if not bool((std > 0).all()):
                 raise ValueError(f"ChildEmbedding: value_std must be positive, got {value_std}")
             # Not persistent: derived from the Fractal's config, never trained.

@@ -284,7 +284,7 @@ class MARLevel(Level):
             children[:, None].expand(n, k, k, p).reshape(n * k, k, p),
             masked.reshape(n * k, k),
             prefix[:, None].expand(n, k, *prefix.shape[1:]).reshape(n * k, *prefix.shape[1:]),
-        ).view(n, k, k, -1)  # [N, pass, k, D]
+        ).view(n, k, k, self.width)  # [N, pass, k, D]
         # Child c is predicted in pass ranks[n, c]: take that pass's outputs for child c.
         d = h.shape[-1]
         per_child = h.gather(1, ranks[:, :, None, None].expand(n, k, k, d))  # [N, c, k, D]
@@ -342,9 +342,9 @@ class MARLevel(Level):
             r, c = pick.nonzero(as_tuple=True)
             scale = ctx.scale
             if top:
-                scale = guidance_at(
-                    ctx.options.guidance, ctx.options.guidance_schedule, (s + 1) / num_steps
-                )
+                # Progress = fraction of the children decided once this step is done.
+                done = float((n_known + bounds[:, s + 1])[:half].double().mean()) / k
+                scale = guidance_at(ctx.options.guidance, ctx.options.guidance_schedule, done)
             if r.numel():
                 sub_x, sub_logp = self.child.decode(
                     self.child_rows(children[r, c]),

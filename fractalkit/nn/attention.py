@@ -108,13 +108,22 @@ class Attention(nn.Module):
             keys = torch.arange(past + s, device=x.device)
             mask = keys[None, :] <= (past + torch.arange(s, device=x.device))[:, None]
             is_causal = False
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=is_causal,
+        dropout = self.attn_dropout if self.training else 0.0
+        # CUDA kernels launch one block row per (sequence, head) and fail past 65,535 of them
+        # (a leaf sees ~10^5 pixels per batch): chunk the batch there.
+        step = max(1, 65535 // self.heads if q.is_cuda else n)
+        out = torch.cat(
+            [
+                F.scaled_dot_product_attention(
+                    q[i : i + step],
+                    k[i : i + step],
+                    v[i : i + step],
+                    attn_mask=mask,
+                    dropout_p=dropout,
+                    is_causal=is_causal,
+                )
+                for i in range(0, max(n, 1), step)
+            ]
         )  # [N, H, S, E]
         out = out.transpose(1, 2).reshape(n, s, d)
         return self.proj_drop(self.proj(out))

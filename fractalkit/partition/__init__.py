@@ -16,19 +16,24 @@ from typing import Any
 from fractalkit.partition.base import Partitioner
 from fractalkit.partition.channels import Channels
 from fractalkit.partition.chunks import SequenceChunks
+from fractalkit.partition.graph import Graph, GraphEncoding, GraphSubsets, bfs_order
 from fractalkit.partition.patches import ImagePatches
 
 __all__ = [
     "PARTITIONERS",
     "Channels",
+    "Graph",
+    "GraphEncoding",
+    "GraphSubsets",
     "ImagePatches",
     "Partitioner",
     "SequenceChunks",
+    "bfs_order",
     "partitioner_from_config",
 ]
 
 PARTITIONERS: dict[str, type[Partitioner]] = {
-    cls.kind: cls for cls in (ImagePatches, Channels, SequenceChunks)
+    cls.kind: cls for cls in (ImagePatches, Channels, SequenceChunks, GraphSubsets)
 }
 """Registry of partitioner classes by their ``kind`` (the key in ``config()``)."""
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from fractalkit.partition import (
     PARTITIONERS,
     Channels,
+    GraphSubsets,
     ImagePatches,
     Partitioner,
     SequenceChunks,
@@ -36,6 +37,8 @@ PARTITIONER_EXAMPLES: list[Partitioner] = [
     SequenceChunks(length=12, chunk=4),
     SequenceChunks(length=6, chunk=2, element_shape=(3,)),
     SequenceChunks(length=5, chunk=5),  # a single child
+    GraphSubsets(num_nodes=6, row_width=6, subsets=3),  # graph encoding: 3 subsets of 2 nodes
+    GraphSubsets(num_nodes=2, row_width=6, subsets=2),  # a subset one level down: single nodes
 ]
 
 # (constructor, kwargs, argument name that the ValueError must mention)
@@ -168,7 +171,9 @@ def test_config_round_trip(p: Partitioner):
 def test_partitioner_from_config_rejects_bad_configs():
     with pytest.raises(ValueError, match="kind"):
         partitioner_from_config({"size": 8, "patch": 4})
-    with pytest.raises(ValueError, match="unknown kind 'graph_subsets'"):
+    with pytest.raises(ValueError, match="unknown kind 'voxel_blocks'"):
+        partitioner_from_config({"kind": "voxel_blocks"})
+    with pytest.raises(ValueError, match="GraphSubsets"):  # a known kind, arguments missing
         partitioner_from_config({"kind": "graph_subsets"})
     with pytest.raises(ValueError, match="ImagePatches"):
         partitioner_from_config({"kind": "image_patches", "size": 8, "patch": 4, "stride": 2})

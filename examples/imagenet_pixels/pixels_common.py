@@ -1,0 +1,198 @@
+"""Shared helpers of the ImageNet pixel example: device choice, image grids, masks, loading.
+
+The scripts choose the device (CUDA with bf16 autocast when available, CPU otherwise); the
+library itself never does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fractalkit import SampleOptions
+from fractalkit.presets import PRESETS
+from fractalkit.training.checkpoint import MANIFEST
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download at run time
+
+HERE = Path(__file__).resolve().parent
+
+#: Named completion regions (True = unknown, to be generated).
+REGIONS = ("center", "left-half", "right-half", "top-half", "bottom-half", "border", "outside-center")
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``), else CUDA when present, else CPU."""
+    if name:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on ``device`` when ``enabled`` (a no-op context otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_pil(image: Tensor):
+    """uint8/int ``[3, H, W]`` to a PIL RGB image."""
+    from PIL import Image
+
+    arr = image.detach().to("cpu", torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+def make_grid(images: Tensor, nrow: int = 8, pad: int = 2, scale: int = 1, fill: int = 255) -> Tensor:
+    """Tile ``[N, 3, H, W]`` integer images into one uint8 ``[3, H', W']`` grid.
+
+    Args:
+        images: values in [0, 255].
+        nrow: images per row.
+        pad: pixels between images (filled with ``fill``).
+        scale: nearest-neighbour upscaling factor (small images are easier to see larger).
+        fill: padding value.
+    """
+    images = images.detach().to("cpu", torch.uint8)
+    if scale > 1:
+        images = images.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    n, c, h, w = images.shape
+    ncol = min(nrow, max(n, 1))
+    rows = (n + ncol - 1) // ncol
+    grid = torch.full((c, rows * (h + pad) + pad, ncol * (w + pad) + pad), fill, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = images[i]
+    return grid
+
+
+def save_grid(images: Tensor, path: str | os.PathLike, **kwargs) -> Path:
+    """Save :func:`make_grid` of ``images`` as a PNG; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(make_grid(images, **kwargs)).save(path)
+    return path
+
+
+def region_mask(name: str, size: int) -> Tensor:
+    """A named region as a bool ``[size, size]`` mask, True where pixels are *unknown*.
+
+    Args:
+        name: one of :data:`REGIONS`: ``center`` (inpainting the middle half), ``left-half`` /
+            ``right-half`` / ``top-half`` / ``bottom-half`` (outpainting), ``border`` (the outer
+            eighth on each side: uncropping), ``outside-center`` (everything but the middle
+            half: uncropping a small crop).
+        size: image side.
+    """
+    m = torch.zeros(size, size, dtype=torch.bool)
+    q, h = size // 4, size // 2
+    if name == "center":
+        m[q : size - q, q : size - q] = True
+    elif name == "left-half":
+        m[:, :h] = True
+    elif name == "right-half":
+        m[:, h:] = True
+    elif name == "top-half":
+        m[:h] = True
+    elif name == "bottom-half":
+        m[h:] = True
+    elif name == "border":
+        e = max(1, size // 8)
+        m[:] = True
+        m[e : size - e, e : size - e] = False
+    elif name == "outside-center":
+        m[:] = True
+        m[q : size - q, q : size - q] = False
+    else:
+        raise ValueError(f"region: unknown name {name!r}; expected a PNG mask file or one of {REGIONS}")
+    return m
+
+
+def load_mask(spec: str, size: int) -> Tensor:
+    """A mask from a region name or a PNG file (white = unknown), resized to ``size``.
+
+    Returns:
+        bool ``[size, size]``, True where pixels are unknown.
+
+    Raises:
+        FileNotFoundError: ``spec`` looks like a path but there is no such file.
+        ValueError: unknown region name.
+    """
+    if spec in REGIONS:
+        return region_mask(spec, size)
+    path = Path(spec)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"--mask: no mask file at {path}")
+        from PIL import Image
+
+        with Image.open(path) as f:
+            img = f.convert("L").resize((size, size), Image.NEAREST)
+        return torch.from_numpy(np.asarray(img) >= 128)
+    return region_mask(spec, size)  # raises with the list of names
+
+
+def load_image(path: str | os.PathLike, size: int) -> Tensor:
+    """An image file, center-cropped and resized to ``size``: uint8 ``[3, size, size]``."""
+    from PIL import Image
+
+    from fractalkit.data.images import center_crop_resize
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--image: no image file at {path}")
+    try:
+        with Image.open(path) as f:
+            img = f.convert("RGB")
+    except Exception as err:
+        raise ValueError(f"--image: {path} is not a readable image: {err}") from err
+    arr = center_crop_resize(img, size, small="upsample", where=str(path))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def photo(name: str, size: int) -> Tensor:
+    """A scikit-image sample photograph (shipped in the wheel), center-cropped and resized."""
+    import skimage.data
+    from PIL import Image
+
+    from fractalkit.data.images import center_crop_resize
+    from fractalkit.data.natural import PHOTOS
+
+    if name not in PHOTOS:
+        raise ValueError(f"--photo: expected one of {PHOTOS}, got {name!r}")
+    img = Image.fromarray(np.asarray(getattr(skimage.data, name)()))
+    arr = center_crop_resize(img, size, small="upsample", where=f"skimage.data.{name}")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def checkpoint_info(path: Path) -> dict:
+    """The ``extra`` dict a checkpoint folder stores (preset, training arguments), or {}."""
+    for folder in (path, path / "checkpoint"):
+        if (folder / MANIFEST).is_file():
+            return json.loads((folder / MANIFEST).read_text()).get("extra", {})
+    return {}
+
+
+def options_from(args, info: dict) -> SampleOptions:
+    """The preset's published settings with the command line's overrides."""
+    preset = PRESETS.get(info.get("preset", ""))
+    base = preset.sampling if preset is not None else SampleOptions()
+    over = {}
+    if args.guidance is not None:
+        over["guidance"] = args.guidance
+    if args.guidance_schedule is not None:
+        over["guidance_schedule"] = args.guidance_schedule
+    if args.temperature is not None:
+        over["temperature"] = args.temperature
+    if args.filter is not None:
+        over["filter_threshold"] = args.filter
+    if args.steps is not None:
+        over["steps"] = None if args.steps == "exact" else tuple(int(s) for s in args.steps.split(","))
+    return SampleOptions.make(base, **over)

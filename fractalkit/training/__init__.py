@@ -1,0 +1,31 @@
+"""Reusable training pieces: learning-rate schedule, weight EMA and atomic checkpoints.
+
+These are what any fractalkit training script needs (the ImageNet example uses them):
+
+- :class:`WarmupCosine`: linear warm-up then cosine decay, with a ``state_dict`` for resuming.
+- :class:`EMA`: an exponential moving average of a model's parameters (float32 shadow copy).
+- :func:`save_checkpoint` / :func:`load_checkpoint`: a checkpoint folder with the model in the
+  library's safetensors format (:meth:`fractalkit.Fractal.save`), the optimizer, schedule, step,
+  random-stream states and the full config, written atomically and verified on load.
+"""
+
+from fractalkit.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from fractalkit.training.ema import EMA
+from fractalkit.training.schedule import WarmupCosine, warmup_cosine
+
+__all__ = [
+    "EMA",
+    "Checkpoint",
+    "CheckpointError",
+    "WarmupCosine",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+    "warmup_cosine",
+]

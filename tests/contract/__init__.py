@@ -1,0 +1,1 @@
+"""Contract tests: generic properties checked on every row of ``examples.EXAMPLES``."""

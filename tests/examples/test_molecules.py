@@ -1,0 +1,96 @@
+"""The molecules example: SMILES -> canonical graphs -> encodings and back, validity without
+correction, and a smoke training step of both models on a slice of QM9."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+Chem = pytest.importorskip(
+    "rdkit.Chem", reason="rdkit is missing: install the set-up extras, pip install -e '.[dev]'"
+)
+
+from fractalkit.partition import Graph  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("molecules_example", ROOT / "examples" / "molecules" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+M = load_example()
+
+
+def canonical(smiles: str) -> str:
+    mol = Chem.MolFromSmiles(smiles)
+    Chem.RemoveStereochemistry(mol)
+    return Chem.MolToSmiles(mol)
+
+
+def test_molecules_round_trip_through_the_encoding():
+    smiles = ["CCO", "C#N", "Oc1ccccc1", "CC(=O)N", "FC(F)F", "O=C1CC1", "C/C=C/C"]
+    dropped = ["[NH3+]CC(=O)[O-]", "[CH2]C", "CCCCCCCCCC", "CCS"]  # charged, radical, 10 atoms, S
+    graphs = M.molecules_to_graphs(smiles + dropped)
+    assert len(graphs) == len(smiles)
+    x = M.ENCODING.encode(graphs)
+    assert x.shape == (len(smiles), 81) and int(x.max()) < M.ENCODING.num_values
+    back, valid = M.ENCODING.decode(x)
+    assert bool(valid.all())
+    assert M.graph_to_smiles(back, valid) == [canonical(s) for s in smiles]
+    # canonical BFS order: every atom after the first has a bond to an earlier atom
+    rows = x.view(-1, 9, 9)
+    for g, n in enumerate(graphs.num_nodes.tolist()):
+        assert all(bool(rows[g, i, 1:].any()) for i in range(1, n))
+
+
+def test_invalid_molecules_are_flagged_not_repaired():
+    # a carbon with five single bonds to fluorines: a valid graph but not a molecule
+    adj = torch.zeros(1, 9, 9, dtype=torch.int64)
+    adj[0, 0, 1:6] = adj[0, 1:6, 0] = 1
+    types = torch.tensor([[0, 3, 3, 3, 3, 3, 0, 0, 0]])
+    mask = torch.arange(9)[None] < 6
+    graph = Graph(types, adj, mask)
+    assert M.graph_to_smiles(graph, torch.tensor([True])) == [None]
+    assert M.graph_to_smiles(graph, torch.tensor([False])) == [None]  # invalid encoding
+    metrics = M.sample_metrics(["CCO", "CCO", None, "C.C"], training={"CCO"})
+    assert metrics["validity"] == 0.75 and math.isclose(metrics["uniqueness"], 2 / 3)
+    assert metrics["novelty"] == 0.5 and math.isclose(metrics["connected"], 2 / 3)
+
+
+@pytest.fixture(scope="module")
+def qm9_slice():
+    if not M.DATA.exists():
+        pytest.skip(f"missing {M.DATA} (QM9, see ../shared/data/README.md)")
+    x, smiles = M.prepare(limit=300)
+    train_x, test_x, training = M.split(x, smiles)
+    assert train_x.shape[0] + test_x.shape[0] == x.shape[0] and len(training) <= train_x.shape[0]
+    return x, smiles
+
+
+@pytest.mark.parametrize("kind", ["fractal", "flat"])
+def test_one_training_step_nll_and_samples(qm9_slice, kind):
+    x, smiles = qm9_slice
+    assert x.shape[1] == 81 and len(smiles) == x.shape[0] > 200
+    torch.manual_seed(0)
+    model = M.build_model(kind, small=True)
+    log = M.train(model, x[:200], budget_s=60, batch=8, max_steps=1)
+    assert log["steps"] == 1 and math.isfinite(log["last_loss_nats_per_element"])
+    nll = M.nll_per_molecule(model, x[200:])
+    assert math.isfinite(nll) and nll > 0  # nats per molecule, untrained
+    x_new, seconds = M.sample_encodings(model, 8, batch=8)
+    assert x_new.shape == (8, 81) and seconds > 0
+    samples, enc_valid = M.encodings_to_smiles(x_new)
+    assert len(samples) == 8 and 0 <= enc_valid <= 1
+    for s in samples:  # each sample is a molecule or a clear invalid marker
+        assert s is None or Chem.MolFromSmiles(s) is not None
+    metrics = M.sample_metrics(samples, set(smiles))
+    assert 0 <= metrics["validity"] <= 1
+    assert M.flops_per_example(model, x) > 0
