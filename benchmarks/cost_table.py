@@ -50,9 +50,9 @@ def mean_mask_ratio() -> float:
     return 1.0 + 0.25 * (phi(a) - phi(b)) / (cdf(b) - cdf(a))
 
 
-def _count(fn) -> int:
+def _count(fn, *args, **kwargs) -> int:
     with FlopCounterMode(display=False) as counter:
-        fn()
+        fn(*args, **kwargs)
     return counter.get_total_flops()
 
 
@@ -77,21 +77,29 @@ def level_flops(model: Fractal, *, executed: bool, ratio: float = 1.0) -> list[f
             x = torch.empty(n, tokens, width, device=dev)
             children = torch.empty(n, k, p, device=dev)
             causal = not getattr(gen, "uses_orders", False)
-            flops = _count(lambda: gen.backbone(x, causal=causal))
-            flops += _count(lambda: gen.patch_emb.proj(children))
+            flops = _count(gen.backbone, x, causal=causal)
+            flops += _count(gen.patch_emb.proj, children)
             if executed:
                 cond = torch.empty(n, gen.cond_tokens, gen.cond_dim, device=dev)
-                flops += _count(lambda: gen.cond_emb(cond))
+                flops += _count(gen.cond_emb, cond)
             out.append(flops * instances / n)
             passed = ratio if (executed and getattr(gen, "uses_orders", False)) else 1.0
             instances *= k * passed
+        elif not hasattr(gen, "backbone"):  # a leaf that is only an output head (categorical)
+            n = max(1, round(instances))
+            flops = 0
+            if executed:
+                x = torch.zeros(n, gen.num_elements, dtype=torch.long, device=dev)
+                cond = torch.empty(n, gen.cond_tokens, gen.cond_dim, device=dev)
+                flops = _count(gen.element_logits, x, cond)
+            out.append(flops * instances / n)
         else:  # the leaf: 3 tokens (condition, R, G) through its blocks, plus the projection
             n = max(1, round(instances))
             e, width = gen.num_elements, gen.cond_proj.out_features
             x = torch.empty(n, e, width, device=dev)
             cond = torch.empty(n, gen.cond_dim, device=dev)
-            flops = _count(lambda: gen.backbone(x, causal=True))
-            flops += _count(lambda: gen.cond_proj(cond))
+            flops = _count(gen.backbone, x, causal=True)
+            flops += _count(gen.cond_proj, cond)
             if executed:  # the V-way output logits, tied to the codebooks
                 flops += 2 * n * e * width * gen.num_values
             out.append(flops * instances / n)

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe  # noqa: E402
+from machine import describe
 
-from fractalkit import SampleOptions  # noqa: E402
-from fractalkit.presets import PRESETS, build_preset  # noqa: E402
+from fractalkit import SampleOptions
+from fractalkit.presets import PRESETS, build_preset
 
 
 class _Stop(Exception):

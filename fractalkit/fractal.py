@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from fractalkit.config import ComponentConfig, config_from_dict
-from fractalkit.levels.base import Level
 from fractalkit.leaves.base import Leaf
+from fractalkit.levels.base import Level
 from fractalkit.partition import Partitioner, partitioner_from_config
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
 from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext

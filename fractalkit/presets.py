@@ -304,7 +304,7 @@ PRESETS: dict[str, Preset] = {
             guidance=2.0, guidance_schedule="linear", temperature=1.0, filter_threshold=1e-4, steps=(16, 8)
         ),
         training=TrainingRecipe(
-            base_lr=4e-3, batch_size=32, epochs=2, warmup_epochs=0.25, grad_clip=3.0, ema_decay=0.999
+            base_lr=1.2e-2, batch_size=32, epochs=2, warmup_epochs=0.25, grad_clip=3.0, ema_decay=0.999
         ),
         image_size=32,
         notes="Ours, not from the paper: sized to train for minutes on a laptop CPU.",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -189,8 +189,6 @@ class AbstractGenerator(nn.Module, abc.ABC):
     event_shape: tuple[int, ...]
     cond_dim: int
     cond_tokens: int
-    #: whether the teacher-forced likelihood can be exact (False for e.g. a diffusion leaf)
-    has_exact_log_prob: ClassVar[bool] = True
 
     @property
     @abc.abstractmethod

@@ -26,7 +26,6 @@ import argparse
 import io
 import json
 import math
-import time
 import wave
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fractalkit import ARLevelConfig, Fractal, SequenceChunks
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
+from fractalkit.training import budget
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fsdd-8k" / "recordings.parquet"
 RATE = 8000
@@ -134,43 +134,24 @@ def build_model(kind: str, *, length: int = LENGTH, small: bool = False) -> Frac
     return Fractal(levels, leaf=leaf, num_classes=10, label_drop=0.1)
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock timings include it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train(model: Fractal, x: torch.Tensor, y: torch.Tensor, *, budget_s: float, batch: int = 8,
           lr: float = 1e-3, max_steps: int | None = None, seed: int = 0) -> dict[str, float]:
     """AdamW for ``budget_s`` seconds of wall-clock (or ``max_steps``): 20 warm-up steps, then a
-    cosine in elapsed time / budget; batches drawn uniformly from the clips.
+    cosine in elapsed time / budget (:func:`fractalkit.training.train_for_budget`); batches of
+    ``(clips, digits)`` drawn uniformly from the clips.
 
     Returns:
         ``{"steps", "seconds", "s_per_step", "last_loss_bps"}``.
     """
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    model.train()
-    device = next(model.parameters()).device
-    start, step, nll = time.perf_counter(), 0, float("nan")
-    while True:
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget_s or (max_steps is not None and step >= max_steps):
-            break
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget_s, 1.0)))
+
+    def next_batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        loss = model.loss(x[idx].to(device), y[idx].to(device), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        nll = float(loss.nll.detach())
-        step += 1
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return {"steps": step, "seconds": seconds, "s_per_step": seconds / max(step, 1),
-            "last_loss_bps": nll / math.log(2)}
+        return x[idx], y[idx]
+
+    log = budget.train_for_budget(model, next_batch, budget_s=budget_s, lr=lr, max_steps=max_steps,
+                                  generator=torch.Generator().manual_seed(seed))
+    log["last_loss_bps"] = log.pop("last_loss_nats") / math.log(2)
+    return log
 
 
 @torch.no_grad()
@@ -202,11 +183,9 @@ def sample_clips(model: Fractal, digits: torch.Tensor, *, seed: int = 0) -> tupl
     """``(mu-law clips [N, L], seconds per clip)``: one clip per digit, KV cache, no guidance."""
     model.eval()
     device = next(model.parameters()).device
-    _sync(device)
-    start = time.perf_counter()
-    x = model.sample(y=digits.to(device), generator=torch.Generator().manual_seed(seed))
-    _sync(device)
-    return x.cpu(), (time.perf_counter() - start) / digits.numel()
+    with budget.Stopwatch(device) as clock:
+        x = model.sample(y=digits.to(device), generator=torch.Generator().manual_seed(seed))
+    return x.cpu(), clock.seconds / digits.numel()
 
 
 def write_wav(path: Path, values: np.ndarray) -> None:
@@ -236,7 +215,8 @@ def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int]) -> None:
             axes[2 * r, c].set_ylim(-1, 1)
             axes[2 * r, c].set_title(f"{name}: digit {digits[c]}", fontsize=7)
             with np.errstate(divide="ignore"):  # zero padding: log10 of zero power is -inf
-                axes[2 * r + 1, c].specgram(audio, NFFT=256, Fs=RATE, noverlap=192)
+                nfft = max(min(256, audio.size // 4), 16)  # 32 ms windows; shorter for short clips
+                axes[2 * r + 1, c].specgram(audio, NFFT=nfft, Fs=RATE, noverlap=nfft * 3 // 4)
             for ax in (axes[2 * r, c], axes[2 * r + 1, c]):
                 ax.tick_params(labelsize=5)
     fig.tight_layout()
@@ -247,13 +227,8 @@ def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int]) -> None:
 def main() -> None:
     """Train both models for the same wall-clock budget; write the table, WAVs and a PNG."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget-s", type=float, default=240.0, help="training seconds per model")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--models", default="fractal,flat")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    budget.add_budget_arguments(ap, batch=8, out=Path(__file__).parent / "results")
     ap.add_argument("--data", type=Path, default=DATA, help="the FSDD recordings.parquet")
-    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -279,7 +254,7 @@ def main() -> None:
             "train_seconds": log["seconds"],
             "sample_s_per_example": s_per_clip,
             "batch": args.batch,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {args.threads} threads",
+            "device": budget.device_description(device, args.threads),
         }
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
         print(kind, json.dumps(results[kind]), flush=True)

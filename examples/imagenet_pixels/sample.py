@@ -88,8 +88,10 @@ def main(argv=None) -> dict:
             raise ValueError(f"--classes: ids must lie in [0, {model.num_classes}), got {args.classes}")
         labels = labels.repeat(math.ceil(args.num_samples / labels.numel()))[: args.num_samples]
     elif conditional:
+        # Random classes among those the training data had (the model may have more).
+        seen = min(model.num_classes, info.get("data_classes") or model.num_classes)
         g = torch.Generator().manual_seed(args.seed)
-        labels = torch.randint(0, model.num_classes, (args.num_samples,), generator=g)
+        labels = torch.randint(0, seen, (args.num_samples,), generator=g)
     else:
         labels = None
     options = options_from(args, info)

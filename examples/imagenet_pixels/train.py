@@ -163,6 +163,14 @@ def plot_curve(log_path: Path, png: Path, title: str) -> None:
     plt.close(fig)
 
 
+def data_name(data: str | None) -> str:
+    """A short name of the data source for titles (no machine-specific absolute paths)."""
+    if not data:
+        return "scikit-image crops"
+    p = Path(data)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 # ---- evaluation ----------------------------------------------------------------------------------
 
 
@@ -340,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
                 out / "checkpoint", model, step=step, optimizer=optimizer, scheduler=scheduler,
                 ema=ema, rng={"model": [s[0] for s in gathered], "torch": [s[1] for s in gathered]},
                 extra={"args": vars(args), "preset": args.preset, "world_size": world,
-                       "conditional": use_labels},
+                       "conditional": use_labels,
+                       "data_classes": dataset.num_classes if use_labels else 0},
             )
         if world > 1:
             dist.barrier()
@@ -375,7 +384,17 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             images_window += batch
             nll_v = float(nll.detach())
-            if world > 1 and (step % args.log_every == 0 or step == stop):
+            out_of_time = budget_s is not None and time.time() - t_start > budget_s
+            if world > 1 and budget_s is not None:
+                flag = torch.tensor([float(out_of_time)], device=device)
+                dist.all_reduce(flag)
+                out_of_time = bool(flag > 0)
+            last_step = step >= stop or out_of_time
+            evaluate = heldout is not None and args.eval_every > 0 and (
+                step % args.eval_every == 0 or last_step
+            )
+            logging = step % args.log_every == 0 or last_step or evaluate
+            if world > 1 and logging:
                 t = torch.tensor([nll_v], device=device)
                 dist.all_reduce(t)
                 nll_v = float(t) / world
@@ -384,7 +403,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rate = images_window / max(time.time() - t_window, 1e-9)
                 bar.set_postfix(loss=f"{float(total_loss.detach()):.4f}", bpd=f"{bpd:.3f}", img_s=f"{rate:.1f}")
                 bar.update(1)
-            if step % args.log_every == 0 or step == stop:
+            if logging:
                 now = time.time()
                 rec = {
                     "step": step, "epoch": step / per_epoch, "loss": float(total_loss.detach()),
@@ -392,19 +411,14 @@ def main(argv: list[str] | None = None) -> dict:
                     "grad_norm": float(gnorm), "images_per_s": images_window / max(now - t_window, 1e-9),
                     "elapsed_s": now - t_start,
                 }
-                t_window, images_window = now, 0
-                if heldout is not None and args.eval_every and (step % args.eval_every == 0 or step == stop):
+                if evaluate:
                     mean, se, kind = heldout_bpd(model, heldout, args.eval_images, local_batch, device, use_labels, args.seed)
                     rec.update(heldout_bpd=mean, heldout_stderr=se, heldout_kind=kind)
+                t_window, images_window = time.time(), 0  # evaluation time is not training time
                 if main_proc:
                     with open(log_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
                 last = rec
-            out_of_time = budget_s is not None and time.time() - t_start > budget_s
-            if world > 1 and budget_s is not None:
-                flag = torch.tensor([float(out_of_time)], device=device)
-                dist.all_reduce(flag)
-                out_of_time = bool(flag > 0)
             if step % args.save_every == 0 or step == stop or out_of_time:
                 save()
             if step >= stop or out_of_time:
@@ -424,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
         with open(log_path, "a") as f:
             f.write(json.dumps(summary) + "\n")
         if log_path.exists():
-            plot_curve(log_path, out / "curve.png", f"{args.preset} on {args.data or 'scikit-image crops'}")
+            plot_curve(log_path, out / "curve.png", f"{args.preset} on {data_name(args.data)}")
         print(f"[train] done: {json.dumps(summary)}", flush=True)
     if world > 1:
         dist.destroy_process_group()

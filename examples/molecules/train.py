@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from pathlib import Path
 
 import torch
@@ -39,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal
 from fractalkit.partition import Graph, GraphEncoding, SequenceChunks, bfs_order
+from fractalkit.training import budget
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qm9" / "qm9.csv"
 ATOMS = ("C", "N", "O", "F")
@@ -206,43 +205,23 @@ def build_model(kind: str, *, small: bool = False) -> Fractal:
     return Fractal(levels, leaf=leaf, num_classes=0)
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock timings include it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train(model: Fractal, x: torch.Tensor, *, budget_s: float, batch: int = 64, lr: float = 1e-3,
           max_steps: int | None = None, seed: int = 0) -> dict[str, float]:
     """AdamW for ``budget_s`` seconds of wall-clock (or ``max_steps``): 20 warm-up steps, then a
-    cosine in elapsed time / budget.
+    cosine in elapsed time / budget (:func:`fractalkit.training.train_for_budget`); batches
+    drawn uniformly from the encodings.
 
     Returns:
         ``{"steps", "seconds", "s_per_step", "last_loss_nats_per_element"}``.
     """
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    model.train()
-    device = next(model.parameters()).device
-    start, step, nll = time.perf_counter(), 0, float("nan")
-    while True:
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget_s or (max_steps is not None and step >= max_steps):
-            break
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget_s, 1.0)))
-        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        loss = model.loss(x[idx].to(device), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        nll = float(loss.nll.detach())
-        step += 1
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return {"steps": step, "seconds": seconds, "s_per_step": seconds / max(step, 1),
-            "last_loss_nats_per_element": nll}
+
+    def next_batch(g: torch.Generator) -> torch.Tensor:
+        return x[torch.randint(0, x.shape[0], (batch,), generator=g)]
+
+    log = budget.train_for_budget(model, next_batch, budget_s=budget_s, lr=lr, max_steps=max_steps,
+                                  generator=torch.Generator().manual_seed(seed))
+    log["last_loss_nats_per_element"] = log.pop("last_loss_nats")
+    return log
 
 
 @torch.no_grad()
@@ -276,11 +255,9 @@ def sample_encodings(model: Fractal, n: int, *, batch: int = 1000, seed: int = 0
     g = torch.Generator().manual_seed(seed)
     out, seconds = [], 0.0
     for i in range(0, n, batch):
-        _sync(device)
-        start = time.perf_counter()
-        x = model.sample(num_samples=min(batch, n - i), generator=g)
-        _sync(device)
-        seconds += time.perf_counter() - start
+        with budget.Stopwatch(device) as clock:
+            x = model.sample(num_samples=min(batch, n - i), generator=g)
+        seconds += clock.seconds
         out.append(x.cpu())
     return torch.cat(out), seconds / max(n, 1)
 
@@ -325,13 +302,9 @@ def main() -> None:
     (e.g. written on a machine without RDKit) and add the sample metrics.
     """
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget-s", type=float, default=240.0, help="training seconds per model")
-    ap.add_argument("--batch", type=int, default=64)
+    budget.add_budget_arguments(ap, batch=64, out=Path(__file__).parent / "results",
+                                device_help="torch device (the issue asks for cpu)")
     ap.add_argument("--num-samples", type=int, default=10_000)
-    ap.add_argument("--models", default="fractal,flat")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu", help="torch device (the issue asks for cpu)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fractalkit" / "qm9_graphs.pt",
                     help="preprocessed QM9 (computed from the CSV on the first run)")
     ap.add_argument("--metrics-only", action="store_true",
@@ -372,7 +345,7 @@ def main() -> None:
                 "train_seconds": log["seconds"],
                 "sample_s_per_example": s_per_sample,
                 "batch": args.batch,
-                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {args.threads} threads",
+                "device": budget.device_description(device, args.threads),
             }
         if have_rdkit:
             samples = torch.load(args.out / f"samples_{kind}.pt").long()

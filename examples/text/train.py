@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, SequenceChunks
+from fractalkit.training import budget
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 SEQ_LEN = 256
@@ -94,12 +94,6 @@ def build_model(kind: str, vocab_size: int, *, seq_len: int = SEQ_LEN, chunk: in
     return Fractal(levels, leaf=leaf, num_classes=0)
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock timings include it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def random_windows(data: torch.Tensor, n: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
     """int64 ``[n, seq_len]`` windows of ``data`` at uniformly random offsets."""
     starts = torch.randint(0, data.numel() - seq_len + 1, (n,), generator=generator)
@@ -108,38 +102,19 @@ def random_windows(data: torch.Tensor, n: int, seq_len: int, generator: torch.Ge
 
 def train(model: Fractal, data: torch.Tensor, *, budget_s: float, batch: int = 16,
           lr: float = 1e-3, max_steps: int | None = None, seed: int = 0) -> dict[str, float]:
-    """Train with AdamW for ``budget_s`` seconds of wall-clock (or ``max_steps``).
-
-    The learning rate warms up over 20 steps and follows a cosine in elapsed time / budget.
+    """Train with AdamW for ``budget_s`` seconds of wall-clock (or ``max_steps``) on random
+    windows of ``data`` (:func:`fractalkit.training.train_for_budget`: 20 warm-up steps, then a
+    cosine in elapsed time / budget).
 
     Returns:
         ``{"steps", "seconds", "s_per_step", "last_loss_bpc"}``.
     """
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    model.train()
     seq_len = model.event_shape[0]
-    device = next(model.parameters()).device
-    start, step, loss = time.perf_counter(), 0, None
-    while True:
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget_s or (max_steps is not None and step >= max_steps):
-            break
-        frac = min(elapsed / budget_s, 1.0)
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * frac))
-        x = random_windows(data, batch, seq_len, g).to(device)
-        loss = model.loss(x, generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return {"steps": step, "seconds": seconds, "s_per_step": seconds / max(step, 1),
-            # from nll (detached): TrainingLoss.bits_per_dim warns on a tensor requiring grad
-            "last_loss_bpc": float("nan") if loss is None else float(loss.nll.detach()) / math.log(2)}
+    log = budget.train_for_budget(model, lambda g: random_windows(data, batch, seq_len, g),
+                                  budget_s=budget_s, lr=lr, max_steps=max_steps,
+                                  generator=torch.Generator().manual_seed(seed))
+    log["last_loss_bpc"] = log.pop("last_loss_nats") / math.log(2)
+    return log
 
 
 @torch.no_grad()
@@ -176,12 +151,9 @@ def flops_per_example(model: Fractal, example: torch.Tensor) -> int:
 def sample_seconds(model: Fractal, n: int = 4, seed: int = 0) -> tuple[torch.Tensor, float]:
     """``(samples [n, L], seconds per example)`` with the KV cache, temperature 1."""
     model.eval()
-    device = next(model.parameters()).device
-    _sync(device)
-    start = time.perf_counter()
-    x = model.sample(num_samples=n, generator=torch.Generator().manual_seed(seed))
-    _sync(device)
-    return x.cpu(), (time.perf_counter() - start) / n
+    with budget.Stopwatch(next(model.parameters()).device) as clock:
+        x = model.sample(num_samples=n, generator=torch.Generator().manual_seed(seed))
+    return x.cpu(), clock.seconds / n
 
 
 def decode_text(x: torch.Tensor, vocab: str) -> list[str]:
@@ -192,13 +164,8 @@ def decode_text(x: torch.Tensor, vocab: str) -> list[str]:
 def main() -> None:
     """Train both models for the same wall-clock budget and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget-s", type=float, default=240.0, help="training seconds per model")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--models", default="fractal,flat")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    budget.add_budget_arguments(ap, batch=16, out=Path(__file__).parent / "results")
     ap.add_argument("--data", type=Path, default=DATA, help="the Tiny Shakespeare input.txt")
-    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -221,7 +188,7 @@ def main() -> None:
             "train_seconds": log["seconds"],
             "sample_s_per_example": s_per_ex,
             "batch": args.batch,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {args.threads} threads",
+            "device": budget.device_description(device, args.threads),
         }
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
         samples += [f"=== {kind} sample {i} ===\n{t}\n" for i, t in enumerate(decode_text(x, vocab))]

@@ -54,12 +54,11 @@ class Leaf(AbstractGenerator):
             raise ValueError(f"{type(self).__name__}: num_values must be >= 2, got {num_values}")
         self._num_values = int(num_values)
         e = math.prod(self.event_shape)
-        if channel_weights is not None:
-            if len(channel_weights) != e or min(channel_weights) <= 0:
-                raise ValueError(
-                    f"{type(self).__name__}: channel_weights must be {e} positive numbers "
-                    f"(one per element), got {channel_weights}"
-                )
+        if channel_weights is not None and (len(channel_weights) != e or min(channel_weights) <= 0):
+            raise ValueError(
+                f"{type(self).__name__}: channel_weights must be {e} positive numbers "
+                f"(one per element), got {channel_weights}"
+            )
         self.channel_weights = None if channel_weights is None else tuple(channel_weights)
         #: while :meth:`recording` is active: the per-element log-probabilities of every score
         self._records: list[Tensor] | None = None

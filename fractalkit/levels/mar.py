@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from fractalkit.config import ComponentConfig, register_config
+from fractalkit.leaves.rgb import RGBLeafConfig
 from fractalkit.levels.ar import _check_transformer, _report
 from fractalkit.levels.base import EmbedMode, Level
-from fractalkit.leaves.rgb import RGBLeafConfig
 from fractalkit.nn.blocks import Backbone, BlockStyle
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
@@ -59,7 +59,11 @@ class MARLevelConfig(ComponentConfig):
     block: BlockStyle = "vit"
     neighbours: bool = True
     guiding_pixel: bool = False
-    guide: RGBLeafConfig = RGBLeafConfig(width=128, depth=3, heads=4, channel_weights=(5.0, 1.0, 1.0))
+    guide: RGBLeafConfig = dataclasses.field(
+        default_factory=lambda: RGBLeafConfig(
+            width=128, depth=3, heads=4, channel_weights=(5.0, 1.0, 1.0)
+        )
+    )
     attn_dropout: float = 0.0
     proj_dropout: float = 0.0
     embed: EmbedMode = "linear"
@@ -225,7 +229,6 @@ class MARLevel(Level):
 
     def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
         """Teacher-forced score; see :class:`fractalkit.sampling.options.ScoreContext` for modes."""
-        n, k = x.shape[0], self.num_children
         children = self.split(x)  # [N, k, P]
         guide, guide_score = None, None
         if self.guide is not None:

@@ -9,6 +9,14 @@ These are what any fractalkit training script needs (the ImageNet example uses t
   random-stream states and the full config, written atomically and verified on load.
 """
 
+from fractalkit.training.budget import (
+    Stopwatch,
+    add_budget_arguments,
+    budget_lr,
+    device_description,
+    synchronize,
+    train_for_budget,
+)
 from fractalkit.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -23,9 +31,15 @@ __all__ = [
     "EMA",
     "Checkpoint",
     "CheckpointError",
+    "Stopwatch",
     "WarmupCosine",
+    "add_budget_arguments",
+    "budget_lr",
+    "device_description",
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
+    "synchronize",
+    "train_for_budget",
     "warmup_cosine",
 ]

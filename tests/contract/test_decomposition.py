@@ -4,10 +4,14 @@ gives the same logits as recomputing the prefix. float64, exact orders."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from contract.examples import EXAMPLES, Example, fixed_orders, labels_for, random_data
+from contract.examples import BY_NAME, EXAMPLES, Example, fixed_orders, labels_for, random_data
 from fractalkit.levels import MARLevel
 
 N = 6
@@ -91,3 +95,27 @@ def test_kv_cache_gives_the_same_logits(example: Example) -> None:
     with torch.no_grad():
         lp = x_model.log_prob(x, y, orders="identity").value
     torch.testing.assert_close(lp, cached, rtol=0, atol=1e-9)
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 5))
+def test_decomposition_under_random_orders_and_data(seed: int, n: int) -> None:
+    """Hypothesis draws the data, the batch size and every level's (per-instance) orders."""
+    example = BY_NAME["ar_mar_ar_cond"]
+    model = _mixed_model()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, model.num_values, (n, *model.event_shape), generator=g)
+    y = torch.randint(0, example.num_classes, (n,), generator=g)
+    orders = [
+        torch.randperm(level.num_children, generator=g) if isinstance(level, MARLevel) else None
+        for level in model.levels[:-1]
+    ]
+    with torch.no_grad():
+        lp = model.log_prob(x, y, orders=orders).value
+    torch.testing.assert_close(lp, model.stepwise_log_prob(x, y, orders=orders), rtol=0, atol=1e-9)
+
+
+@functools.lru_cache(maxsize=1)
+def _mixed_model():
+    """The 3-level AR/MAR/AR model of the test above, built once."""
+    return BY_NAME["ar_mar_ar_cond"].build(torch.float64)

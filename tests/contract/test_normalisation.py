@@ -8,17 +8,10 @@ import math
 import pytest
 import torch
 
-from contract.examples import (
-    BY_NAME,
-    EXAMPLES,
-    MAX_ENUMERABLE,
-    Example,
-    fixed_orders,
-    num_configurations,
-)
+from contract.examples import BY_NAME, EXAMPLES, Example, enumerable, fixed_orders
 from fractalkit.data import all_configurations, configuration_index
 
-ENUMERABLE = [e for e in EXAMPLES if num_configurations(e.build()) <= MAX_ENUMERABLE]
+ENUMERABLE = [e for e in EXAMPLES if enumerable(e)]
 
 
 def total_log_mass(model, y: int | None, orders) -> float:

@@ -21,16 +21,9 @@ SAMPLES = 4000
 ALPHA_CORRECT = 1e-3  # a correct sampler must not be rejected at this level
 ALPHA_BROKEN = 1e-6  # a broken one must be rejected at this level
 
-FAST = ["ar_ar", "mar_mar_cond", "mar_ar_mar", "channels_ar", "chunks_multi_leaf_cond"]
+# Rows with at most 256 cells, tested with SAMPLES draws; MORE with 20000 (peakier models).
+FAST = ["ar_ar", "mar_mar_cond", "mar_ar_mar", "channels_ar", "chunks_multi_leaf_cond", "graph_subsets"]
 MORE = [BY_NAME[name] for name in ("ar_ar_cond", "mar_mar", "ar_mar_ar_cond")]
-
-
-def _cheap(examples: list[Example]) -> list:
-    """The rows as pytest params, the deep (slow to sample) ones marked slow."""
-    return [
-        pytest.param(e, id=e.name, marks=pytest.mark.slow) if "deep" in e.tags else pytest.param(e, id=e.name)
-        for e in examples
-    ]
 
 
 def _label(example: Example) -> int | None:
@@ -70,9 +63,8 @@ def test_samples_follow_exp_log_prob(name: str) -> None:
     assert result.cells >= 10, "too few cells for the test to have power"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("example", MORE, ids=repr)
-def test_samples_follow_exp_log_prob_more_rows(example: Example) -> None:
+def test_samples_follow_exp_log_prob_more_samples(example: Example) -> None:
     orders = fixed_orders(example.build(), seed=21)
     result = sampling_test(
         example, 20000, y=_label(example), seed=1, log_prob_orders=orders, orders=orders
@@ -128,7 +120,7 @@ def test_guiding_pixel_samples_follow_the_marginal() -> None:
 # ---- reproducibility ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("example", _cheap(EXAMPLES))
+@pytest.mark.parametrize("example", EXAMPLES, ids=repr)
 def test_seeded_sampling_is_reproducible(example: Example) -> None:
     model = example.build(torch.float32)
     y = labels_for(example, 8, seed=1)
@@ -148,7 +140,7 @@ def test_seeded_sampling_is_reproducible(example: Example) -> None:
 # ---- completion --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("example", _cheap(EXAMPLES))
+@pytest.mark.parametrize("example", EXAMPLES, ids=repr)
 def test_completion_keeps_known_elements(example: Example) -> None:
     model = example.build(torch.float32)
     n = 6

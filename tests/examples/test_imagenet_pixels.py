@@ -200,9 +200,12 @@ def test_train_missing_data(tmp_path):
 def test_bits_per_dim_falls(tmp_path):
     run = tmp_path / "run"
     script("train").main([*TRAIN_ARGS, "--steps", "8", "--lr", "4e-3", "--warmup-steps", "1",
-                          "--natural-count", "4", "--out", str(run)])
+                          "--natural-count", "6", "--holdout", "0.34", "--eval-every", "5",
+                          "--eval-images", "2", "--out", str(run)])
     log = [r for r in read_log(run) if "train_bpd" in r]
     assert len(log) == 8
+    held = [r for r in log if "heldout_bpd" in r]
+    assert [r["step"] for r in held] == [5, 8] and held[0]["heldout_kind"] == "estimate"
     first, last = log[0]["train_bpd"], np.mean([r["train_bpd"] for r in log[-3:]])
     assert first > 7.9  # about log2(256) = 8 at initialisation
     assert last < first - 0.3, (first, last)
