@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--bf16", action="store_true", help="also run under bf16 autocast")
     parser.add_argument("--no-sample", action="store_true", help="training steps only")
+    parser.add_argument("--no-train", action="store_true", help="sampling only")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = describe(device.type)
@@ -98,18 +99,20 @@ def main() -> None:
         flops = executed_step_flops(name)
         for batch in args.batches:
             for bf16 in [False, True] if args.bf16 else [False]:
-                r = train_step(name, batch, device, bf16)
-                rate = machine["bf16_flops" if bf16 else "fp32_flops"]
-                r["executed_gflops_per_image"] = flops / 1e9
-                r["fraction_of_matmul_rate"] = flops * r["images_per_s"] / rate
-                print(json.dumps(r), flush=True)
-                runs.append(r)
+                if not args.no_train:
+                    r = train_step(name, batch, device, bf16)
+                    rate = machine["bf16_flops" if bf16 else "fp32_flops"]
+                    r["executed_gflops_per_image"] = flops / 1e9
+                    r["fraction_of_matmul_rate"] = flops * r["images_per_s"] / rate
+                    print(json.dumps(r), flush=True)
+                    runs.append(r)
                 if not args.no_sample:
                     r = sample_time(name, batch, device, bf16)
                     print(json.dumps(r), flush=True)
                     runs.append(r)
     RESULTS.mkdir(exist_ok=True)
     tag = "_".join(args.presets) if len(args.presets) < 3 else "presets"
+    tag += "_sampling" if args.no_train else ""
     out = RESULTS / f"throughput_{device.type}_{tag}.json"
     out.write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))
     print(f"wrote {out}")
