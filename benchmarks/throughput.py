@@ -5,19 +5,30 @@ For each preset and batch size: a training step (forward, backward, AdamW) in fp
 settings. Each run first measures the machine's float32/bfloat16 matmul rates and memory
 bandwidth in the same process (benchmarks/machine.py) and reports the achieved fraction of the
 fp32 rate, counting the FLOPs a training step really executes (benchmarks/cost_table.py).
+Sampling is set against its two bounds (:func:`sampling_cost`): the FLOPs it executes at the
+matmul rate, and the weight bytes its sequential AR steps stream at the copy bandwidth;
+``x_of_bound`` is seconds over the larger bound (1.0 = at the machine's limit).
+
+``--compile`` opts in to ``Fractal.compile()`` (the first training step, or a draw stopped
+after one top-level step, warms up and is reported apart); ``--checkpointing`` turns on
+gradient checkpointing in every level.
 
 Run: ``python benchmarks/throughput.py --presets tiny-in32 small-in64 --batches 1 8``
-(writes benchmarks/results/throughput_<host>.json). Peak memory is the process's peak RSS on
-CPU (``resource.getrusage``), or ``torch.cuda.max_memory_allocated`` on a GPU.
+(writes benchmarks/results/throughput_<device>_<presets>[_sampling|_training][_compiled]...json).
+Peak memory is the process's peak RSS on CPU (``resource.getrusage``), or
+``torch.cuda.max_memory_allocated`` on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import resource
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import torch
@@ -27,6 +38,7 @@ from cost_table import level_flops, mean_mask_ratio
 from machine import describe
 
 from fractalkit import SampleOptions
+from fractalkit.levels.base import Level
 from fractalkit.presets import PRESETS, build_preset
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,10 +57,48 @@ def executed_step_flops(name: str) -> float:
     return 3 * sum(level_flops(model, executed=True, ratio=mean_mask_ratio()))
 
 
-def train_step(name, batch, device, bf16, steps=3) -> dict:
+def sampling_cost(name: str) -> dict:
+    """What sampling one image at batch 1 with the preset's settings must do, from the meta device.
+
+    MAR levels re-run their whole level at every decoding step, so they are bound by FLOPs:
+    ``steps x forward`` per level (the leaf: one pass per channel), doubled by guidance. AR
+    levels feed one token per step, so at small batch they are bound by streaming each level's
+    weights once per sequential step: ``(sequential steps) x (level weight bytes)``, shared by the
+    whole batch (the leaf's few weights stay in cache and are left out, as in the issue's
+    870 GB figure).
+    """
+    with torch.device("meta"):
+        model = build_preset(name)
+    options: SampleOptions = PRESETS[name].sampling
+    guided = 2 if options.guidance != 1.0 else 1
+    forward = level_flops(model, executed=True, ratio=1.0)  # all children present
+    flops, weight_bytes, runs = 0.0, 0.0, 1  # runs: sequential calls of the current level
+    for depth, gen in enumerate(model.levels):
+        if isinstance(gen, Level):
+            own = [p for n, p in gen.named_parameters() if not n.startswith("child.")]
+            nbytes = sum(p.numel() * 4 for p in own)
+            if gen.uses_orders:  # MAR: the configured steps (None: one per child)
+                steps = (options.steps or [None] * (depth + 1))[depth] or gen.num_children
+                flops += guided * steps * forward[depth]
+            else:  # AR: one child per step, one token each
+                steps = gen.num_children
+                weight_bytes += runs * steps * nbytes
+                flops += guided * forward[depth]
+            runs *= steps if not gen.uses_orders else gen.num_children
+        else:
+            flops += guided * gen.num_elements * forward[depth]
+    return {"sampling_executed_gflops_per_image": flops / 1e9,
+            "sampling_weight_gb_per_batch": weight_bytes / 1e9}
+
+
+def train_step(name, batch, device, bf16, *, compile=False, checkpointing=False, steps=3) -> dict:
     torch.manual_seed(0)
-    model = build_preset(name).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    model = build_preset(name, checkpointing=checkpointing).to(device).train()
+    if compile:
+        model.compile()
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True
+    )  # fused: no full-size temporaries
     size = PRESETS[name].image_size
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randint(0, 256, (batch, 3, size, size), generator=g, device=device)
@@ -64,23 +114,46 @@ def train_step(name, batch, device, bf16, steps=3) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    step = sorted(times[1:])[len(times[1:]) // 2]
-    return {"kind": "train", "preset": name, "batch": batch, "bf16": bf16, "step_s": step,
-            "images_per_s": batch / step, "peak_memory_GiB": peak_memory_gib(device)}
+    step = sorted(times[1:])[len(times[1:]) // 2]  # the first step warms up (and compiles)
+    return {"kind": "train", "preset": name, "batch": batch, "bf16": bf16, "compile": compile,
+            "checkpointing": checkpointing, "step_s": step, "first_step_s": times[0],
+            "images_per_s": batch / step, "peak_memory_GiB": peak_memory_gib(device),
+            "peak_memory_GB": peak_memory_gib(device) * 2**30 / 1e9}
 
 
-def sample_time(name, batch, device, bf16) -> dict:
+class _Stop(Exception):
+    """Raised by the warm-up callback to end a draw after its first top-level step."""
+
+
+def _stop(progress) -> None:
+    raise _Stop
+
+
+def sample_time(name, batch, device, bf16, *, compile=False) -> dict:
     torch.manual_seed(0)
     model = build_preset(name).to(device).eval()
     options: SampleOptions = PRESETS[name].sampling
     y = torch.arange(batch, device=device) % model.num_classes
+    warmup = 0.0
+    if compile:  # compile on a draw stopped after one top-level step; time the next, full one
+        model.compile()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), suppress(_Stop):
+            model.sample(y=y, options=dataclasses.replace(options, callback=_stop))
+        warmup = time.perf_counter() - start
     g = torch.Generator(device=device).manual_seed(0)
     start = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         model.sample(y=y, options=options, generator=g)
     seconds = time.perf_counter() - start
-    return {"kind": "sample", "preset": name, "batch": batch, "bf16": bf16,
-            "seconds_per_image": seconds / batch, "peak_memory_GiB": peak_memory_gib(device)}
+    return {"kind": "sample", "preset": name, "batch": batch, "bf16": bf16, "compile": compile,
+            "seconds_per_image": seconds / batch, "compile_warmup_s": warmup,
+            "peak_memory_GiB": peak_memory_gib(device)}
+
+
+def rate_of(machine: dict, bf16: bool) -> float:
+    """The measured matmul rate (FLOP/s) of the precision a run uses."""
+    return machine["bf16_flops" if bf16 else "fp32_flops"]
 
 
 def main() -> None:
@@ -90,9 +163,14 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also run under bf16 autocast")
     parser.add_argument("--no-sample", action="store_true", help="training steps only")
     parser.add_argument("--no-train", action="store_true", help="sampling only")
+    parser.add_argument("--compile", action="store_true", help="opt in to Fractal.compile()")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = describe(device.type)
+    # glibc keeps freed blocks for reuse (counted in RSS) unless this fixes its mmap threshold.
+    machine["MALLOC_MMAP_THRESHOLD_"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     print(json.dumps(machine, indent=1), flush=True)
     runs = []
     for name in args.presets:
@@ -100,19 +178,32 @@ def main() -> None:
         for batch in args.batches:
             for bf16 in [False, True] if args.bf16 else [False]:
                 if not args.no_train:
-                    r = train_step(name, batch, device, bf16)
-                    rate = machine["bf16_flops" if bf16 else "fp32_flops"]
+                    r = train_step(name, batch, device, bf16, compile=args.compile,
+                                   checkpointing=args.checkpointing)
+                    rate = rate_of(machine, bf16)
                     r["executed_gflops_per_image"] = flops / 1e9
                     r["fraction_of_matmul_rate"] = flops * r["images_per_s"] / rate
                     print(json.dumps(r), flush=True)
                     runs.append(r)
                 if not args.no_sample:
-                    r = sample_time(name, batch, device, bf16)
+                    r = sample_time(name, batch, device, bf16, compile=args.compile)
+                    cost = sampling_cost(name)
+                    r.update(cost)
+                    # The two bounds: FLOPs at the matmul rate, weights at the copy bandwidth.
+                    flop_s = cost["sampling_executed_gflops_per_image"] * 1e9 / rate_of(machine, bf16)
+                    byte_s = cost["sampling_weight_gb_per_batch"] * 1e9 / machine["bandwidth_bytes"] / batch
+                    r["flop_bound_s_per_image"] = flop_s
+                    r["bandwidth_bound_s_per_image"] = byte_s
+                    r["x_of_bound"] = r["seconds_per_image"] / max(flop_s, byte_s)
                     print(json.dumps(r), flush=True)
                     runs.append(r)
     RESULTS.mkdir(exist_ok=True)
     tag = "_".join(args.presets) if len(args.presets) < 3 else "presets"
     tag += "_sampling" if args.no_train else ""
+    tag += "_training" if args.no_sample else ""
+    tag += "_compiled" if args.compile else ""
+    tag += "_checkpointing" if args.checkpointing else ""
+    tag += f"_{args.tag}" if args.tag else ""
     out = RESULTS / f"throughput_{device.type}_{tag}.json"
     out.write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))
     print(f"wrote {out}")

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fractalkit.nn import Attention, Backbone, KVCache
+from fractalkit.nn import Attention, Backbone, KVCache, Linear
 from fractalkit.nn.blocks import swiglu_hidden
 from fractalkit.nn.rope import apply_rope, rope_2d_table
 from fractalkit.partition import ImagePatches
@@ -204,3 +204,29 @@ def test_random_draws_are_uniform_orders_and_exact_categoricals() -> None:
     freq = torch.bincount(draws, minlength=4).double() / 40000
     assert int(freq[1]) == 0  # a zero-probability value is never drawn
     torch.testing.assert_close(freq, probs[0].double(), rtol=0, atol=0.01)
+
+
+# ---- the linear layer's skinny path ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 1024), (3, 1, 1024), (16, 1024), (17, 1024), (1024,)])
+def test_linear_skinny_path_equals_f_linear(bias: bool, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    layer = Linear(1024, 512, bias=bias)  # 2^19 weights: large enough for the W @ x^T form
+    x = torch.randn(*shape, requires_grad=True)
+    out = layer(x)
+    ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert out.shape == ref.shape and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (g_out,) = torch.autograd.grad(out.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.nn.functional.linear(x, layer.weight, layer.bias).dtype
+
+
+def test_linear_keeps_nn_linear_state_dict() -> None:
+    layer = Linear(4, 3)
+    assert isinstance(layer, torch.nn.Linear)
+    assert set(layer.state_dict()) == {"weight", "bias"}

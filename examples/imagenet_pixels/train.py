@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
         lr=peak, betas=recipe.betas,
+        fused=True,  # one kernel per step, no full-size temporaries (the foreach default has them)
     )
     scheduler = WarmupCosine(optimizer, peak_lr=peak, warmup_steps=warmup, total_steps=total, min_lr=recipe.min_lr)
     ema = EMA(model, args.ema_decay or recipe.ema_decay) if args.ema else None

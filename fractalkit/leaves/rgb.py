@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from fractalkit.config import ComponentConfig, register_config
 from fractalkit.leaves.base import Leaf
 from fractalkit.nn.blocks import Backbone
+from fractalkit.nn.linear import Linear
 
 
 class RGBLeaf(Leaf):
@@ -52,7 +53,7 @@ class RGBLeaf(Leaf):
     ) -> None:
         super().__init__(event_shape, cond_dim, cond_tokens, num_values, channel_weights)
         e = math.prod(self.event_shape)
-        self.cond_proj = nn.Linear(cond_dim, width)
+        self.cond_proj = Linear(cond_dim, width)
         self.codebooks = nn.ModuleList(nn.Embedding(num_values, width) for _ in range(e))
         self.ln = nn.LayerNorm(width, eps=1e-6)
         self.backbone = Backbone("vit", width, depth, heads)

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from fractalkit.nn.linear import Linear
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator
 
@@ -49,7 +50,7 @@ class ChildEmbedding(nn.Module):
         self.mode = mode
         self.num_values = num_values
         if mode == "linear":
-            self.proj = nn.Linear(p, width)
+            self.proj = Linear(p, width)
             # Config constants on the CPU (checks work under any default device, e.g. meta);
             # the buffers follow ``module.to(...)``.
             mean = torch.as_tensor(value_mean, dtype=torch.float32, device="cpu").expand(child_shape)
@@ -146,7 +147,7 @@ class Level(AbstractGenerator):
             partitioner.child_shape, child.num_values, width, embed, value_mean, value_std
         )
         self.patch_emb_ln = nn.LayerNorm(width, eps=1e-6)
-        self.cond_emb = nn.Linear(cond_dim, width)
+        self.cond_emb = Linear(cond_dim, width)
         self.register_buffer("positions", partitioner.positions(), persistent=False)
         self.register_buffer("neighbours", partitioner.neighbours(), persistent=False)
 

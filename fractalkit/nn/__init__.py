@@ -1,4 +1,5 @@
-"""Shared layers: attention with an optional KV cache, transformer blocks, rotary embeddings.
+"""Shared layers: attention with an optional KV cache, transformer blocks, rotary embeddings,
+and a linear layer with a CPU fast path for skinny inputs.
 
 Shape letters used in this package: N batch of sequences, S sequence length, D width,
 H heads, E head dim.
@@ -6,12 +7,14 @@ H heads, E head dim.
 
 from fractalkit.nn.attention import Attention, KVCache
 from fractalkit.nn.blocks import Backbone, LlamaBlock, RMSNorm, ViTBlock, make_block
+from fractalkit.nn.linear import Linear
 from fractalkit.nn.rope import rope_2d_table
 
 __all__ = [
     "Attention",
     "Backbone",
     "KVCache",
+    "Linear",
     "LlamaBlock",
     "RMSNorm",
     "ViTBlock",

@@ -9,14 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fractalkit.nn.linear import Linear
 from fractalkit.nn.rope import apply_rope
 
 
 class KVCache:
     """Preallocated keys and values of one attention layer, filled left to right.
 
-    Preallocation keeps sampling free of per-step concatenation: step t writes its keys at
-    ``[length, length + S)`` and attends to ``[0, length + S)``.
+    Preallocation keeps sampling free of per-step concatenation, and attending over the whole
+    (zero-initialised) buffer under a mask keeps every step's shapes the same, so a compiled
+    block (:meth:`fractalkit.Fractal.compile`) is traced once, not once per length: step t
+    writes its keys at ``[length, length + S)`` and query i sees the keys up to its own slot.
 
     Args:
         batch: N, sequences decoded together.
@@ -29,19 +32,52 @@ class KVCache:
     def __init__(
         self, batch: int, heads: int, head_dim: int, capacity: int, device, dtype
     ) -> None:
-        self.keys = torch.empty(batch, heads, capacity, head_dim, device=device, dtype=dtype)
-        self.values = torch.empty_like(self.keys)
+        # Zeros, not empty: masked slots still enter the attention product with weight 0,
+        # and 0 x NaN garbage would be NaN.
+        self.keys = torch.zeros(batch, heads, capacity, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros_like(self.keys)
         self.length = 0
 
+    @property
+    def capacity(self) -> int:
+        """Most tokens the cache holds."""
+        return self.keys.shape[2]
+
+    def slots(self, new: int) -> tuple[Tensor, Tensor]:
+        """Where the next ``new`` tokens go and what they see, without claiming them.
+
+        Returns:
+            ``index`` int64 ``[S]`` (their slots) and ``mask`` bool ``[S, capacity]`` (True where
+            token i may attend: slots up to its own).
+        """
+        end = self.length + new
+        if end > self.capacity:
+            raise ValueError(f"KVCache: capacity {self.capacity} exceeded ({end} tokens)")
+        device = self.keys.device
+        index = torch.arange(self.length, end, device=device)
+        mask = torch.arange(self.capacity, device=device)[None, :] <= index[:, None]
+        return index, mask
+
+    def advance(self, new: int) -> None:
+        """Claim ``new`` slots (after their keys and values are written)."""
+        if self.length + new > self.capacity:
+            raise ValueError(
+                f"KVCache: capacity {self.capacity} exceeded ({self.length + new} tokens)"
+            )
+        self.length += new
+
+    def write(self, k: Tensor, v: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``[N, H, S, E]`` keys and values at ``index`` ``[S]``; return the full buffers."""
+        self.keys.index_copy_(2, index, k.to(self.keys.dtype))
+        self.values.index_copy_(2, index, v.to(self.values.dtype))
+        return self.keys, self.values
+
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store ``[N, H, S, E]`` keys and values; return all of them so far, ``[N, H, P+S, E]``."""
-        end = self.length + k.shape[2]
-        if end > self.keys.shape[2]:
-            raise ValueError(f"KVCache: capacity {self.keys.shape[2]} exceeded ({end} tokens)")
-        self.keys[:, :, self.length : end] = k
-        self.values[:, :, self.length : end] = v
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        """Store ``[N, H, S, E]`` keys and values in the next slots; return all so far, ``[N, H, P+S, E]``."""
+        index, _ = self.slots(k.shape[2])
+        self.write(k, v, index)
+        self.advance(k.shape[2])
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
 
 class Attention(nn.Module):
@@ -69,8 +105,8 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.head_dim = width // heads
-        self.qkv = nn.Linear(width, 3 * width, bias=bias)
-        self.proj = nn.Linear(width, width, bias=bias)
+        self.qkv = Linear(width, 3 * width, bias=bias)
+        self.proj = Linear(width, width, bias=bias)
         self.attn_dropout = attn_dropout
         self.proj_drop = nn.Dropout(proj_dropout)
 
@@ -81,6 +117,7 @@ class Attention(nn.Module):
         causal: bool,
         rope: Tensor | None = None,
         cache: KVCache | None = None,
+        slots: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Attend over ``x`` (and what ``cache`` holds).
 
@@ -88,42 +125,53 @@ class Attention(nn.Module):
             x: ``[N, S, D]``.
             causal: each token sees itself and earlier tokens only.
             rope: ``[S, E/2, 2]`` rotary table for these S positions, or None.
-            cache: keys/values of earlier tokens; the new ones are appended.
+            cache: keys/values of earlier tokens; the new ones are written after them.
+            slots: ``cache.slots(S)``, computed once per step by the caller (a
+                :class:`fractalkit.nn.Backbone`), who then advances every cache; None: this
+                call computes them and advances ``cache`` itself.
 
         Returns:
             ``[N, S, D]``.
         """
         n, s, d = x.shape
-        q, k, v = self.qkv(x).view(n, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        past = 0
-        if cache is not None:
-            past = cache.length
-            k, v = cache.append(k, v)
+        qkv = self.qkv(x).view(n, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rope is not None:  # queries and keys rotated together: half the small ops
+            q, k = apply_rope(qkv[:2], rope).unbind(0)
+            v = qkv[2]
+        else:
+            q, k, v = qkv.unbind(0)
         mask = None
-        is_causal = causal and s > 1
-        if is_causal and past:
-            # A causal block of new tokens after P cached ones: row i sees keys [0, P + i].
-            keys = torch.arange(past + s, device=x.device)
-            mask = keys[None, :] <= (past + torch.arange(s, device=x.device))[:, None]
+        is_causal = False  # a branch, not `causal and s > 1`: a plain bool under symbolic shapes
+        if causal and s > 1:
+            is_causal = True
+        if cache is not None:  # attend over the whole buffer; the mask hides unwritten slots
+            own = slots is None
+            index, mask = cache.slots(s) if own else slots
+            k, v = cache.write(k, v, index)
+            if own:
+                cache.advance(s)
             is_causal = False
         dropout = self.attn_dropout if self.training else 0.0
         # CUDA kernels launch one block row per (sequence, head) and fail past 65,535 of them
         # (a leaf sees ~10^5 pixels per batch): chunk the batch there.
-        step = max(1, 65535 // self.heads if q.is_cuda else n)
-        out = torch.cat(
-            [
-                F.scaled_dot_product_attention(
-                    q[i : i + step],
-                    k[i : i + step],
-                    v[i : i + step],
-                    attn_mask=mask,
-                    dropout_p=dropout,
-                    is_causal=is_causal,
-                )
-                for i in range(0, max(n, 1), step)
-            ]
-        )  # [N, H, S, E]
+        step = 65535 // self.heads
+        if not q.is_cuda or n <= step:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
+            )  # [N, H, S, E]
+        else:
+            out = torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        q[i : i + step],
+                        k[i : i + step],
+                        v[i : i + step],
+                        attn_mask=mask,
+                        dropout_p=dropout,
+                        is_causal=is_causal,
+                    )
+                    for i in range(0, n, step)
+                ]
+            )
         out = out.transpose(1, 2).reshape(n, s, d)
         return self.proj_drop(self.proj(out))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fractalkit.nn.attention import Attention, KVCache
+from fractalkit.nn.linear import Linear
 
 BlockStyle = Literal["vit", "llama"]
 
@@ -31,6 +32,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise ``[..., D]``; returns the same shape and dtype."""
+        if x.dtype in (torch.float32, torch.float64) and x.dtype == self.weight.dtype:
+            # One fused kernel: sampling runs this per token and per op overhead adds up.
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         work = x.to(torch.promote_types(x.dtype, torch.float32))
         out = work * torch.rsqrt(work.pow(2).mean(-1, keepdim=True) + self.eps)
         return out.to(x.dtype) * self.weight
@@ -64,15 +68,21 @@ class ViTBlock(nn.Module):
             width, heads, bias=True, attn_dropout=attn_dropout, proj_dropout=proj_dropout
         )
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc1 = Linear(width, hidden)
+        self.fc2 = Linear(hidden, width)
         self.drop = nn.Dropout(proj_dropout)
 
     def forward(
-        self, x: Tensor, *, causal: bool, rope: Tensor | None = None, cache: KVCache | None = None
+        self,
+        x: Tensor,
+        *,
+        causal: bool,
+        rope: Tensor | None = None,
+        cache: KVCache | None = None,
+        slots: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """``[N, S, D] -> [N, S, D]``; see :class:`fractalkit.nn.Attention` for the arguments."""
-        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache)
+        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache, slots=slots)
         h = self.drop(F.gelu(self.fc1(self.norm2(x))))
         return x + self.drop(self.fc2(h))
 
@@ -111,16 +121,22 @@ class LlamaBlock(nn.Module):
             width, heads, bias=False, attn_dropout=attn_dropout, proj_dropout=proj_dropout
         )
         self.norm2 = RMSNorm(width)
-        self.w1 = nn.Linear(width, hidden, bias=False)
-        self.w3 = nn.Linear(width, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, width, bias=False)
+        self.w1 = Linear(width, hidden, bias=False)
+        self.w3 = Linear(width, hidden, bias=False)
+        self.w2 = Linear(hidden, width, bias=False)
         self.drop = nn.Dropout(proj_dropout)
 
     def forward(
-        self, x: Tensor, *, causal: bool, rope: Tensor | None = None, cache: KVCache | None = None
+        self,
+        x: Tensor,
+        *,
+        causal: bool,
+        rope: Tensor | None = None,
+        cache: KVCache | None = None,
+        slots: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """``[N, S, D] -> [N, S, D]``; see :class:`fractalkit.nn.Attention` for the arguments."""
-        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache)
+        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache, slots=slots)
         h = self.norm2(x)
         return x + self.drop(self.w2(F.silu(self.w1(h)) * self.w3(h)))
 
@@ -186,6 +202,9 @@ class Backbone(nn.Module):
         caches: list[KVCache] | None = None,
     ) -> Tensor:
         """``[N, S, D] -> [N, S, D]``, normalised; ``caches`` (one per block) are appended to."""
+        slots = None
+        if caches:  # one slot index and mask for every layer: they all hold the same tokens
+            slots = caches[0].slots(x.shape[1])
         for i, block in enumerate(self.blocks):
             cache = caches[i] if caches is not None else None
             if self.checkpointing and self.training and torch.is_grad_enabled() and cache is None:
@@ -193,5 +212,7 @@ class Backbone(nn.Module):
                     block, x, causal=causal, rope=rope, use_reentrant=False
                 )
             else:
-                x = block(x, causal=causal, rope=rope, cache=cache)
+                x = block(x, causal=causal, rope=rope, cache=cache, slots=slots)
+        for cache in caches or []:
+            cache.advance(x.shape[1])
         return self.norm(x)

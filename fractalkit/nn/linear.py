@@ -1,0 +1,50 @@
+"""A ``nn.Linear`` that picks a faster matrix-multiply form for few rows and large weights on CPU.
+
+Sampling feeds one token per sequence per step, so every layer multiplies a few rows by a large
+weight and is bound by streaming that weight from memory. On CPU BLAS (MKL) the usual
+``x @ W^T`` runs such skinny products at about half the memory bandwidth that ``W @ x^T``
+reaches. Measured on an AVX2 EPYC, 2 threads, weights out of cache, microseconds per call:
+
+| weight | rows | ``x @ W^T`` | ``W @ x^T`` |
+|---|---|---|---|
+| 4096 x 1024 | 2 | 1813 | 862 |
+| 4096 x 1024 | 16 | 2404 | 1753 |
+| 1536 x 512 | 2 | 401 | 154 |
+| 384 x 128 (in cache) | 6 | 22 | 52 |
+
+so the other form is used only for at most 16 rows and weights of at least 2^18 entries; the
+result is the same up to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: at most this many rows take the ``W @ x^T`` form on the CPU
+SKINNY_ROWS = 16
+#: ... and only for weights with at least this many entries (small ones sit in cache)
+LARGE_WEIGHT = 2**18
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) with a CPU fast path for skinny inputs.
+
+    Args:
+        in_features: input width.
+        out_features: output width.
+        bias: whether to add a learned bias.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., in_features] -> [..., out_features]``."""
+        rows = x.numel() // max(self.in_features, 1)
+        skinny = 0 < rows <= SKINNY_ROWS and self.weight.numel() >= LARGE_WEIGHT
+        if x.device.type != "cpu" or not skinny:
+            return F.linear(x, self.weight, self.bias)
+        # mm is on autocast's list, so under autocast it casts as F.linear would.
+        out = torch.mm(self.weight, x.reshape(rows, self.in_features).T).T.contiguous()
+        if self.bias is not None:
+            out += self.bias
+        return out.view(*x.shape[:-1], self.out_features)
