@@ -1,16 +1,25 @@
-"""Where a training step's time goes, level by level.
+"""Where the time goes, level by level: a training step, or sampling with ``--sampling``.
 
-Times the forward pass of each level's transformer and of the leaf with module hooks (the
-backward pass is timed as a whole), beside the forward FLOPs each executes
+Training: times the forward pass of each level's transformer and of the leaf with module hooks
+(the backward pass is timed as a whole), beside the forward FLOPs each executes
 (benchmarks/cost_table.py), so the achieved rate per level shows which level is inefficient.
 
+Sampling: draws with the preset's published settings, times ``--steps`` top-level steps after
+a warm-up (one step; three with ``--compile``), and splits each top-level step's time into each
+generator's own share (its time minus its child's). For AR levels it also gives the weight
+bytes streamed per top-level step and the achieved GB/s, for a MAR top level its GFLOP/s.
+
 Run: ``python benchmarks/profile_levels.py --preset fractalmar-in64 --batch 1``
-(writes benchmarks/results/profile_<preset>_b<batch>.json).
+(writes benchmarks/results/profile_<preset>_b<batch>.json) or
+``python benchmarks/profile_levels.py --preset fractalar-in64 --batch 1 --sampling --steps 6``
+(writes benchmarks/results/profile_sampling_<preset>_b<batch>.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -21,16 +30,101 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_table import level_flops, mean_mask_ratio
 
+from fractalkit.levels.base import Level
 from fractalkit.presets import PRESETS, build_preset
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class _Stop(Exception):
+    """Ends a profiled draw after the requested number of top-level steps."""
+
+
+def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False) -> dict:
+    """Each generator's own seconds per top-level step of a draw (see the module docstring)."""
+    with torch.device("meta"):
+        meta = build_preset(preset)
+    forward = level_flops(meta, executed=True, ratio=1.0)
+    torch.manual_seed(0)
+    model = build_preset(preset).eval()
+    if compile:
+        model.compile()
+    options = PRESETS[preset].sampling
+    guided = 2 if options.guidance != 1.0 else 1
+    gens = model.levels
+    inclusive = [0.0] * len(gens)
+    for i, gen in enumerate(gens[1:], start=1):  # the top level is timed by the callback
+        def timed(*args, _decode=gen.decode, _i=i, **kwargs):
+            start = time.perf_counter()
+            out = _decode(*args, **kwargs)
+            inclusive[_i] += time.perf_counter() - start
+            return out
+
+        gen.decode = timed  # instance attribute: shadows the method for this model only
+    marks: list[float] = []
+
+    # Warm-up: one top-level step; compiled, three (the second and third retrace with a
+    # symbolic KV-cache length and for the last slot of the middle level's cache).
+    warmup = 3 if compile else 1
+
+    def callback(progress) -> None:
+        if progress.step == warmup:  # warm-up done: start counting
+            inclusive[:] = [0.0] * len(gens)
+            marks.clear()
+        marks.append(time.perf_counter())
+        if progress.step >= warmup + steps:
+            raise _Stop
+
+    y = torch.arange(batch) % max(model.num_classes, 1)
+    g = torch.Generator().manual_seed(0)
+    with contextlib.suppress(_Stop):
+        model.sample(y=y, options=dataclasses.replace(options, callback=callback), generator=g)
+    counted = len(marks) - 1
+    inclusive[0] = marks[-1] - marks[0]
+    own = [inclusive[i] - (inclusive[i + 1] if i + 1 < len(gens) else 0.0) for i in range(len(gens))]
+    top = gens[0]
+    top_steps = top.num_children if not top.uses_orders else (options.steps or [top.num_children])[0]
+    rows, calls = [], 1  # calls: decode calls of generator i per top-level step
+    for i, gen in enumerate(gens):
+        per_step = own[i] / counted
+        row = {"level": f"g{i + 1}", "own_s_per_top_step": per_step,
+               "share": own[i] / inclusive[0]}
+        if isinstance(gen, Level) and not gen.uses_orders:  # AR: weights streamed per step
+            nbytes = sum(p.numel() * p.element_size() for n, p in gen.named_parameters()
+                         if not n.startswith("child."))
+            sequential = 1 if i == 0 else calls * gen.num_children  # one token each
+            gb = sequential * nbytes / 1e9
+            row.update({"weight_gb_per_top_step": gb, "achieved_gb_per_s": gb / per_step})
+        if i == 0 and isinstance(gen, Level) and gen.uses_orders:
+            gflops = guided * batch * forward[0] / 1e9
+            row.update({"gflops_per_top_step": gflops, "gflops_per_s": gflops / per_step})
+        if i > 0 and isinstance(gen, Level):
+            calls *= gen.num_children
+        rows.append(row)
+        extra = "".join(f"  {k} {v:.2f}" for k, v in row.items() if k not in ("level", "own_s_per_top_step", "share"))
+        print(f"{row['level']}: {per_step:.4f} s per top-level step ({100 * row['share']:.0f}%){extra}")
+    per_image = inclusive[0] / counted * top_steps / batch
+    print(f"top-level step {inclusive[0] / counted:.3f} s; extrapolated {per_image:.1f} s per image")
+    return {"preset": preset, "batch": batch, "compile": compile, "steps_timed": counted, "levels": rows,
+            "top_step_s": inclusive[0] / counted, "extrapolated_s_per_image": per_image}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small-in64", choices=sorted(PRESETS))
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--sampling", action="store_true", help="profile sampling, not training")
+    parser.add_argument("--steps", type=int, default=4, help="top-level steps timed (sampling)")
+    parser.add_argument("--compile", action="store_true", help="opt in to Fractal.compile()")
     args = parser.parse_args()
+    if args.sampling:
+        result = profile_sampling(args.preset, args.batch, args.steps, args.compile)
+        RESULTS.mkdir(exist_ok=True)
+        tag = "_compiled" if args.compile else ""
+        out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}{tag}.json"
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return
     with torch.device("meta"):
         meta = build_preset(args.preset)
     flops = level_flops(meta, executed=True, ratio=mean_mask_ratio())

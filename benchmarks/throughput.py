@@ -129,9 +129,11 @@ def _stop(progress) -> None:
     raise _Stop
 
 
-def sample_time(name, batch, device, bf16, *, compile=False) -> dict:
+def sample_time(name, batch, device, bf16, *, compile=False, bf16_weights=False) -> dict:
     torch.manual_seed(0)
     model = build_preset(name).to(device).eval()
+    if bf16_weights:  # weights stored in bf16: half the bytes each AR step streams
+        model = model.to(torch.bfloat16)
     options: SampleOptions = PRESETS[name].sampling
     y = torch.arange(batch, device=device) % model.num_classes
     warmup = 0.0
@@ -147,6 +149,7 @@ def sample_time(name, batch, device, bf16, *, compile=False) -> dict:
         model.sample(y=y, options=options, generator=g)
     seconds = time.perf_counter() - start
     return {"kind": "sample", "preset": name, "batch": batch, "bf16": bf16, "compile": compile,
+            "bf16_weights": bf16_weights,
             "seconds_per_image": seconds / batch, "compile_warmup_s": warmup,
             "peak_memory_GiB": peak_memory_gib(device)}
 
@@ -165,6 +168,7 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="sampling only")
     parser.add_argument("--compile", action="store_true", help="opt in to Fractal.compile()")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    parser.add_argument("--bf16-weights", action="store_true", help="sample with bf16 weights")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -186,12 +190,15 @@ def main() -> None:
                     print(json.dumps(r), flush=True)
                     runs.append(r)
                 if not args.no_sample:
-                    r = sample_time(name, batch, device, bf16, compile=args.compile)
+                    r = sample_time(name, batch, device, bf16, compile=args.compile,
+                                    bf16_weights=args.bf16_weights)
                     cost = sampling_cost(name)
                     r.update(cost)
                     # The two bounds: FLOPs at the matmul rate, weights at the copy bandwidth.
                     flop_s = cost["sampling_executed_gflops_per_image"] * 1e9 / rate_of(machine, bf16)
-                    byte_s = cost["sampling_weight_gb_per_batch"] * 1e9 / machine["bandwidth_bytes"] / batch
+                    weight_bytes = cost["sampling_weight_gb_per_batch"] * 1e9
+                    weight_bytes /= 2 if args.bf16_weights else 1
+                    byte_s = weight_bytes / machine["bandwidth_bytes"] / batch
                     r["flop_bound_s_per_image"] = flop_s
                     r["bandwidth_bound_s_per_image"] = byte_s
                     r["x_of_bound"] = r["seconds_per_image"] / max(flop_s, byte_s)
@@ -203,6 +210,7 @@ def main() -> None:
     tag += "_training" if args.no_sample else ""
     tag += "_compiled" if args.compile else ""
     tag += "_checkpointing" if args.checkpointing else ""
+    tag += "_bf16weights" if args.bf16_weights else ""
     tag += f"_{args.tag}" if args.tag else ""
     out = RESULTS / f"throughput_{device.type}_{tag}.json"
     out.write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from fractalkit.config import ComponentConfig, config_from_dict
 from fractalkit.leaves.base import Leaf
 from fractalkit.levels.base import Level
-from fractalkit.nn.blocks import LlamaBlock, ViTBlock
+from fractalkit.nn.blocks import Backbone, LlamaBlock, ViTBlock
 from fractalkit.partition import Partitioner, partitioner_from_config
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
 from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext
@@ -510,18 +510,23 @@ class Fractal(nn.Module):
 
     # ---- speed -------------------------------------------------------------------------------
 
-    def compile(self, **kwargs: Any) -> Fractal:
+    def compile(self, *, fixed_shape_caches: bool = False, **kwargs: Any) -> Fractal:
         """Opt in to ``torch.compile``: compile every transformer block in place; returns self.
 
         Blocks are where training and sampling spend their time, and all blocks of a level share
         one compiled graph (parameters are graph inputs), so compiling costs one trace per block
-        type and input shape rather than one per model. Decoding keeps its shapes fixed from
-        step to step (KV caches are attended to whole, under a mask), so sampling does not
-        recompile as sequences grow. Parameter names, ``state_dict`` and files are unchanged;
-        likelihoods agree with the eager model to float rounding (tests: 1e-4).
+        type and input shape rather than one per model. A decoding step passes its KV-cache
+        length as a tensor size, so as sequences grow dynamo traces one graph with a symbolic
+        length instead of one per step. Parameter names, ``state_dict`` and files are unchanged;
+        likelihoods agree with the eager model to float rounding (tests: 1e-4). Blocks of one
+        class share dynamo's per-code recompile limit, so this raises
+        ``torch._dynamo.config.recompile_limit`` to 8 per distinct (block class, width).
 
         Args:
-            **kwargs: passed to ``torch.compile`` (e.g. ``mode="max-autotune"``,
+            fixed_shape_caches: decode with KV caches attended to whole under a mask, so every
+                step has exactly the same shapes (for ``mode="reduce-overhead"``, i.e. CUDA
+                graphs, on a GPU), at the price of reading the caches' empty slots.
+            **kwargs: passed to ``torch.compile`` (e.g. ``mode="reduce-overhead"``,
                 ``dynamic=True``, ``backend="eager"`` to check tracing only).
 
         Returns:
@@ -530,9 +535,19 @@ class Fractal(nn.Module):
         Example:
             >>> model = build_preset("tiny-in32").compile()  # doctest: +SKIP
         """
+        import torch._dynamo  # only here: importing dynamo takes a second
+
+        blocks = [m for m in self.modules() if isinstance(m, (ViTBlock, LlamaBlock))]
+        # Blocks of one class share a code object, so dynamo's per-code recompile limit must
+        # hold every (class, width) with its few shapes (training, decoding, the leaf).
+        kinds = {(type(b), b.attn.qkv.in_features) for b in blocks}
+        limit = 8 * max(len(kinds), 1)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+        for block in blocks:
+            block.compile(**kwargs)
         for module in self.modules():
-            if isinstance(module, (ViTBlock, LlamaBlock)):
-                module.compile(**kwargs)
+            if isinstance(module, Backbone):
+                module.fixed_shape_caches = fixed_shape_caches
         return self
 
     # ---- configuration and files -----------------------------------------------------------

@@ -12,7 +12,14 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from fractalkit import ARLevelConfig, Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig, SampleOptions
+from fractalkit import (
+    ARLevelConfig,
+    Fractal,
+    ImagePatches,
+    MARLevelConfig,
+    RGBLeafConfig,
+    SampleOptions,
+)
 
 
 def _model(kind: str) -> Fractal:
@@ -43,9 +50,9 @@ def _compare(kind: str, **compile_kwargs) -> tuple[Fractal, Fractal]:
     return eager, compiled
 
 
-@pytest.mark.parametrize("kind", ["ar", "mar"])
-def test_compiled_blocks_trace_once_and_match_eager(kind: str) -> None:
-    eager, compiled = _compare(kind, backend="eager")
+@pytest.mark.parametrize(("kind", "fixed"), [("ar", False), ("ar", True), ("mar", False)])
+def test_compiled_blocks_trace_once_and_match_eager(kind: str, fixed: bool) -> None:
+    eager, compiled = _compare(kind, backend="eager", fixed_shape_caches=fixed)
     x = torch.randint(0, 256, (3, 3, 8, 8), generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2])
     orders = "identity" if kind == "mar" else None

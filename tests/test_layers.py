@@ -77,9 +77,10 @@ def test_rope_rejects_head_dims_not_divisible_by_4():
 # ---- attention and the KV cache -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fixed_shape", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("chunks", [[1] * 7, [3, 1, 2, 1], [7]])
-def test_attention_with_cache_equals_without(bias, chunks):
+def test_attention_with_cache_equals_without(bias, chunks, fixed_shape):
     torch.manual_seed(0)
     attn = Attention(16, 4, bias=bias).double().eval()
     gen = torch.Generator().manual_seed(2)
@@ -87,7 +88,7 @@ def test_attention_with_cache_equals_without(bias, chunks):
     positions = ImagePatches((2, 3), 1, channels=1).positions()  # 6 children after 1 condition
     rope = rope_2d_table(positions, head_dim=4, num_prefix=1).double()  # [7, 2, 2]
     full = attn(x, causal=True, rope=rope)
-    cache = KVCache(3, 4, 4, capacity=7, device=x.device, dtype=x.dtype)
+    cache = KVCache(3, 4, 4, capacity=7, device=x.device, dtype=x.dtype, fixed_shape=fixed_shape)
     pieces, start = [], 0
     for size in chunks:  # one token at a time, and blocks of several after cached ones
         stop = start + size

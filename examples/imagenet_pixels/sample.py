@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gif", default=None, help="write the generation process of the first batch as a GIF")
     p.add_argument("--strip", default=None, help="write a strip of frames of the first image's generation")
     p.add_argument("--frames", type=int, default=8, help="frames in the strip")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every transformer block (Fractal.compile); the first batch compiles")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's "
                    "choice; 1 is often fastest on a busy machine)")
     p.add_argument("--device", default=None)
@@ -79,6 +81,8 @@ def main(argv=None) -> dict:
     ckpt = Path(args.checkpoint)
     info = checkpoint_info(ckpt)
     model = load_model(ckpt, ema=not args.no_ema, device=device).eval()
+    if args.compile:
+        model.compile()
     conditional = model.num_classes > 0 and not args.unconditional and info.get("conditional", True)
     if args.classes is not None:
         if model.num_classes == 0:

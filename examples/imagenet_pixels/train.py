@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bf16 autocast (default: on with CUDA, off on CPU)")
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute blocks in the backward pass (default: on with CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every transformer block (Fractal.compile); pays off on GPUs")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's "
                    "choice; 1 is often fastest on a busy machine)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present)")
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.num_classes is not None:
             overrides["num_classes"] = args.num_classes
         model = preset.build(**overrides).to(device)
+    if args.compile:
+        model.compile()  # in place: parameter names and checkpoints are unchanged
     num_classes = model.num_classes
 
     # ---- data ----

@@ -16,10 +16,13 @@ from fractalkit.nn.rope import apply_rope
 class KVCache:
     """Preallocated keys and values of one attention layer, filled left to right.
 
-    Preallocation keeps sampling free of per-step concatenation, and attending over the whole
-    (zero-initialised) buffer under a mask keeps every step's shapes the same, so a compiled
-    block (:meth:`fractalkit.Fractal.compile`) is traced once, not once per length: step t
-    writes its keys at ``[length, length + S)`` and query i sees the keys up to its own slot.
+    Preallocation keeps sampling free of per-step concatenation: step t writes its keys at
+    ``[length, length + S)``, and query i sees the keys up to its own slot. By default a step
+    attends to the filled prefix only (least memory traffic: at batch 8 the top level of
+    FractalAR-64 would otherwise read 1 GB of empty slots per step; a compiled block then
+    traces one graph with a symbolic length). With ``fixed_shape`` it attends to the whole
+    zero-initialised buffer under a mask, so every step has exactly the same shapes (what CUDA
+    graphs need: :meth:`fractalkit.Fractal.compile` with ``fixed_shape_caches=True``).
 
     Args:
         batch: N, sequences decoded together.
@@ -27,15 +30,26 @@ class KVCache:
         head_dim: E.
         capacity: most tokens the sequence will hold.
         device, dtype: where and how to store keys and values (those of the layer's weights).
+        fixed_shape: attend to the whole buffer (see above).
     """
 
     def __init__(
-        self, batch: int, heads: int, head_dim: int, capacity: int, device, dtype
+        self,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        capacity: int,
+        device,
+        dtype,
+        *,
+        fixed_shape: bool = False,
     ) -> None:
-        # Zeros, not empty: masked slots still enter the attention product with weight 0,
+        # Zeros when attended to whole: masked slots still enter the product with weight 0,
         # and 0 x NaN garbage would be NaN.
-        self.keys = torch.zeros(batch, heads, capacity, head_dim, device=device, dtype=dtype)
-        self.values = torch.zeros_like(self.keys)
+        alloc = torch.zeros if fixed_shape else torch.empty
+        self.keys = alloc(batch, heads, capacity, head_dim, device=device, dtype=dtype)
+        self.values = alloc(batch, heads, capacity, head_dim, device=device, dtype=dtype)
+        self.fixed_shape = fixed_shape
         self.length = 0
 
     @property
@@ -47,15 +61,17 @@ class KVCache:
         """Where the next ``new`` tokens go and what they see, without claiming them.
 
         Returns:
-            ``index`` int64 ``[S]`` (their slots) and ``mask`` bool ``[S, capacity]`` (True where
-            token i may attend: slots up to its own).
+            ``index`` int64 ``[S]`` (their slots) and ``mask`` bool ``[S, L]`` (True where token
+            i may attend: slots up to its own), L the capacity with ``fixed_shape``, else the
+            filled length after these tokens.
         """
         end = self.length + new
         if end > self.capacity:
             raise ValueError(f"KVCache: capacity {self.capacity} exceeded ({end} tokens)")
         device = self.keys.device
         index = torch.arange(self.length, end, device=device)
-        mask = torch.arange(self.capacity, device=device)[None, :] <= index[:, None]
+        seen = self.capacity if self.fixed_shape else end
+        mask = torch.arange(seen, device=device)[None, :] <= index[:, None]
         return index, mask
 
     def advance(self, new: int) -> None:
@@ -67,7 +83,8 @@ class KVCache:
         self.length += new
 
     def write(self, k: Tensor, v: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Store ``[N, H, S, E]`` keys and values at ``index`` ``[S]``; return the full buffers."""
+        """Store ``[N, H, S, E]`` keys and values at ``index`` ``[S]``; return the whole buffers
+        (a step attends to as many slots as its mask from :meth:`slots` is wide)."""
         self.keys.index_copy_(2, index, k.to(self.keys.dtype))
         self.values.index_copy_(2, index, v.to(self.values.dtype))
         return self.keys, self.values
@@ -144,10 +161,13 @@ class Attention(nn.Module):
         is_causal = False  # a branch, not `causal and s > 1`: a plain bool under symbolic shapes
         if causal and s > 1:
             is_causal = True
-        if cache is not None:  # attend over the whole buffer; the mask hides unwritten slots
+        if cache is not None:  # the mask hides the slots after each token's own
             own = slots is None
             index, mask = cache.slots(s) if own else slots
             k, v = cache.write(k, v, index)
+            # The mask's width (a tensor size, not a Python int) says how many slots to read,
+            # so a compiled block sees one symbolic length rather than one constant per step.
+            k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
             if own:
                 cache.advance(s)
             is_causal = False

@@ -182,6 +182,8 @@ class Backbone(nn.Module):
         )
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.checkpointing = checkpointing
+        #: decode with fixed-shape caches (set by :meth:`fractalkit.Fractal.compile`)
+        self.fixed_shape_caches = False
 
     def new_caches(self, batch: int, capacity: int, like: Tensor) -> list[KVCache]:
         """One empty :class:`KVCache` per block for ``batch`` sequences of up to ``capacity``."""
@@ -189,7 +191,15 @@ class Backbone(nn.Module):
         if attn is None:
             return []
         return [
-            KVCache(batch, attn.heads, attn.head_dim, capacity, like.device, like.dtype)
+            KVCache(
+                batch,
+                attn.heads,
+                attn.head_dim,
+                capacity,
+                like.device,
+                like.dtype,
+                fixed_shape=self.fixed_shape_caches,
+            )
             for _ in self.blocks
         ]
 
