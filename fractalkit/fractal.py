@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from fractalkit.config import ComponentConfig, config_from_dict
 from fractalkit.leaves.base import Leaf
 from fractalkit.levels.base import Level
-from fractalkit.nn.blocks import Backbone, LlamaBlock, ViTBlock
+from fractalkit.nn.blocks import Backbone, PreNormBlock
 from fractalkit.partition import Partitioner, partitioner_from_config
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
 from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext
@@ -537,7 +537,7 @@ class Fractal(nn.Module):
         """
         import torch._dynamo  # only here: importing dynamo takes a second
 
-        blocks = [m for m in self.modules() if isinstance(m, (ViTBlock, LlamaBlock))]
+        blocks = [m for m in self.modules() if isinstance(m, PreNormBlock)]
         # Blocks of one class share a code object, so dynamo's per-code recompile limit must
         # hold every (class, width) with its few shapes (training, decoding, the leaf).
         kinds = {(type(b), b.attn.qkv.in_features) for b in blocks}

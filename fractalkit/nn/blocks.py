@@ -40,7 +40,31 @@ class RMSNorm(nn.Module):
         return out.to(x.dtype) * self.weight
 
 
-class ViTBlock(nn.Module):
+class PreNormBlock(nn.Module):
+    """What both block styles share: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    Subclasses build ``norm1``, ``attn``, ``norm2`` and define :meth:`mlp`.
+    """
+
+    def mlp(self, h: Tensor) -> Tensor:
+        """The block's feed-forward part, ``[N, S, D] -> [N, S, D]``."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        causal: bool,
+        rope: Tensor | None = None,
+        cache: KVCache | None = None,
+        slots: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """``[N, S, D] -> [N, S, D]``; see :class:`fractalkit.nn.Attention` for the arguments."""
+        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache, slots=slots)
+        return x + self.mlp(self.norm2(x))
+
+
+class ViTBlock(PreNormBlock):
     """Pre-norm ViT block: ``x + attn(LN(x))``, then ``x + fc2(GELU(fc1(LN(x))))``.
 
     LayerNorm eps 1e-6, qkv with bias, exact (erf) GELU, MLP hidden ``mlp_ratio * D``.
@@ -72,19 +96,9 @@ class ViTBlock(nn.Module):
         self.fc2 = Linear(hidden, width)
         self.drop = nn.Dropout(proj_dropout)
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        causal: bool,
-        rope: Tensor | None = None,
-        cache: KVCache | None = None,
-        slots: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """``[N, S, D] -> [N, S, D]``; see :class:`fractalkit.nn.Attention` for the arguments."""
-        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache, slots=slots)
-        h = self.drop(F.gelu(self.fc1(self.norm2(x))))
-        return x + self.drop(self.fc2(h))
+    def mlp(self, h: Tensor) -> Tensor:
+        """``fc2(GELU(fc1(h)))`` with dropout, ``[N, S, D] -> [N, S, D]``."""
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(h)))))
 
 
 def swiglu_hidden(width: int, multiple_of: int = 256) -> int:
@@ -93,7 +107,7 @@ def swiglu_hidden(width: int, multiple_of: int = 256) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-class LlamaBlock(nn.Module):
+class LlamaBlock(PreNormBlock):
     """LLaMA block: ``x + attn(RMSNorm(x))``, then ``x + w2(silu(w1 h) * w3 h)``, no biases.
 
     RMSNorm eps 1e-5; SwiGLU hidden size from :func:`swiglu_hidden`.
@@ -126,19 +140,9 @@ class LlamaBlock(nn.Module):
         self.w2 = Linear(hidden, width, bias=False)
         self.drop = nn.Dropout(proj_dropout)
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        causal: bool,
-        rope: Tensor | None = None,
-        cache: KVCache | None = None,
-        slots: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """``[N, S, D] -> [N, S, D]``; see :class:`fractalkit.nn.Attention` for the arguments."""
-        x = x + self.attn(self.norm1(x), causal=causal, rope=rope, cache=cache, slots=slots)
-        h = self.norm2(x)
-        return x + self.drop(self.w2(F.silu(self.w1(h)) * self.w3(h)))
+    def mlp(self, h: Tensor) -> Tensor:
+        """SwiGLU ``w2(silu(w1 h) * w3 h)`` with dropout, ``[N, S, D] -> [N, S, D]``."""
+        return self.drop(self.w2(F.silu(self.w1(h)) * self.w3(h)))
 
 
 def make_block(

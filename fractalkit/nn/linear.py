@@ -29,12 +29,11 @@ LARGE_WEIGHT = 2**18
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state dict) with a CPU fast path for skinny inputs.
+    """``nn.Linear`` with a CPU fast path for skinny inputs.
 
-    Args:
-        in_features: input width.
-        out_features: output width.
-        bias: whether to add a learned bias.
+    Built exactly like ``torch.nn.Linear(in_features, out_features, bias=True)``, with the same
+    parameters and state dict; only :meth:`forward` differs, and only on the CPU for at most
+    :data:`SKINNY_ROWS` rows and at least :data:`LARGE_WEIGHT` weights.
     """
 
     def forward(self, x: Tensor) -> Tensor:
