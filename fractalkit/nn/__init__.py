@@ -6,7 +6,7 @@ H heads, E head dim.
 """
 
 from fractalkit.nn.attention import Attention, KVCache
-from fractalkit.nn.blocks import Backbone, LlamaBlock, RMSNorm, ViTBlock, make_block
+from fractalkit.nn.blocks import Backbone, LlamaBlock, PreNormBlock, RMSNorm, ViTBlock, make_block
 from fractalkit.nn.linear import Linear
 from fractalkit.nn.rope import rope_2d_table
 
@@ -16,6 +16,7 @@ __all__ = [
     "KVCache",
     "Linear",
     "LlamaBlock",
+    "PreNormBlock",
     "RMSNorm",
     "ViTBlock",
     "make_block",
