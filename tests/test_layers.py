@@ -1,5 +1,5 @@
-"""Sanity of the shared layers and schedules: rotary embeddings, attention with a KV cache,
-decoding counts, training mask counts and order resolution.
+"""The shared layers: rotary embeddings, attention with a KV cache, backbones, block sizes and
+the linear layer's skinny CPU path (schedules and orders: tests/test_schedules.py).
 
 Shape letters: N sequences, H heads, S tokens, E head dim, D width, k children, L length.
 """
@@ -13,25 +13,30 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fractalkit.nn import Attention, Backbone, KVCache, rope_2d_table
+from fractalkit.nn import Attention, Backbone, KVCache, Linear, rope_2d_table
+from fractalkit.nn.blocks import swiglu_hidden
 from fractalkit.nn.rope import apply_rope
 from fractalkit.partition import ImagePatches
-from fractalkit.sampling.orders import masked_subset, resolve_orders
-from fractalkit.sampling.schedules import decode_counts, training_mask_counts
 
 # ---- rotary embeddings -------------------------------------------------------------------------
 
 
-def test_rope_table_shape_and_zeroed_condition_positions():
-    positions = ImagePatches(4, 1, channels=1).positions()  # [16, 2]
+def test_rope_table_shape_and_zeroed_condition_positions() -> None:
+    positions = ImagePatches(8, 2, channels=1).positions()  # [16, 2]
     table = rope_2d_table(positions, head_dim=8, num_prefix=2)
-    assert table.shape == (2 + 16, 4, 2)
-    assert table.dtype == torch.float32
-    assert torch.all(table[:2] == 0)  # condition tokens: cos = sin = 0
-    # Child positions: a proper rotation, cos^2 + sin^2 = 1.
-    torch.testing.assert_close(table[2:].pow(2).sum(-1), torch.ones(16, 4), rtol=0, atol=1e-6)
-    # The first child sits at (0, 0): no rotation at all.
+    assert table.shape == (2 + 16, 4, 2) and table.dtype == torch.float32
+    assert bool((table[:2] == 0).all())  # condition tokens: cos = sin = 0
+    # Child 0 sits at (0, 0): no rotation at all.
     torch.testing.assert_close(table[2], torch.tensor([[1.0, 0.0]] * 4))
+    # Each remaining position's (cos, sin) pairs lie on the unit circle.
+    torch.testing.assert_close(table[2:].pow(2).sum(-1), torch.ones(16, 4))
+    # The first half of the pairs follows the row, the second half the column.
+    row, col = 1, 2  # child 6 of a 4x4 grid
+    j = 2 + row * 4 + col
+    torch.testing.assert_close(table[j, 0], torch.tensor([math.cos(row), math.sin(row)]))
+    torch.testing.assert_close(table[j, 2], torch.tensor([math.cos(col), math.sin(col)]))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        rope_2d_table(positions, head_dim=6, num_prefix=0)
 
 
 def test_rope_zeroes_condition_queries_and_preserves_pair_norms():
@@ -134,106 +139,53 @@ def test_attention_rejects_width_not_divisible_by_heads():
         Attention(10, 4, bias=True)
 
 
-# ---- decoding counts ----------------------------------------------------------------------------
+@given(seed=st.integers(0, 1000), head_dim=st.sampled_from([4, 8, 16]))
+def test_rope_rotates_adjacent_pairs_and_preserves_norms(seed: int, head_dim: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    positions = ImagePatches(4, 1, channels=1).positions()
+    table = rope_2d_table(positions, head_dim=head_dim, num_prefix=1).double()  # [17, E/2, 2]
+    x = torch.randn(2, 3, 17, head_dim, generator=g, dtype=torch.float64)
+    out = apply_rope(x, table)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    pair_in = x.unflatten(-1, (-1, 2)).norm(dim=-1)
+    pair_out = out.unflatten(-1, (-1, 2)).norm(dim=-1)
+    torch.testing.assert_close(pair_out[..., 1:, :], pair_in[..., 1:, :])  # rotations
+    assert bool((out[..., 0, :] == 0).all())  # the condition position is zeroed
+    # Relative positions: <R_m q, R_n k> depends on m - n only (here along a row).
+    q, k = x[0, 0, 1], x[0, 0, 2]
+    table_q, table_k = table[[2]], table[[3]]  # positions (0, 1), (0, 2)
+    shifted_q, shifted_k = table[[1]], table[[2]]  # positions (0, 0), (0, 1)
+    a = (apply_rope(q[None, None, None], table_q) * apply_rope(k[None, None, None], table_k)).sum()
+    b = (apply_rope(q[None, None, None], shifted_q) * apply_rope(k[None, None, None], shifted_k)).sum()
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # the table's angles are float32
 
 
-@given(
-    unknown=st.lists(st.integers(0, 40), min_size=1, max_size=6),
-    steps=st.one_of(st.none(), st.integers(1, 12)),
-)
-def test_decode_counts_rows_sum_to_unknown(unknown, steps):
-    u = torch.tensor(unknown)
-    counts = decode_counts(u, steps)
-    assert counts.dtype == torch.int64
-    assert torch.equal(counts.sum(1), u)
-    assert bool((counts >= 0).all())
-    if steps is None:  # the exact mode: one child per step
-        assert counts.shape == (len(unknown), max(unknown))
-        assert bool((counts <= 1).all())
-    else:
-        assert counts.shape == (len(unknown), steps)
-        # Every step decides at least one child while any remain undecided.
-        remaining = u[:, None] - torch.cat([torch.zeros_like(u)[:, None], counts.cumsum(1)[:, :-1]], 1)
-        assert bool((counts[remaining > 0] >= 1).all())
+def test_swiglu_hidden_matches_llama_rounding() -> None:
+    assert swiglu_hidden(1024) == 2816  # int(2 * 4096 / 3) = 2730 -> 2816
+    assert swiglu_hidden(64) == 256
 
 
-def test_cosine_schedule_decides_at_least_one_per_step_and_follows_the_cosine():
-    counts = decode_counts(torch.tensor([256, 16]), 8)
-    assert bool((counts >= 1).all())
-    # After step s, floor(u cos(pi/2 (s+1)/S)) children remain (for u large enough).
-    remaining = 256 - counts[0].cumsum(0)
-    expected = [math.floor(256 * math.cos(math.pi / 2 * (s + 1) / 8)) for s in range(8)]
-    assert remaining.tolist() == expected
-    # Few children, many steps: one per step until none remain.
-    assert decode_counts(torch.tensor([3]), 5).tolist() == [[1, 1, 1, 0, 0]]
+# ---- the linear layer's skinny path ------------------------------------------------------------
 
 
-def test_decode_counts_rejects_bad_steps():
-    with pytest.raises(ValueError, match="steps"):
-        decode_counts(torch.tensor([4]), 0)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 1024), (3, 1, 1024), (64, 1024), (65, 1024), (1024,)])
+def test_linear_skinny_path_equals_f_linear(bias: bool, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    layer = Linear(1024, 512, bias=bias)  # 2^19 weights: large enough for the W @ x^T form
+    x = torch.randn(*shape, requires_grad=True)
+    out = layer(x)
+    ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert out.shape == ref.shape and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (g_out,) = torch.autograd.grad(out.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.nn.functional.linear(x, layer.weight, layer.bias).dtype
 
 
-# ---- training mask counts -----------------------------------------------------------------------
-
-
-@given(n=st.integers(1, 50), length=st.integers(1, 300), seed=st.integers(0, 2**31 - 1))
-def test_training_mask_counts_lie_in_1_to_L(n, length, seed):
-    counts = training_mask_counts(n, length, generator=torch.Generator().manual_seed(seed), device="cpu")
-    assert counts.shape == (n,) and counts.dtype == torch.int64
-    assert bool((counts >= 1).all()) and bool((counts <= length).all())
-
-
-def test_training_mask_counts_follow_the_truncated_normal_and_the_seed():
-    gen = torch.Generator().manual_seed(0)
-    counts = training_mask_counts(20000, 256, generator=gen, device="cpu")
-    # E[r] for N(1, 0.25) truncated to [0, 1] is 1 - 0.25 phi(0) / (Phi(0) - Phi(-4)) = 0.80053;
-    # ceil adds about half a child.
-    expected = 1 - 0.25 * (1 / math.sqrt(2 * math.pi)) / (0.5 - 0.5 * math.erfc(4 / math.sqrt(2)))
-    ratio = counts.double().mean() / 256
-    assert float(ratio) == pytest.approx(expected + 0.5 / 256, abs=0.005)
-    again = training_mask_counts(20000, 256, generator=torch.Generator().manual_seed(0), device="cpu")
-    assert torch.equal(counts, again)
-
-
-# ---- orders -------------------------------------------------------------------------------------
-
-
-def test_resolve_orders_identity_shared_and_per_instance():
-    assert resolve_orders("identity", 2, 4, generator=None, device="cpu").tolist() == [[0, 1, 2, 3]] * 2
-    shared = torch.tensor([2, 0, 3, 1])
-    assert resolve_orders(shared, 3, 4, generator=None, device="cpu").tolist() == [[2, 0, 3, 1]] * 3
-    per = torch.tensor([[1, 0, 2], [2, 1, 0]])
-    assert torch.equal(resolve_orders(per, 2, 3, generator=None, device="cpu"), per)
-
-
-def test_resolve_orders_random_is_seeded_and_gives_permutations():
-    draw = lambda seed: resolve_orders(  # noqa: E731
-        "random", 64, 9, generator=torch.Generator().manual_seed(seed), device="cpu"
-    )
-    a, b, c = draw(0), draw(0), draw(1)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.equal(a.sort(-1).values, torch.arange(9).expand(64, 9))
-    assert len({tuple(r) for r in a.tolist()}) > 50  # really per instance
-    assert torch.equal(resolve_orders(None, 64, 9, generator=torch.Generator().manual_seed(0), device="cpu"), a)
-
-
-@pytest.mark.parametrize(
-    ("spec", "error", "match"),
-    [
-        (torch.tensor([0, 1, 2]), ValueError, r"shape \[4\] or \[2, 4\]"),
-        (torch.zeros(3, 4, dtype=torch.long), ValueError, r"shape \[4\] or \[2, 4\]"),
-        (torch.tensor([0, 1, 1, 3]), ValueError, "permutation of range"),
-        (torch.tensor([[0, 1, 2, 3], [0, 1, 2, 4]]), ValueError, "permutation of range"),
-        ("reverse", ValueError, "'random', 'identity' or a tensor"),
-        ([0, 1, 2, 3], TypeError, "string or an int64 tensor"),
-    ],
-)
-def test_resolve_orders_validation(spec, error, match):
-    with pytest.raises(error, match=match):
-        resolve_orders(spec, 2, 4, generator=None, device="cpu")
-
-
-def test_masked_subset_masks_the_first_count_children_of_each_order():
-    orders = torch.tensor([[2, 0, 3, 1], [0, 1, 2, 3]])
-    masked = masked_subset(orders, torch.tensor([2, 3]))
-    assert masked.tolist() == [[True, False, True, False], [True, True, True, False]]
+def test_linear_keeps_nn_linear_state_dict() -> None:
+    layer = Linear(4, 3)
+    assert isinstance(layer, torch.nn.Linear)
+    assert set(layer.state_dict()) == {"weight", "bias"}
