@@ -115,10 +115,10 @@ def train_step(name, batch, device, bf16, *, compile=False, checkpointing=False,
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step = sorted(times[1:])[len(times[1:]) // 2]  # the first step warms up (and compiles)
+    peak = peak_memory_gib(device)
     return {"kind": "train", "preset": name, "batch": batch, "bf16": bf16, "compile": compile,
             "checkpointing": checkpointing, "step_s": step, "first_step_s": times[0],
-            "images_per_s": batch / step, "peak_memory_GiB": peak_memory_gib(device),
-            "peak_memory_GB": peak_memory_gib(device) * 2**30 / 1e9}
+            "images_per_s": batch / step, "peak_memory_GiB": peak, "peak_memory_GB": peak * 2**30 / 1e9}
 
 
 class _Stop(Exception):

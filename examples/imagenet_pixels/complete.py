@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels_common import (
     REGIONS,
+    add_sampling_arguments,
     autocast,
     checkpoint_info,
     load_image,
@@ -59,11 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", default=None, help="class id(s) to condition on, comma-separated, "
                    "one per image or one for all (class-conditional editing)")
     p.add_argument("--samples", type=int, default=2, help="completions per (image, mask)")
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--filter", type=float, default=None)
-    p.add_argument("--steps", default=None, help="steps per level, e.g. 16,8 ('exact': one child per step)")
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="grid PNG (default: <run>/completion.png)")
     p.add_argument("--scale", type=int, default=None, help="grid upscale factor (default: to >= 128 px)")

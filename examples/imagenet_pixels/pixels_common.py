@@ -180,6 +180,17 @@ def checkpoint_info(path: Path) -> dict:
     return {}
 
 
+def add_sampling_arguments(parser) -> None:
+    """The sampling overrides :func:`options_from` reads: ``--guidance``, ``--guidance-schedule``,
+    ``--temperature``, ``--filter`` and ``--steps`` (all default to the preset's settings)."""
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: none)")
+    parser.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
+    parser.add_argument("--temperature", type=float, default=None, help="logits are divided by this")
+    parser.add_argument("--filter", type=float, default=None, help="low-probability filter threshold (0: off)")
+    parser.add_argument("--steps", default=None,
+                        help="steps per level, e.g. 64,16 ('exact' = one child per step)")
+
+
 def options_from(args, info: dict) -> SampleOptions:
     """The preset's published settings with the command line's overrides."""
     preset = PRESETS.get(info.get("preset", ""))

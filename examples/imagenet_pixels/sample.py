@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels_common import (
+    add_sampling_arguments,
     autocast,
     checkpoint_info,
     make_grid,
@@ -44,11 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", default=None, help="comma-separated class ids (default: random "
                    "classes for class-conditional checkpoints, none for unconditional ones)")
     p.add_argument("--unconditional", action="store_true", help="sample p(x) with the null condition")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: none)")
-    p.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
-    p.add_argument("--temperature", type=float, default=None, help="logits are divided by this")
-    p.add_argument("--filter", type=float, default=None, help="low-probability filter threshold (0: off)")
-    p.add_argument("--steps", default=None, help="steps per level, e.g. 64,16 ('exact' = one child per step)")
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=None, help="grid PNG (default: <run>/samples.png)")
