@@ -2,13 +2,22 @@
 
 A component's config is a frozen dataclass with a ``kind`` and a ``build`` method. Configs
 serialise to plain JSON dicts (``to_dict``) and back (``config_from_dict``); a plug-in level or
-leaf joins by decorating its config with :func:`register_config`.
+leaf joins by deriving from :class:`LevelConfig` or :class:`LeafConfig` (the contracts
+:class:`fractalkit.Fractal` checks) and decorating its config with :func:`register_config`.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # only for annotations: the levels and leaves import this module
+    from fractalkit.leaves.base import Leaf
+    from fractalkit.levels.base import Level
+    from fractalkit.normalisation import ValueNormalisation
+    from fractalkit.partition import Partitioner
+    from fractalkit.protocol import AbstractGenerator
 
 CONFIG_REGISTRY: dict[str, type[ComponentConfig]] = {}
 
@@ -42,6 +51,85 @@ class ComponentConfig:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+class LevelConfig(ComponentConfig, abc.ABC):
+    """The contract of a level's config: what :class:`fractalkit.Fractal` relies on.
+
+    Subclasses are frozen dataclasses with a unique ``kind``, decorated with
+    :func:`register_config`.
+
+    Attributes:
+        width: D, the width of the conditions this level hands its children (a dataclass field
+            or a property).
+        uses_orders: whether the level's likelihood depends on an order of its children (MAR:
+            True); then ``Fractal.log_prob`` accepts ``orders`` for it and estimates over
+            random orders when none is given.
+    """
+
+    width: ClassVar[int]
+    uses_orders: ClassVar[bool] = False
+
+    @property
+    @abc.abstractmethod
+    def out_tokens(self) -> int:
+        """Condition tokens the level hands each child."""
+
+    @abc.abstractmethod
+    def build(
+        self,
+        partitioner: Partitioner,
+        child: AbstractGenerator,
+        *,
+        cond_dim: int,
+        cond_tokens: int,
+        normalisation: ValueNormalisation,
+    ) -> Level:
+        """The level over ``partitioner``'s children, delegating each to ``child``.
+
+        Args:
+            partitioner: how an instance becomes children.
+            child: the already built next generator down.
+            cond_dim: D_in of the condition this level receives.
+            cond_tokens: T of the condition this level receives.
+            normalisation: how this level's instance values become floats (its children's is
+                ``normalisation.child(partitioner)``).
+        """
+
+
+class LeafConfig(ComponentConfig, abc.ABC):
+    """The contract of a leaf's config: what :class:`fractalkit.Fractal` relies on.
+
+    Attributes:
+        num_values: V, values per element (a dataclass field).
+    """
+
+    num_values: ClassVar[int]
+
+    @abc.abstractmethod
+    def build(self, event_shape: tuple[int, ...], cond_dim: int, cond_tokens: int) -> Leaf:
+        """The leaf for instances of ``event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
+
+
+def check_contract(config: object, contract: type[ComponentConfig], where: str) -> None:
+    """Raise a TypeError naming what ``config`` lacks to be a ``contract`` (a level or leaf config).
+
+    Args:
+        config: the object given.
+        contract: :class:`LevelConfig` or :class:`LeafConfig`.
+        where: how the caller names the argument, e.g. ``"levels[1][1]"``.
+    """
+    if isinstance(config, contract):
+        return
+    required = ["kind", "to_dict", "build"] + (
+        ["width", "out_tokens"] if contract is LevelConfig else ["num_values"]
+    )
+    missing = [name for name in required if name not in dir(config)]
+    detail = f"; it lacks {missing}" if missing else ""
+    raise TypeError(
+        f"Fractal: {where} must be a {contract.__name__} (derive your config from "
+        f"fractalkit.{contract.__name__}), got {type(config).__name__}{detail}"
+    )
 
 
 def config_from_dict(data: dict[str, Any]) -> ComponentConfig:

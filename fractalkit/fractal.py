@@ -9,28 +9,28 @@ leaf; the class embedding (or the learned null embedding) is the top condition.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import ComponentConfig, config_from_dict
+from fractalkit import persistence
+from fractalkit.composer import check_levels, compose, per_level_orders
+from fractalkit.config import LeafConfig, LevelConfig
 from fractalkit.leaves.base import Leaf
 from fractalkit.levels.base import Level
-from fractalkit.nn.blocks import Backbone, PreNormBlock
-from fractalkit.partition import Partitioner, partitioner_from_config
+from fractalkit.normalisation import ValueNormalisation
+from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
 from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext
 from fractalkit.sampling.rng import uniform
 
-FORMAT = "fractalkit.Fractal"
-FORMAT_VERSION = 1
+# Re-exported: the converter and presets build configs in this format.
+FORMAT, FORMAT_VERSION = persistence.FORMAT, persistence.FORMAT_VERSION
 
 
 @dataclass(frozen=True)
@@ -52,23 +52,6 @@ class TrainingLoss:
     def bits_per_dim(self) -> float:
         """``nll`` in bits per dimension (for logging)."""
         return float(self.nll.detach()) / math.log(2)
-
-
-def _event_tensor(value: float | Sequence[float], event_shape: tuple[int, ...], name: str) -> Tensor:
-    """A per-element tensor of ``event_shape`` from a scalar or one value per leading axis entry."""
-    # Config constants: built on the CPU so that checks on them work under any default device
-    # (e.g. ``with torch.device("meta"):``); buffers made from them follow ``model.to(...)``.
-    t = torch.as_tensor(value, dtype=torch.float32, device="cpu")
-    if t.dim() == 1:
-        if t.numel() != event_shape[0]:
-            raise ValueError(
-                f"Fractal: {name} has {t.numel()} entries but the data's leading axis has "
-                f"{event_shape[0]} (give one value, or one per channel)"
-            )
-        t = t.view(-1, *([1] * (len(event_shape) - 1)))
-    elif t.dim() != 0:
-        raise ValueError(f"Fractal: {name} must be a number or a list of numbers, got {value!r}")
-    return t.expand(event_shape)
 
 
 class Fractal(nn.Module):
@@ -101,8 +84,8 @@ class Fractal(nn.Module):
 
     def __init__(
         self,
-        levels: Sequence[tuple[Partitioner, ComponentConfig]],
-        leaf: ComponentConfig,
+        levels: Sequence[tuple[Partitioner, LevelConfig]],
+        leaf: LeafConfig,
         *,
         num_classes: int = 0,
         label_drop: float = 0.1,
@@ -110,23 +93,7 @@ class Fractal(nn.Module):
         value_std: float | Sequence[float] = 0.5,
     ) -> None:
         super().__init__()
-        levels = list(levels)
-        if not levels:
-            raise ValueError("Fractal: levels must hold at least one (partitioner, config) pair")
-        for i, pair in enumerate(levels):
-            if not (isinstance(pair, tuple | list) and len(pair) == 2):
-                raise TypeError(f"Fractal: levels[{i}] must be a (partitioner, config) pair")
-            if not isinstance(pair[0], Partitioner):
-                raise TypeError(f"Fractal: levels[{i}][0] must be a Partitioner, got {type(pair[0])}")
-            if not hasattr(pair[1], "build") or not hasattr(pair[1], "out_tokens"):
-                raise TypeError(f"Fractal: levels[{i}][1] must be a level config, got {type(pair[1])}")
-        for i in range(len(levels) - 1):
-            above, below = levels[i][0], levels[i + 1][0]
-            if tuple(above.child_shape) != tuple(below.event_shape):
-                raise ValueError(
-                    f"Fractal: level {i} hands down children of shape {list(above.child_shape)} "
-                    f"but level {i + 1} expects instances of shape {list(below.event_shape)}"
-                )
+        levels = check_levels(levels, leaf)
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"Fractal: num_classes must be an integer >= 0, got {num_classes}")
         if not 0 <= label_drop < 1:
@@ -143,36 +110,8 @@ class Fractal(nn.Module):
         self.num_classes = num_classes
         self.label_drop = float(label_drop)
 
-        # Each level's children share one normalisation: split the per-element tensors down.
-        means, stds = [], []
-        mean = _event_tensor(value_mean, self.event_shape, "value_mean")[None]
-        std = _event_tensor(value_std, self.event_shape, "value_std")[None]
-        for i, (part, _) in enumerate(levels):
-            m, s = part.split(mean.contiguous()), part.split(std.contiguous())  # [1, k, *child]
-            if not (bool((m == m[:, :1]).all()) and bool((s == s[:, :1]).all())):
-                raise ValueError(
-                    f"Fractal: level {i}'s children would need different value normalisations; "
-                    "give value_mean/value_std per channel (the leading axis) only"
-                )
-            means.append(m[0, 0])
-            stds.append(s[0, 0])
-            mean, std = m[:, 0], s[:, 0]
-
-        child: AbstractGenerator = leaf.build(
-            tuple(levels[-1][0].child_shape), levels[-1][1].width, levels[-1][1].out_tokens
-        )
-        for i in reversed(range(len(levels))):
-            part, cfg = levels[i]
-            parent = levels[i - 1][1] if i > 0 else cfg  # the top level reads the class token
-            child = cfg.build(
-                part,
-                child,
-                cond_dim=parent.width,
-                cond_tokens=parent.out_tokens,
-                value_mean=means[i],
-                value_std=stds[i],
-            )
-        self.root: Level = child  # type: ignore[assignment]
+        normalisation = ValueNormalisation.of(self.event_shape, value_mean, value_std)
+        self.root: Level = compose(levels, leaf, normalisation)
         width = levels[0][1].width
         self.top_tokens = levels[0][1].out_tokens
         # The unconditional ("null") condition: a learned vector, not a magic class index.
@@ -253,27 +192,10 @@ class Fractal(nn.Module):
         return e[:, None].expand(n, self.top_tokens, e.shape[-1])
 
     def _orders(self, orders: OrderSpec | Sequence[OrderSpec]) -> tuple[OrderSpec, ...]:
-        levels = self.levels[:-1]
-        if orders is None or isinstance(orders, str | Tensor):
-            spec = [orders if getattr(level, "uses_orders", False) else None for level in levels]
-            return tuple(spec)
-        spec = list(orders)
-        if len(spec) != len(levels):
-            raise ValueError(
-                f"Fractal: orders must have one entry per level ({len(levels)}), got {len(spec)}"
-            )
-        for i, (o, level) in enumerate(zip(spec, levels, strict=True)):
-            if o is not None and not getattr(level, "uses_orders", False) and not (
-                isinstance(o, str) and o == "identity"
-            ):
-                raise ValueError(
-                    f"Fractal: orders[{i}] is given but level {i} ({type(level).__name__}) has a "
-                    "fixed raster order; use None there"
-                )
-        return tuple(spec)
+        return per_level_orders(self.levels[:-1], orders)
 
     def _has_orders(self) -> bool:
-        return any(getattr(level, "uses_orders", False) for level in self.levels[:-1])
+        return any(level.uses_orders for level in self.levels[:-1])
 
     # ---- likelihood and training -------------------------------------------------------------
 
@@ -535,73 +457,24 @@ class Fractal(nn.Module):
         Example:
             >>> model = build_preset("tiny-in32").compile()  # doctest: +SKIP
         """
-        import torch._dynamo  # only here: importing dynamo takes a second
+        from fractalkit.nn.compile import compile_blocks
 
-        blocks = [m for m in self.modules() if isinstance(m, PreNormBlock)]
-        # Blocks of one class share a code object, so dynamo's per-code recompile limit must
-        # hold every (class, width) with its few shapes (training, decoding, the leaf).
-        kinds = {(type(b), b.attn.qkv.in_features) for b in blocks}
-        limit = 8 * max(len(kinds), 1)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-        for block in blocks:
-            block.compile(**kwargs)
-        for module in self.modules():
-            if isinstance(module, Backbone):
-                module.fixed_shape_caches = fixed_shape_caches
-        return self
+        return compile_blocks(self, fixed_shape_caches=fixed_shape_caches, **kwargs)
 
     # ---- configuration and files -----------------------------------------------------------
 
     @property
     def config(self) -> dict[str, Any]:
-        """A JSON-serialisable, versioned description; ``Fractal.from_config`` rebuilds the model."""
-        spec = self._spec
+        """A JSON-serialisable, versioned description; ``Fractal.from_config`` rebuilds the model.
 
-        def plain(v):
-            return v if isinstance(v, int | float) else [float(t) for t in v]
-
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "levels": [
-                {"partitioner": p.config(), "level": c.to_dict()} for p, c in spec["levels"]
-            ],
-            "leaf": spec["leaf"].to_dict(),
-            "num_classes": spec["num_classes"],
-            "label_drop": spec["label_drop"],
-            "value_mean": plain(spec["value_mean"]),
-            "value_std": plain(spec["value_std"]),
-        }
+        See :mod:`fractalkit.persistence` for the format and its versions.
+        """
+        return persistence.model_config(self)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Fractal:
         """Build a freshly initialised model from :attr:`config` (load weights separately)."""
-        if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise ValueError(
-                f"Fractal.from_config: expected a dict with format {FORMAT!r}, got "
-                f"{config.get('format') if isinstance(config, dict) else type(config)}"
-            )
-        if config.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"Fractal.from_config: config version {config.get('version')} is not supported "
-                f"(this fractalkit reads version {FORMAT_VERSION})"
-            )
-        known = {"format", "version", "levels", "leaf", "num_classes", "label_drop", "value_mean", "value_std"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"Fractal.from_config: unknown keys {unknown}")
-        levels = [
-            (partitioner_from_config(entry["partitioner"]), config_from_dict(entry["level"]))
-            for entry in config["levels"]
-        ]
-        return cls(
-            levels,
-            config_from_dict(config["leaf"]),
-            num_classes=config["num_classes"],
-            label_drop=config["label_drop"],
-            value_mean=config["value_mean"],
-            value_std=config["value_std"],
-        )
+        return persistence.model_from_config(cls, config)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write weights (safetensors) with the JSON config in the file's metadata, atomically.
@@ -609,50 +482,15 @@ class Fractal(nn.Module):
         Args:
             path: file to write, conventionally ``*.safetensors``.
         """
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp), metadata={"fractalkit_config": json.dumps(self.config)})
-        os.replace(tmp, path)
+        persistence.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Fractal:
-        """Rebuild a model saved with :meth:`save`.
+        """Rebuild a model saved with :meth:`save` (format version 1 or 2).
 
         Raises:
             FileNotFoundError: no such file.
             ValueError: the file is not a fractalkit safetensors file, is truncated or corrupt,
                 or its tensors do not match its config (each names the file).
         """
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Fractal.load: no file at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-            state = load_file(str(path), device=str(device))
-        except Exception as err:  # safetensors raises its own error types for bad headers
-            raise ValueError(
-                f"Fractal.load: {path} is not a readable safetensors file (truncated or corrupt?): {err}"
-            ) from err
-        if "fractalkit_config" not in metadata:
-            raise ValueError(
-                f"Fractal.load: {path} has no fractalkit config in its metadata; was it written "
-                "by Fractal.save?"
-            )
-        model = cls.from_config(json.loads(metadata["fractalkit_config"]))
-        dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
-        if len(dtypes) == 1:  # keep the saved precision (load_state_dict would cast to float32)
-            model = model.to(dtypes.pop())
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"Fractal.load: {path} does not match its config: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
-        return model.to(device)
+        return persistence.load(cls, path, device=device)

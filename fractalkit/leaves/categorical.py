@@ -10,7 +10,7 @@ import math
 
 from torch import Tensor, nn
 
-from fractalkit.config import ComponentConfig, register_config
+from fractalkit.config import LeafConfig, register_config
 from fractalkit.leaves.base import Leaf
 
 
@@ -53,7 +53,7 @@ class CategoricalLeaf(Leaf):
 
 @register_config
 @dataclasses.dataclass(frozen=True)
-class CategoricalLeafConfig(ComponentConfig):
+class CategoricalLeafConfig(LeafConfig):
     """Configuration of a :class:`CategoricalLeaf`.
 
     Attributes:

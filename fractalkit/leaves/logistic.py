@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fractalkit.config import ComponentConfig, register_config
+from fractalkit.config import LeafConfig, register_config
 from fractalkit.leaves.base import Leaf
 
 __all__ = ["DiscretizedLogisticLeaf", "DiscretizedLogisticLeafConfig"]
@@ -132,7 +132,7 @@ class DiscretizedLogisticLeaf(Leaf):
 
 @register_config
 @dataclasses.dataclass(frozen=True)
-class DiscretizedLogisticLeafConfig(ComponentConfig):
+class DiscretizedLogisticLeafConfig(LeafConfig):
     """Configuration of a :class:`DiscretizedLogisticLeaf`.
 
     Attributes:

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import ComponentConfig, register_config
+from fractalkit.config import LeafConfig, register_config
 from fractalkit.leaves.base import Leaf
 from fractalkit.nn.blocks import Backbone
 from fractalkit.nn.linear import Linear
@@ -82,7 +82,7 @@ class RGBLeaf(Leaf):
 
 @register_config
 @dataclasses.dataclass(frozen=True)
-class RGBLeafConfig(ComponentConfig):
+class RGBLeafConfig(LeafConfig):
     """Configuration of an :class:`RGBLeaf`.
 
     Attributes:

@@ -6,7 +6,8 @@ D_in incoming width, D this level's width.
 Teacher forcing: the sequence is ``[cond_emb(c_0), t_0, ..., t_{k-2}]`` (t_j the embedding of
 child j) plus learned positions, LayerNorm, the blocks and a final LayerNorm; output j is the
 condition of child j, which therefore sees the incoming condition and children ``< j`` only.
-Sampling feeds one token per step through a preallocated KV cache.
+Sampling feeds one token per step through a preallocated KV cache; the decoding loop itself
+(raster plan, guidance schedule, callback, known children) is :class:`fractalkit.levels.base.Level`'s.
 """
 
 from __future__ import annotations
@@ -16,19 +17,19 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import ComponentConfig, register_config
-from fractalkit.levels.base import EmbedMode, Level
-from fractalkit.nn.blocks import Backbone, BlockStyle
+from fractalkit.config import LevelConfig, register_config
+from fractalkit.levels.base import EmbedMode, Level, Step
+from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
 from fractalkit.nn.rope import rope_2d_table
+from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
-from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
-from fractalkit.sampling.options import DecodeContext, Progress, ScoreContext
-from fractalkit.sampling.schedules import guidance_at
+from fractalkit.protocol import AbstractGenerator
+from fractalkit.sampling.options import DecodeContext
 
 
 @register_config
 @dataclasses.dataclass(frozen=True)
-class ARLevelConfig(ComponentConfig):
+class ARLevelConfig(LevelConfig):
     """Configuration of an :class:`ARLevel`.
 
     Attributes:
@@ -56,7 +57,7 @@ class ARLevelConfig(ComponentConfig):
     out_tokens = 1  # not a field: an AR level hands each child one condition token
 
     def __post_init__(self) -> None:
-        _check_transformer(self, self.rope)
+        check_transformer(self, self.rope)
 
     def build(
         self,
@@ -65,40 +66,13 @@ class ARLevelConfig(ComponentConfig):
         *,
         cond_dim: int,
         cond_tokens: int,
-        value_mean: Tensor | float = 0.5,
-        value_std: Tensor | float = 0.5,
+        normalisation: ValueNormalisation | None = None,
     ) -> ARLevel:
         """The level over ``partitioner``'s children, delegating to ``child``."""
         return ARLevel(
-            partitioner,
-            child,
-            self,
-            cond_dim=cond_dim,
-            cond_tokens=cond_tokens,
-            value_mean=value_mean,
-            value_std=value_std,
+            partitioner, child, self, cond_dim=cond_dim, cond_tokens=cond_tokens,
+            normalisation=normalisation,
         )
-
-
-def _check_transformer(cfg, rope: bool) -> None:
-    name = type(cfg).__name__
-    for field in ("width", "heads"):
-        if not isinstance(getattr(cfg, field), int) or getattr(cfg, field) < 1:
-            raise ValueError(f"{name}: {field} must be a positive integer, got {getattr(cfg, field)}")
-    if not isinstance(cfg.depth, int) or cfg.depth < 0:
-        raise ValueError(f"{name}: depth must be a non-negative integer, got {cfg.depth}")
-    if cfg.width % cfg.heads:
-        raise ValueError(f"{name}: width {cfg.width} is not divisible by heads {cfg.heads}")
-    if rope and (cfg.width // cfg.heads) % 4:
-        raise ValueError(
-            f"{name}: 2-D rotary embeddings need a head dim (width / heads = "
-            f"{cfg.width // cfg.heads}) divisible by 4"
-        )
-    if cfg.block not in ("vit", "llama"):
-        raise ValueError(f"{name}: block must be 'vit' or 'llama', got {cfg.block!r}")
-    for field in ("attn_dropout", "proj_dropout"):
-        if not 0 <= getattr(cfg, field) < 1:
-            raise ValueError(f"{name}: {field} must lie in [0, 1), got {getattr(cfg, field)}")
 
 
 class ARLevel(Level):
@@ -111,7 +85,7 @@ class ARLevel(Level):
         cond_dim: D_in of the incoming condition.
         cond_tokens: T of the incoming condition (token 0 is used: in an AR level a neighbour's
             output would leak the child).
-        value_mean, value_std: normalisation of the linear child embedding.
+        normalisation: how the instance's values become floats (linear child embedding).
     """
 
     def __init__(
@@ -122,8 +96,7 @@ class ARLevel(Level):
         *,
         cond_dim: int,
         cond_tokens: int,
-        value_mean: Tensor | float = 0.5,
-        value_std: Tensor | float = 0.5,
+        normalisation: ValueNormalisation | None = None,
     ) -> None:
         super().__init__(
             partitioner,
@@ -132,8 +105,7 @@ class ARLevel(Level):
             cond_tokens=cond_tokens,
             width=config.width,
             embed=config.embed,
-            value_mean=value_mean,
-            value_std=value_std,
+            normalisation=normalisation,
             out_tokens=1,
         )
         self.config = config
@@ -175,68 +147,33 @@ class ARLevel(Level):
         h = self.patch_emb_ln(tokens + self.pos_embed[:, :k])  # [N, k, D]
         return self.backbone(h, causal=True, rope=self._rope(0, k))
 
-    def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
-        """Exact teacher-forced score: every child, conditioned on its predecessors."""
-        n, k = x.shape[0], self.num_children
-        children = self.split(x)  # [N, k, P]
-        h = self.conditions(children, cond)  # [N, k, D]
-        sub = self.child.score(
-            self.child_rows(children.flatten(0, 1)), h.flatten(0, 1)[:, None], ctx.down()
-        )
-        return sub.reduce_to(torch.arange(n, device=x.device).repeat_interleave(k), n)
+    def teacher_forced_conditions(
+        self, children: Tensor, cond: Tensor, summary: Tensor | None
+    ) -> Tensor:
+        """``[N, k, 1, D]``: :meth:`conditions` as one condition token per child."""
+        return self.conditions(children, cond)[:, :, None]
 
-    def decode(
-        self, x: Tensor, known: Tensor, cond: Tensor, ctx: DecodeContext
-    ) -> tuple[Tensor, Tensor]:
-        """Decide children in raster order, one per step; fully known children are context."""
-        rows, k = x.shape[0], self.num_children
-        children = self.split(x).clone()  # [R, k, P]
-        child_known = self.split(known)  # [R, k, P]
-        todo = torch.ones(rows, k, dtype=torch.bool, device=x.device)
-        if not ctx.force:
-            todo = ~child_known.all(-1)
-        logp = torch.zeros(rows, dtype=accumulation_dtype(cond.dtype), device=x.device)
+    def begin_decoding(
+        self, children: Tensor, cond: Tensor, summary: Tensor | None, ctx: DecodeContext
+    ) -> dict:
+        """The token inputs (token 0 the condition) and, with ``kv_cache``, the caches."""
+        rows, k = children.shape[:2]
         # Inputs before positions: token 0 is the condition, token j + 1 embeds child j.
         tokens = self.pos_embed.new_zeros(rows, k, self.width)
         tokens[:, 0] = self.cond_emb(cond[:, 0]).to(tokens.dtype)
         caches = self.backbone.new_caches(rows, k, self.pos_embed) if ctx.options.kv_cache else None
-        top = ctx.depth == 0
-        for j in range(k):
-            if caches is not None:  # one new token; keys and values of the rest are cached
-                h = self.patch_emb_ln(tokens[:, j : j + 1] + self.pos_embed[:, j : j + 1])
-                h = self.backbone(h, causal=True, rope=self._rope(j, j + 1), caches=caches)
-            else:  # recompute the whole prefix (reference path)
-                h = self.patch_emb_ln(tokens[:, : j + 1] + self.pos_embed[:, : j + 1])
-                h = self.backbone(h, causal=True, rope=self._rope(0, j + 1))
-            h = h[:, -1]  # [R, D]: condition of child j
-            scale = ctx.scale
-            if top:
-                scale = guidance_at(
-                    ctx.options.guidance, ctx.options.guidance_schedule, (j + 1) / k
-                )
-            picked = todo[:, j].nonzero().squeeze(1)
-            if picked.numel():
-                sub_x, sub_logp = self.child.decode(
-                    self.child_rows(children[picked, j]),
-                    self.child_rows(child_known[picked, j]),
-                    h[picked, None],
-                    ctx.down(scale),
-                )
-                children[picked, j] = sub_x.flatten(1)
-                logp.index_add_(0, picked, sub_logp.to(logp.dtype))
-            if j + 1 < k:
-                tokens[:, j + 1] = self.patch_emb(children[:, j]).to(tokens.dtype)
-            if top and ctx.options.callback is not None:
-                done = torch.arange(k, device=x.device)[None, :, None] <= j
-                _report(ctx, self, children, child_known | done, j, k)
-        return self.merge(children), logp
+        return {"tokens": tokens, "caches": caches}
 
-
-def _report(
-    ctx: DecodeContext, level: Level, children: Tensor, decided: Tensor, step: int, steps: int
-) -> None:
-    """Hand the top level's partial canvas (conditional half only) to the user's callback."""
-    half = children.shape[0] // 2 if ctx.guided else children.shape[0]
-    canvas = level.merge(children[:half])
-    done = level.merge(decided[:half])
-    ctx.options.callback(Progress(canvas, done, step + 1, steps))
+    def step_conditions(self, state: dict, children: Tensor, decided: Tensor, step: Step) -> Tensor:
+        """Child j's condition from one new token (KV cache) or the recomputed prefix."""
+        j, tokens, caches = step.index, state["tokens"], state["caches"]
+        if j > 0:  # child j - 1 was decided at the previous step
+            tokens[:, j] = self.patch_emb(children[:, j - 1]).to(tokens.dtype)
+        if caches is not None:  # one new token; keys and values of the rest are cached
+            h = self.patch_emb_ln(tokens[:, j : j + 1] + self.pos_embed[:, j : j + 1])
+            h = self.backbone(h, causal=True, rope=self._rope(j, j + 1), caches=caches)
+        else:  # recompute the whole prefix (reference path)
+            h = self.patch_emb_ln(tokens[:, : j + 1] + self.pos_embed[:, : j + 1])
+            h = self.backbone(h, causal=True, rope=self._rope(0, j + 1))
+        rows = step.pick[:, j].nonzero().squeeze(1)
+        return h[rows, -1, None]  # [M, 1, D]

@@ -1,39 +1,48 @@
 """MARLevel: a bidirectional transformer over a level's children in a random order (masked AR).
 
-Shape letters: N instances, k children, P elements per child, T incoming condition tokens,
-D_in incoming width, D this level's width, C channels of the guiding pixel.
+Shape letters: N instances (R rows while decoding), k children, P elements per child, T incoming
+condition tokens, D_in incoming width, D this level's width, S steps.
 
 A MAR level is a family of autoregressive models, one per order of its children. Under an
 order, child j's condition comes from a pass in which the children before it are visible and
 the rest are replaced by a learned mask token. The sequence is
-``[pix_proj(g)?, cond_emb(c_{T-1}), ..., cond_emb(c_0), t_0, ..., t_{k-1}]`` plus learned
-positions, LayerNorm, the blocks and a final LayerNorm. Each child receives its own output and,
-with ``neighbours``, those of its top, right, bottom and left neighbours (zeros off the grid).
+``[summary?, cond_emb(c_{T-1}), ..., cond_emb(c_0), t_0, ..., t_{k-1}]`` plus learned
+positions, LayerNorm, the blocks and a final LayerNorm; ``summary`` is the guiding-pixel token
+of :class:`fractalkit.levels.base.Level`. Each child receives its own output and, with
+``neighbours``, those of its top, right, bottom and left neighbours (zeros off the grid). The
+decoding loop is the base class's; this module plans the steps (random order, cosine schedule)
+and computes each step's conditions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import ComponentConfig, register_config
-from fractalkit.leaves.rgb import RGBLeafConfig
-from fractalkit.levels.ar import _check_transformer, _report
-from fractalkit.levels.base import EmbedMode, Level
-from fractalkit.nn.blocks import Backbone, BlockStyle
+from fractalkit.config import CONFIG_REGISTRY, LeafConfig, LevelConfig, register_config
+from fractalkit.levels.base import EmbedMode, Level, Step, StepPlan
+from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
+from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
-from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
+from fractalkit.protocol import AbstractGenerator, Score
 from fractalkit.sampling.options import DecodeContext, ScoreContext
 from fractalkit.sampling.orders import masked_subset, resolve_orders
 from fractalkit.sampling.rng import uniform
-from fractalkit.sampling.schedules import decode_counts, guidance_at, training_mask_counts
+from fractalkit.sampling.schedules import decode_counts, training_mask_counts
+
+
+def _default_guide() -> LeafConfig:
+    """The paper's guiding-pixel leaf: the RGB leaf (width 128, 3 blocks, red weighted 5)."""
+    # Looked up by kind, not imported: a level does not depend on a particular leaf module.
+    return CONFIG_REGISTRY["rgb"](width=128, depth=3, heads=4, channel_weights=(5.0, 1.0, 1.0))
 
 
 @register_config
 @dataclasses.dataclass(frozen=True)
-class MARLevelConfig(ComponentConfig):
+class MARLevelConfig(LevelConfig):
     """Configuration of a :class:`MARLevel`.
 
     Attributes:
@@ -43,10 +52,17 @@ class MARLevelConfig(ComponentConfig):
         block: ``"vit"`` (the paper's MAR levels) or ``"llama"``.
         neighbours: hand each child 5 condition tokens (its own output, then its top, right,
             bottom and left neighbours') instead of 1; reduces patch-boundary artefacts.
-        guiding_pixel: first predict the instance's rounded mean value per channel with a small
-            leaf and feed it as an extra token (the paper's 256x256 models, levels below the
-            top). It makes ``log_prob`` a bound: log p(g) + log p(x | g) <= log p(x).
-        guide: configuration of the guiding-pixel leaf.
+        guiding_pixel: first predict the instance's rounded summary (the partitioner's; for
+            :class:`fractalkit.ImagePatches` the mean value per channel) with a small leaf and
+            feed it as an extra token (the paper's 256x256 models, levels below the top). It
+            makes ``log_prob`` a bound: log p(g) + log p(x | g) <= log p(x).
+        guide: configuration of the guiding-pixel leaf (any leaf config; default: the paper's
+            RGB leaf, width 128, 3 blocks).
+        guide_input: what the guiding-pixel token sees in teacher-forced scoring:
+            ``"rounded"`` (the scored value; keeps the bound) or ``"continuous"`` (the
+            unrounded normalised block mean, as the original FractalGen; set by the converter
+            so that converted checkpoints reproduce the original's logits). Sampling always
+            feeds the sampled value.
         attn_dropout, proj_dropout: dropout rates (training only).
         embed: ``"linear"`` or ``"table"`` child embedding (the guiding pixel needs linear).
         checkpointing: recompute blocks in the backward pass to save memory.
@@ -59,20 +75,23 @@ class MARLevelConfig(ComponentConfig):
     block: BlockStyle = "vit"
     neighbours: bool = True
     guiding_pixel: bool = False
-    guide: RGBLeafConfig = dataclasses.field(
-        default_factory=lambda: RGBLeafConfig(
-            width=128, depth=3, heads=4, channel_weights=(5.0, 1.0, 1.0)
-        )
-    )
+    guide: LeafConfig = dataclasses.field(default_factory=_default_guide)
     attn_dropout: float = 0.0
     proj_dropout: float = 0.0
     embed: EmbedMode = "linear"
     checkpointing: bool = False
+    guide_input: Literal["rounded", "continuous"] = "rounded"
+
+    uses_orders: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_transformer(self, rope=False)
+        check_transformer(self, rope=False)
         if self.guiding_pixel and self.embed != "linear":
             raise ValueError("MARLevelConfig: guiding_pixel needs embed='linear'")
+        if self.guide_input not in ("rounded", "continuous"):
+            raise ValueError(
+                f"MARLevelConfig: guide_input must be 'rounded' or 'continuous', got {self.guide_input!r}"
+            )
 
     @property
     def out_tokens(self) -> int:
@@ -86,18 +105,12 @@ class MARLevelConfig(ComponentConfig):
         *,
         cond_dim: int,
         cond_tokens: int,
-        value_mean: Tensor | float = 0.5,
-        value_std: Tensor | float = 0.5,
+        normalisation: ValueNormalisation | None = None,
     ) -> MARLevel:
         """The level over ``partitioner``'s children, delegating to ``child``."""
         return MARLevel(
-            partitioner,
-            child,
-            self,
-            cond_dim=cond_dim,
-            cond_tokens=cond_tokens,
-            value_mean=value_mean,
-            value_std=value_std,
+            partitioner, child, self, cond_dim=cond_dim, cond_tokens=cond_tokens,
+            normalisation=normalisation,
         )
 
 
@@ -110,7 +123,7 @@ class MARLevel(Level):
         config: a :class:`MARLevelConfig`.
         cond_dim: D_in of the incoming condition.
         cond_tokens: T of the incoming condition; all T tokens enter the sequence.
-        value_mean, value_std: normalisation of the linear child embedding.
+        normalisation: how the instance's values become floats (child embedding, guiding pixel).
     """
 
     uses_orders = True
@@ -123,8 +136,7 @@ class MARLevel(Level):
         *,
         cond_dim: int,
         cond_tokens: int,
-        value_mean: Tensor | float = 0.5,
-        value_std: Tensor | float = 0.5,
+        normalisation: ValueNormalisation | None = None,
     ) -> None:
         super().__init__(
             partitioner,
@@ -133,9 +145,10 @@ class MARLevel(Level):
             cond_tokens=cond_tokens,
             width=config.width,
             embed=config.embed,
-            value_mean=value_mean,
-            value_std=value_std,
+            normalisation=normalisation,
             out_tokens=config.out_tokens,
+            summary=config.guide if config.guiding_pixel else None,
+            summary_input=config.guide_input,
         )
         self.config = config
         k = partitioner.num_children
@@ -151,42 +164,17 @@ class MARLevel(Level):
             proj_dropout=config.proj_dropout,
             checkpointing=config.checkpointing,
         )
-        if config.guiding_pixel:
-            channels = self.event_shape[0]
-            self.pix_proj = nn.Linear(channels, config.width)
-            self.guide = config.guide.build((channels,), cond_dim, cond_tokens)
-            if self.guide.num_values != child.num_values:
-                raise ValueError(
-                    f"MARLevel: the guide leaf has {self.guide.num_values} values but the data "
-                    f"has {child.num_values}"
-                )
-            # Per-channel normalisation of the guiding pixel, as for the children.
-            per_channel = self.patch_emb.mean.view(channels, -1)[:, 0]
-            self.register_buffer("guide_mean", per_channel.clone(), persistent=False)
-            self.register_buffer(
-                "guide_std", self.patch_emb.std.view(channels, -1)[:, 0].clone(), persistent=False
-            )
-        else:
-            self.guide = None
         self.initialize_weights()
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
 
     # ---- network ---------------------------------------------------------------------------
 
-    def guide_target(self, x: Tensor) -> Tensor:
-        """The guiding pixel of ``x [N, C, ...]``: per-channel mean, rounded half to even, ``[N, C]``."""
-        return x.flatten(2).double().mean(-1).round().long()
-
-    def prefix(self, cond: Tensor, guide: Tensor | None) -> Tensor:
-        """Condition tokens ``[N, num_prefix, D]``: the guiding pixel, then ``c_{T-1} .. c_0``."""
+    def prefix(self, cond: Tensor, summary: Tensor | None) -> Tensor:
+        """Condition tokens ``[N, num_prefix, D]``: the summary token, then ``c_{T-1} .. c_0``."""
         tokens = self.cond_emb(cond.flip(1))  # [N, T, D]; the original prepends one at a time
-        if guide is not None:
-            dtype = self.pix_proj.weight.dtype
-            g = (guide.to(dtype) / (self.num_values - 1) - self.guide_mean.to(dtype)) / (
-                self.guide_std.to(dtype)
-            )
-            tokens = torch.cat([self.pix_proj(g)[:, None].to(tokens.dtype), tokens], dim=1)
+        if summary is not None:
+            tokens = torch.cat([summary.to(tokens.dtype), tokens], dim=1)
         return tokens
 
     def hidden(self, children: Tensor, masked: Tensor, prefix: Tensor) -> Tensor:
@@ -218,27 +206,14 @@ class MARLevel(Level):
 
     # ---- scoring ---------------------------------------------------------------------------
 
-    def _guide_score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> tuple[Tensor, Score]:
-        g = self.guide_target(x)
-        s = self.guide.score(g, cond, ctx)
-        zeros = torch.zeros_like(s.logp)
-        if ctx.mode == "train":  # an auxiliary objective, not part of the data's NLL
-            aux = {"guiding_pixel_nll": (s.objective.sum(), s.dims.sum())}
-            return g, Score(zeros, zeros, zeros, aux, "exact")
-        return g, Score(s.logp, zeros, zeros, {}, "bound")
-
-    def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
+    def score_children(
+        self, children: Tensor, cond: Tensor, summary: Tensor | None, ctx: ScoreContext
+    ) -> Score:
         """Teacher-forced score; see :class:`fractalkit.sampling.options.ScoreContext` for modes."""
-        children = self.split(x)  # [N, k, P]
-        guide, guide_score = None, None
-        if self.guide is not None:
-            guide, guide_score = self._guide_score(x, cond, ctx)
-        prefix = self.prefix(cond, guide)
+        prefix = self.prefix(cond, summary)
         if ctx.mode == "exact":
-            result = self._score_exact(children, prefix, ctx)
-        else:
-            result = self._score_masked(children, prefix, ctx)
-        return result if guide_score is None else result.add(guide_score)
+            return self._score_exact(children, prefix, ctx)
+        return self._score_masked(children, prefix, ctx)
 
     def _score_masked(self, children: Tensor, prefix: Tensor, ctx: ScoreContext) -> Score:
         n, k = children.shape[:2]
@@ -267,10 +242,7 @@ class MARLevel(Level):
         h = self.hidden(children, masked, prefix)
         conds = self.child_conditions(h)  # [N, k, T', D]
         rows, cols = masked.nonzero(as_tuple=True)  # (instance, child) in lexicographic order
-        sub = self.child.score(
-            self.child_rows(children[rows, cols]), conds[rows, cols], ctx.down()
-        )
-        result = sub.reduce_to(rows, n, weight)
+        result = self.score_rows(children, rows, cols, conds[rows, cols], ctx, weight)
         if ctx.mode == "estimate":
             result.kind = "estimate"
         return result
@@ -293,39 +265,24 @@ class MARLevel(Level):
         per_child = h.gather(1, ranks[:, :, None, None].expand(n, k, k, d))  # [N, c, k, D]
         conds = self.child_conditions(per_child.reshape(n * k, k, d))  # [N*k, k, T', D]
         conds = conds[torch.arange(n * k, device=device), step.repeat(n)]  # [N*k, T', D]
-        sub = self.child.score(self.child_rows(children.reshape(n * k, p)), conds, ctx.down())
-        return sub.reduce_to(torch.arange(n, device=device).repeat_interleave(k), n)
+        rows = torch.arange(n, device=device).repeat_interleave(k)
+        return self.score_rows(children, rows, step.repeat(n), conds, ctx)
 
-    # ---- decoding --------------------------------------------------------------------------
+    # ---- decoding ------------------------------------------------------------------------
 
-    def decode(
-        self, x: Tensor, known: Tensor, cond: Tensor, ctx: DecodeContext
-    ) -> tuple[Tensor, Tensor]:
-        """Decide children in a random order, several per step on the cosine schedule (or one
-        per step in the exact mode); fully known children come first and stay visible."""
-        rows, k = x.shape[0], self.num_children
-        half = rows // 2 if ctx.guided else rows
+    def begin_decoding(
+        self, children: Tensor, cond: Tensor, summary: Tensor | None, ctx: DecodeContext
+    ) -> Tensor:
+        """The condition tokens (:meth:`prefix`), shared by every step."""
+        return self.prefix(cond, summary)
+
+    def step_plan(self, full: Tensor, ctx: DecodeContext) -> StepPlan:
+        """A random order (both guidance halves share it) with fully known children first;
+        several children per step on the cosine schedule, or one per step in the exact mode."""
+        rows, k = full.shape
+        half = ctx.half(rows)
         copies = rows // half if half else 1
-        device = x.device
-        children = self.split(x).clone()  # [R, k, P]
-        child_known = self.split(known)  # [R, k, P]
-        full = torch.zeros(rows, k, dtype=torch.bool, device=device)
-        if not ctx.force:
-            full = child_known.all(-1)
-        logp = torch.zeros(rows, dtype=accumulation_dtype(cond.dtype), device=device)
-
-        guide = None
-        if self.guide is not None:
-            if ctx.force:
-                guide = self.guide_target(x)
-                guide, glogp = self.guide.decode(guide, torch.ones_like(guide, dtype=torch.bool), cond, ctx)
-            else:  # an approximation for partially known instances: g is drawn, not inferred
-                start = torch.zeros(rows, self.event_shape[0], dtype=torch.long, device=device)
-                guide, glogp = self.guide.decode(start, torch.zeros_like(start, dtype=torch.bool), cond, ctx)
-            logp += glogp.to(logp.dtype)
-        prefix = self.prefix(cond, guide)
-
-        orders = resolve_orders(ctx.order(), half, k, generator=ctx.generator, device=device)
+        orders = resolve_orders(ctx.order(), half, k, generator=ctx.generator, device=full.device)
         orders = orders.repeat(copies, 1)  # both guidance halves share orders
         # Known children first, keeping the drawn order within each group.
         key = (~full).long() * k + orders.argsort(dim=-1)
@@ -333,31 +290,10 @@ class MARLevel(Level):
         n_known = full.sum(-1)  # [R]
         counts = decode_counts(k - n_known[:half], ctx.steps())  # [half, S]
         bounds = torch.cat([counts.new_zeros(half, 1), counts.cumsum(1)], dim=1).repeat(copies, 1)
-        decided = full.clone()
-        num_steps = counts.shape[1]
-        top = ctx.depth == 0
-        for s in range(num_steps):
-            h = self.hidden(children, ~decided, prefix)
-            conds = self.child_conditions(h)  # [R, k, T', D]
-            lo = (n_known + bounds[:, s])[:, None]
-            hi = (n_known + bounds[:, s + 1])[:, None]
-            pick = (ranks >= lo) & (ranks < hi)  # [R, k]: children decided at this step
-            r, c = pick.nonzero(as_tuple=True)
-            scale = ctx.scale
-            if top:
-                # Progress = fraction of the children decided once this step is done.
-                done = float((n_known + bounds[:, s + 1])[:half].double().mean()) / k
-                scale = guidance_at(ctx.options.guidance, ctx.options.guidance_schedule, done)
-            if r.numel():
-                sub_x, sub_logp = self.child.decode(
-                    self.child_rows(children[r, c]),
-                    self.child_rows(child_known[r, c]),
-                    conds[r, c],
-                    ctx.down(scale),
-                )
-                children[r, c] = sub_x.flatten(1)
-                logp.index_add_(0, r, sub_logp.to(logp.dtype))
-            decided |= pick
-            if top and ctx.options.callback is not None:
-                _report(ctx, self, children, child_known | decided[..., None], s, num_steps)
-        return self.merge(children), logp
+        return StepPlan.by_rank(ranks, n_known[:, None] + bounds, half)
+
+    def step_conditions(self, state: Tensor, children: Tensor, decided: Tensor, step: Step) -> Tensor:
+        """One bidirectional pass with the undecided children masked."""
+        conds = self.child_conditions(self.hidden(children, ~decided, state))  # [R, k, T', D]
+        rows, cols = step.pick.nonzero(as_tuple=True)
+        return conds[rows, cols]

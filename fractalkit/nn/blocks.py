@@ -230,3 +230,29 @@ class Backbone(nn.Module):
         for cache in caches or []:
             cache.advance(x.shape[1])
         return self.norm(x)
+
+
+def check_transformer(cfg, rope: bool) -> None:
+    """Validate a transformer level config's ``width``, ``depth``, ``heads``, ``block`` and dropouts.
+
+    Raises:
+        ValueError: naming the config class and the bad field.
+    """
+    name = type(cfg).__name__
+    for field in ("width", "heads"):
+        if not isinstance(getattr(cfg, field), int) or getattr(cfg, field) < 1:
+            raise ValueError(f"{name}: {field} must be a positive integer, got {getattr(cfg, field)}")
+    if not isinstance(cfg.depth, int) or cfg.depth < 0:
+        raise ValueError(f"{name}: depth must be a non-negative integer, got {cfg.depth}")
+    if cfg.width % cfg.heads:
+        raise ValueError(f"{name}: width {cfg.width} is not divisible by heads {cfg.heads}")
+    if rope and (cfg.width // cfg.heads) % 4:
+        raise ValueError(
+            f"{name}: 2-D rotary embeddings need a head dim (width / heads = "
+            f"{cfg.width // cfg.heads}) divisible by 4"
+        )
+    if cfg.block not in ("vit", "llama"):
+        raise ValueError(f"{name}: block must be 'vit' or 'llama', got {cfg.block!r}")
+    for field in ("attn_dropout", "proj_dropout"):
+        if not 0 <= getattr(cfg, field) < 1:
+            raise ValueError(f"{name}: {field} must lie in [0, 1), got {getattr(cfg, field)}")

@@ -116,6 +116,34 @@ class Partitioner(abc.ABC):
         left = torch.where(col > 0, index - 1, minus_one)
         return torch.stack([top, right, bottom, left], dim=1)  # [k, 4]
 
+    @property
+    def summary_shape(self) -> tuple[int, ...] | None:
+        """Shape of the summary of one instance (see :meth:`summary`); None: no summary defined.
+
+        A level with a summary prefix (e.g. the guiding pixel of a MAR level) predicts the
+        rounded summary first and conditions its children on it.
+        """
+        return None
+
+    def summary(self, x: Tensor) -> Tensor:
+        """A continuous summary of instances, e.g. the per-channel mean of an image block.
+
+        Args:
+            x: ``[N, *event_shape]`` values (integers or floats).
+
+        Returns:
+            float64 ``[N, *summary_shape]``; it must commute with per-summary-entry affine
+            maps of the values (a mean does), so that the summary of normalised values is the
+            normalised summary.
+
+        Raises:
+            NotImplementedError: this partitioner defines no summary.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} defines no summary (summary_shape is None); a level with a "
+            "summary prefix (guiding_pixel) needs a partitioner that defines one, e.g. ImagePatches"
+        )
+
     @abc.abstractmethod
     def config(self) -> dict[str, Any]:
         """The constructor arguments as a JSON-serialisable dict, with the registry ``"kind"``.

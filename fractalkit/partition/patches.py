@@ -69,6 +69,16 @@ class ImagePatches(Partitioner):
         # [N, k, C, ph, pw] -> [N, C, H, W]
         return rearrange(children, "n (gh gw) c ph pw -> n c (gh ph) (gw pw)", gh=gh, gw=gw)
 
+    @property
+    def summary_shape(self) -> tuple[int]:
+        """``(C,)``: an image block is summarised by its mean per channel."""
+        return (self.channels,)
+
+    def summary(self, x: Tensor) -> Tensor:
+        """Per-channel mean of each image, float64 ``[N, C]`` (the guiding pixel before rounding)."""
+        self._check(x, "x", self.event_shape, "summary")
+        return x.flatten(2).double().mean(-1)
+
     def config(self) -> dict[str, Any]:
         """``{"kind": "image_patches", "size": [H, W], "patch": [ph, pw], "channels": C}``."""
         return {

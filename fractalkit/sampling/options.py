@@ -1,4 +1,4 @@
-"""Sampling options (public) and the decoding/scoring contexts that travel down the levels."""
+"""Sampling options and the decoding/scoring contexts that travel down the levels (all public)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from fractalkit.sampling.schedules import GuidanceSchedule
+from fractalkit.sampling.schedules import GuidanceSchedule, guidance_at
 
 
 @dataclass(frozen=True)
@@ -91,21 +91,34 @@ class SampleOptions:
 OrderSpec = Literal["identity", "random"] | Tensor | None
 
 
+def _own(per_level: tuple, default=None):
+    """The first entry of a per-level tuple (this level's), or ``default`` past its end."""
+    return per_level[0] if per_level else default
+
+
 @dataclass(frozen=True)
 class DecodeContext:
-    """Internal: what one level's decoding needs from above. Levels pass ``down()`` to the child.
+    """What one level's decoding receives from above (public: plug-in levels and leaves read it).
+
+    A context is *this level's view*: per-level settings hold this level's entry first, and
+    :meth:`down` hands the child its own, so no level needs to know how deep it sits.
+    :class:`fractalkit.levels.base.Level` runs the decoding loop with it (guidance schedule,
+    progress callback, guided halves, force and known handling); a plug-in level normally only
+    reads :meth:`order` and :meth:`steps` while planning its steps.
 
     Attributes:
         options: the user's :class:`SampleOptions`.
         generator: the random stream (None: torch's global one).
-        guided: the batch is ``[conditional; unconditional]`` halves sharing orders and values.
-        scale: guidance scale in force now (set by the top level's schedule).
+        guided: the batch is ``[conditional; unconditional]`` halves (rows ``[:R/2]`` and
+            ``[R/2:]``) that must receive the same values; see :meth:`half`.
+        scale: guidance scale in force now (the top level sets it from the schedule).
         force: teacher-force the given values instead of sampling them, still walking the
             decoding path step by step and returning their log-probabilities (tests use this).
-        orders: per level, None/"random", "identity", or an int64 permutation ``[L]`` (shared) or
-            ``[N, L]`` (per instance; top level only).
-        depth: index of the level this context is for (0 = top).
-        is_top: whether this level's steps drive the guidance schedule and callback.
+        orders: per level from this one down: None/"random", "identity", or an int64
+            permutation ``[k]`` (shared) or ``[R, k]`` (per instance; top level only).
+        is_top: this level's steps drive the guidance schedule and the progress callback
+            (True for the outermost level; :meth:`down` clears it).
+        depth: how many levels lie above (0 = top); for error messages only.
     """
 
     options: SampleOptions
@@ -114,24 +127,62 @@ class DecodeContext:
     scale: float
     force: bool = False
     orders: tuple[OrderSpec, ...] = ()
+    is_top: bool = True
     depth: int = 0
+    #: this level's step count onwards; None: read ``options.steps``
+    level_steps: tuple[int | None, ...] | None = None
 
     def down(self, scale: float | None = None) -> DecodeContext:
         """The context for the child level, optionally with a new guidance scale."""
         return dataclasses.replace(
-            self, depth=self.depth + 1, scale=self.scale if scale is None else scale
+            self,
+            depth=self.depth + 1,
+            is_top=False,
+            scale=self.scale if scale is None else scale,
+            orders=self.orders[1:],
+            level_steps=self._steps_tuple()[1:],
         )
+
+    def _steps_tuple(self) -> tuple[int | None, ...]:
+        if self.level_steps is not None:
+            return self.level_steps
+        return tuple(self.options.steps) if self.options.steps is not None else ()
 
     def steps(self) -> int | None:
         """Decoding steps configured for this level (None: one child per step)."""
-        steps = self.options.steps
-        if steps is None or self.depth >= len(steps):
-            return None
-        return steps[self.depth]
+        return _own(self._steps_tuple())
 
     def order(self) -> OrderSpec:
         """The order specification for this level."""
-        return self.orders[self.depth] if self.depth < len(self.orders) else None
+        return _own(self.orders)
+
+    def half(self, rows: int) -> int:
+        """Rows of the conditional half: ``rows // 2`` when guided, else ``rows``."""
+        return rows // 2 if self.guided else rows
+
+    def scale_at(self, progress: float) -> float:
+        """Guidance scale for a step after which ``progress`` (in [0, 1]) of this level is done.
+
+        The top level follows ``options.guidance_schedule``; levels below keep the scale the
+        top level set (as the original FractalGen does).
+        """
+        if not self.is_top:
+            return self.scale
+        return guidance_at(self.options.guidance, self.options.guidance_schedule, progress)
+
+    def report(self, canvas: Tensor, decided: Tensor, step: int, num_steps: int) -> None:
+        """Hand the top level's partial instance to ``options.callback`` (no-op below the top).
+
+        Args:
+            canvas: int64 ``[R, *event_shape]``, all rows (only the conditional half is passed).
+            decided: bool ``[R, *event_shape]``.
+            step: 1-based index of the step just finished.
+            num_steps: steps in all.
+        """
+        if not self.is_top or self.options.callback is None:
+            return
+        half = self.half(canvas.shape[0])
+        self.options.callback(Progress(canvas[:half], decided[:half], step, num_steps))
 
 
 ScoreMode = Literal["train", "exact", "estimate", "masks"]
@@ -139,17 +190,22 @@ ScoreMode = Literal["train", "exact", "estimate", "masks"]
 
 @dataclass(frozen=True)
 class ScoreContext:
-    """Internal: how a teacher-forced pass scores a level.
+    """How a teacher-forced pass scores a level (public: plug-in levels and leaves read it).
+
+    As with :class:`DecodeContext`, per-level settings hold this level's entry first and
+    :meth:`down` hands the child its own.
 
     Attributes:
         mode: ``"train"`` (MAR: the paper's truncated-normal mask ratio, masked children only,
             unweighted); ``"exact"`` (MAR: one pass per child under ``orders``); ``"estimate"``
-            (MAR: m ~ U{1..L} masked children, weighted L/m: unbiased for the any-order bound);
-            ``"masks"`` (MAR: the explicit ``masks``, unweighted).
+            (MAR: m ~ U{1..k} masked children, weighted k/m: unbiased for the any-order bound);
+            ``"masks"`` (MAR: the explicit ``masks``, unweighted; a compatibility path).
+            Levels with a fixed order (AR) score every child exactly in every mode.
         generator: random stream for orders, masks and label dropout.
-        orders: per level, as in :class:`DecodeContext`.
-        masks: per level, bool ``[n, L]`` (True = masked = scored and passed down).
-        depth: index of this level.
+        orders: per level from this one down, as in :class:`DecodeContext`.
+        masks: per level from this one down, bool ``[n, k]`` (True = masked = scored and
+            passed down), for ``"masks"``.
+        depth: how many levels lie above (0 = top); for error messages only.
     """
 
     mode: ScoreMode
@@ -160,12 +216,14 @@ class ScoreContext:
 
     def down(self) -> ScoreContext:
         """The context for the child level."""
-        return dataclasses.replace(self, depth=self.depth + 1)
+        return dataclasses.replace(
+            self, depth=self.depth + 1, orders=self.orders[1:], masks=self.masks[1:]
+        )
 
     def order(self) -> OrderSpec:
         """The order specification for this level."""
-        return self.orders[self.depth] if self.depth < len(self.orders) else None
+        return _own(self.orders)
 
     def mask(self) -> Tensor | None:
         """The explicit mask for this level, if any."""
-        return self.masks[self.depth] if self.depth < len(self.masks) else None
+        return _own(self.masks)

@@ -1,0 +1,112 @@
+"""The composer: checks ``(partitioner, level config)`` pairs and a leaf config, builds the chain.
+
+Shape letters: N instances, k children per instance.
+
+:func:`compose` validates the pairs against the declared contracts
+(:class:`fractalkit.config.LevelConfig`, :class:`fractalkit.config.LeafConfig`), gives every
+level its value normalisation and condition sizes, and builds the levels bottom-up;
+:func:`per_level_orders` resolves a user's ``orders`` once into one entry per level, which the
+contexts then hand each level as its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from fractalkit.config import LeafConfig, LevelConfig, check_contract
+from fractalkit.levels.base import Level
+from fractalkit.normalisation import ValueNormalisation
+from fractalkit.partition import Partitioner
+from fractalkit.protocol import AbstractGenerator
+from fractalkit.sampling.options import OrderSpec
+
+LevelPairs = list[tuple[Partitioner, LevelConfig]]
+
+
+def check_levels(levels: Sequence[tuple[Partitioner, LevelConfig]], leaf: LeafConfig) -> LevelPairs:
+    """The pairs as a list, after checking types, contracts and that the shapes chain.
+
+    Raises:
+        TypeError: a pair is not ``(Partitioner, LevelConfig)`` or the leaf not a
+            ``LeafConfig`` (the message names what is missing).
+        ValueError: no levels, or a level's child shape differs from the next one's event shape.
+    """
+    levels = list(levels)
+    if not levels:
+        raise ValueError("Fractal: levels must hold at least one (partitioner, config) pair")
+    for i, pair in enumerate(levels):
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise TypeError(f"Fractal: levels[{i}] must be a (partitioner, config) pair")
+        if not isinstance(pair[0], Partitioner):
+            raise TypeError(f"Fractal: levels[{i}][0] must be a Partitioner, got {type(pair[0])}")
+        check_contract(pair[1], LevelConfig, f"levels[{i}][1]")
+    check_contract(leaf, LeafConfig, "leaf")
+    for i in range(len(levels) - 1):
+        above, below = levels[i][0], levels[i + 1][0]
+        if tuple(above.child_shape) != tuple(below.event_shape):
+            raise ValueError(
+                f"Fractal: level {i} hands down children of shape {list(above.child_shape)} "
+                f"but level {i + 1} expects instances of shape {list(below.event_shape)}"
+            )
+    return [(p, c) for p, c in levels]
+
+
+def compose(levels: LevelPairs, leaf: LeafConfig, normalisation: ValueNormalisation) -> Level:
+    """Build the leaf, then each level around its child, bottom-up; returns the top level.
+
+    Args:
+        levels: checked pairs (:func:`check_levels`), top first.
+        leaf: the leaf's config.
+        normalisation: the top level's instance normalisation.
+    """
+    # Each level's children share one normalisation; check it for every level up front.
+    norms = [normalisation]
+    for i, (part, _) in enumerate(levels):
+        norms.append(norms[-1].child(part, f"level {i}"))
+    child: AbstractGenerator = leaf.build(
+        tuple(levels[-1][0].child_shape), levels[-1][1].width, levels[-1][1].out_tokens
+    )
+    for i in reversed(range(len(levels))):
+        part, cfg = levels[i]
+        parent = levels[i - 1][1] if i > 0 else cfg  # the top level reads the class token
+        child = cfg.build(
+            part, child, cond_dim=parent.width, cond_tokens=parent.out_tokens,
+            normalisation=norms[i],
+        )
+        if not isinstance(child, Level):
+            raise TypeError(
+                f"Fractal: {type(cfg).__name__}.build must return a fractalkit.Level, got "
+                f"{type(child).__name__}"
+            )
+    return child
+
+
+def per_level_orders(
+    levels: Sequence[Level], orders: OrderSpec | Sequence[OrderSpec]
+) -> tuple[OrderSpec, ...]:
+    """One order specification per level, top first (None for levels with a fixed order).
+
+    Args:
+        levels: the levels, top first (the leaf excluded).
+        orders: one specification for every order-dependent level (``None``, ``"identity"``,
+            ``"random"``, a permutation tensor), or one entry per level.
+
+    Raises:
+        ValueError: wrong number of entries, or an order given for a fixed-order level.
+    """
+    if orders is None or isinstance(orders, str | Tensor):
+        return tuple(orders if level.uses_orders else None for level in levels)
+    spec = list(orders)
+    if len(spec) != len(levels):
+        raise ValueError(
+            f"Fractal: orders must have one entry per level ({len(levels)}), got {len(spec)}"
+        )
+    for i, (o, level) in enumerate(zip(spec, levels, strict=True)):
+        if o is not None and not level.uses_orders and not (isinstance(o, str) and o == "identity"):
+            raise ValueError(
+                f"Fractal: orders[{i}] is given but level {i} ({type(level).__name__}) has a "
+                "fixed raster order; use None there"
+            )
+    return tuple(spec)
