@@ -83,8 +83,8 @@ class ValueNormalisation:
 
     def summary(self, partitioner: Partitioner) -> ValueNormalisation:
         """The normalisation of ``partitioner``'s summary entries (e.g. per channel)."""
-        m = partitioner.summary(self.mean[None])[0].float()
-        s = partitioner.summary(self.std[None])[0].float()
+        m = partitioner.summary(self.mean[None].double())[0].float()  # exact: a mean of equal values
+        s = partitioner.summary(self.std[None].double())[0].float()
         return ValueNormalisation(m, s)
 
     def apply(self, values: Tensor, num_values: int, dtype: torch.dtype) -> Tensor:

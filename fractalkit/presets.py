@@ -147,6 +147,9 @@ def _levels(
                 block="vit",
                 neighbours=True,
                 guiding_pixel=guiding_pixel and i > 0,
+                # As the original (and the converter): the guiding-pixel token sees the
+                # continuous block mean when scoring; "rounded" keeps log_prob a strict bound.
+                guide_input="continuous" if guiding_pixel and i > 0 else "rounded",
             )
         part = ImagePatches(sizes[i], sizes[i + 1], channels=3)
         out.append({"partitioner": part.config(), "level": level.to_dict()})

@@ -50,9 +50,14 @@ Sampling settings: the original versus fractalkit
 Where fractalkit differs from the original on purpose
 -----------------------------------------------------
 - **Guiding pixel** (the 256x256 models, levels below the top): when *scoring*, the original
-  feeds ``pix_proj`` the exact float mean of the normalised block; fractalkit feeds the mean
-  rounded to an 8-bit value (the value its guide leaf scores), normalised. Sampling is the same
-  in both (the original also feeds the sampled 8-bit value). The guide leaf's target is that
+  feeds ``pix_proj`` the exact float mean of the normalised block; fractalkit's default feeds
+  the mean rounded to an 8-bit value (the value its guide leaf scores), normalised, which keeps
+  ``log_prob`` a true bound. Converted models (and the presets) set
+  ``MARLevelConfig(guide_input="continuous")``, which feeds the continuous mean as the original
+  does, so their teacher-forced leaf logits match the original's (on a 4-level guiding-pixel
+  model, ``benchmarks/guiding_pixel_compat.py``: largest difference 0 with the switch, 7.9e-2
+  with the rounded input). Sampling is the same in both (the original also feeds the sampled
+  8-bit value). The guide leaf's target is that
   rounded mean in both, except at exact .5 ties, which fractalkit rounds half to even and the
   original decides by its 0.01-scale rounding noise. The guiding pixel's likelihood is part of
   fractalkit's ``log_prob`` (a bound); the original *adds its cross-entropy to the loss*.
@@ -718,6 +723,8 @@ def _config(s: dict[str, Any], heads: tuple[int, ...], guide_heads: int) -> dict
                 block="vit",
                 neighbours=s["num_conds"] == 5,
                 guiding_pixel=lv["guide"] is not None,
+                # The original feeds pix_proj the continuous block mean when scoring.
+                guide_input="continuous" if lv["guide"] is not None else "rounded",
                 guide=RGBLeafConfig(
                     width=guide["width"], depth=guide["depth"], heads=guide_heads,
                     num_values=s["leaf"]["values"], channel_weights=R_WEIGHT,

@@ -183,14 +183,9 @@ class Level(AbstractGenerator):
         normalisation: how this level's instance values become floats (its children share
             ``normalisation.child(partitioner)``); default mean 0.5, std 0.5.
         out_tokens: condition tokens handed to each child.
-        summary: a leaf config for a *summary prefix* (the guiding pixel): the level first
-            predicts the rounded :meth:`fractalkit.Partitioner.summary` of its instance with a
-            leaf built from it, and :meth:`summary_token` turns the value into one extra
-            condition token of width D for the network. None: no summary.
-        summary_input: what :meth:`summary_token` receives in teacher-forced scoring:
-            ``"rounded"`` (the value the summary leaf scores; ``log_prob`` stays a bound) or
-            ``"continuous"`` (the unrounded summary, as the original FractalGen does; for
-            converted checkpoints). Decoding always feeds the decided value.
+
+    A level may also predict a summary of its instance first (the guiding pixel): see
+    :meth:`add_summary`.
     """
 
     #: whether this level's likelihood depends on an order of its children (MAR: True)
@@ -207,8 +202,6 @@ class Level(AbstractGenerator):
         embed: EmbedMode = "linear",
         normalisation: ValueNormalisation | None = None,
         out_tokens: int = 1,
-        summary: LeafConfig | None = None,
-        summary_input: Literal["rounded", "continuous"] = "rounded",
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -233,8 +226,6 @@ class Level(AbstractGenerator):
                 f"{name}: the child expects {child.cond_tokens} condition token(s), but this "
                 f"level hands down {self.out_tokens}"
             )
-        if summary_input not in ("rounded", "continuous"):
-            raise ValueError(f"{name}: summary_input must be 'rounded' or 'continuous', got {summary_input!r}")
         self.partitioner = partitioner
         self.child = child
         self.event_shape = tuple(partitioner.event_shape)
@@ -250,24 +241,52 @@ class Level(AbstractGenerator):
         self.cond_emb = Linear(cond_dim, width)
         self.register_buffer("positions", partitioner.positions(), persistent=False)
         self.register_buffer("neighbours", partitioner.neighbours(), persistent=False)
-        self.summary_input = summary_input
-        # The summary prefix keeps the original's parameter names (pix_proj, guide).
+        #: this level's instance normalisation (its children's is ``normalisation.child(...)``)
+        self.normalisation = normalisation
+        self.summary_input = "rounded"
         self.guide: AbstractGenerator | None = None
-        if summary is not None:
-            shape = partitioner.summary_shape
-            if shape is None:
-                partitioner.summary(torch.zeros(0, *self.event_shape))  # raises, naming why
-            self.pix_proj = nn.Linear(math.prod(shape), width)
-            self.guide = summary.build(tuple(shape), cond_dim, cond_tokens)
-            if self.guide.num_values != child.num_values:
-                raise ValueError(
-                    f"{name}: the summary leaf has {self.guide.num_values} values but the data "
-                    f"has {child.num_values}"
-                )
-            norm = normalisation.summary(partitioner)
-            # Not persistent: derived from the Fractal's config, never trained.
-            self.register_buffer("guide_mean", norm.mean.reshape(-1).clone(), persistent=False)
-            self.register_buffer("guide_std", norm.std.reshape(-1).clone(), persistent=False)
+
+    def add_summary(
+        self, summary: LeafConfig, summary_input: Literal["rounded", "continuous"] = "rounded"
+    ) -> None:
+        """Give this level a *summary prefix* (the guiding pixel); call it from ``__init__``.
+
+        The level then first predicts the rounded :meth:`fractalkit.Partitioner.summary` of
+        its instance with a leaf built from ``summary`` (any leaf config), and its network
+        receives :meth:`summary_token` (one extra condition token of width D) as the
+        ``summary`` argument of its hooks. It makes ``log_prob`` a bound:
+        log p(g) + log p(x | g) <= log p(x).
+
+        Args:
+            summary: the summary leaf's config.
+            summary_input: what :meth:`summary_token` receives in teacher-forced scoring:
+                ``"rounded"`` (the value the summary leaf scores; keeps the bound) or
+                ``"continuous"`` (the unrounded normalised summary, as the original FractalGen
+                does; for converted checkpoints). Decoding always feeds the decided value.
+
+        Raises:
+            NotImplementedError: the partitioner defines no summary.
+            ValueError: the summary leaf's value count differs from the data's.
+        """
+        name = type(self).__name__
+        if summary_input not in ("rounded", "continuous"):
+            raise ValueError(f"{name}: summary_input must be 'rounded' or 'continuous', got {summary_input!r}")
+        shape = self.partitioner.summary_shape
+        if shape is None:
+            self.partitioner.summary(torch.zeros(0, *self.event_shape))  # raises, naming why
+        # The original's parameter names (pix_proj, guide), so converted weights load.
+        self.pix_proj = nn.Linear(math.prod(shape), self.width)
+        self.guide = summary.build(tuple(shape), self.cond_dim, self.cond_tokens)
+        if self.guide.num_values != self.child.num_values:
+            raise ValueError(
+                f"{name}: the summary leaf has {self.guide.num_values} values but the data "
+                f"has {self.child.num_values}"
+            )
+        self.summary_input = summary_input
+        norm = self.normalisation.summary(self.partitioner)
+        # Not persistent: derived from the Fractal's config, never trained.
+        self.register_buffer("guide_mean", norm.mean.reshape(-1).clone(), persistent=False)
+        self.register_buffer("guide_std", norm.std.reshape(-1).clone(), persistent=False)
 
     @property
     def num_values(self) -> int:
@@ -434,23 +453,38 @@ class Level(AbstractGenerator):
         """The summary as one condition token: ``pix_proj`` of its normalised value.
 
         Args:
-            summary: ``[N, *summary_shape]``, integer (decided) or float (continuous) values on
-                the data's scale ``[0, V - 1]``.
+            summary: int64 ``[N, *summary_shape]`` (decided values), or, in float, the already
+                normalised continuous summary (``summary_input="continuous"`` scoring).
 
         Returns:
             ``[N, 1, D]``.
         """
         dtype = self.pix_proj.weight.dtype
-        g = (summary.flatten(1).to(dtype) / (self.num_values - 1) - self.guide_mean.to(dtype)) / (
-            self.guide_std.to(dtype)
-        )
+        if summary.dtype.is_floating_point:
+            g = summary.flatten(1).to(dtype)
+        else:
+            g = (summary.flatten(1).to(dtype) / (self.num_values - 1) - self.guide_mean.to(dtype)) / (
+                self.guide_std.to(dtype)
+            )
         return self.pix_proj(g)[:, None]
+
+    def continuous_summary(self, x: Tensor) -> Tensor:
+        """The unrounded summary of normalised values (the original FractalGen's guiding pixel).
+
+        Each element is normalised in the model's dtype, then the partitioner summarises them.
+
+        Returns:
+            ``[N, *summary_shape]`` in the model's dtype.
+        """
+        dtype = self.pix_proj.weight.dtype
+        values = self.normalisation.apply(x, self.num_values, dtype)
+        return self.partitioner.summary(values).to(dtype)
 
     def _score_summary(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> tuple[Tensor, Score]:
         g = self.guide_target(x)
         s = self.guide.score(g, cond, ctx)
         zeros = torch.zeros_like(s.logp)
-        fed = g if self.summary_input == "rounded" else self.partitioner.summary(x)
+        fed = g if self.summary_input == "rounded" else self.continuous_summary(x)
         if ctx.mode == "train":  # an auxiliary objective, not part of the data's NLL
             aux = {"guiding_pixel_nll": (s.objective.sum(), s.dims.sum())}
             return fed, Score(zeros, zeros, zeros, aux, "exact")

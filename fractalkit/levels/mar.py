@@ -147,8 +147,6 @@ class MARLevel(Level):
             embed=config.embed,
             normalisation=normalisation,
             out_tokens=config.out_tokens,
-            summary=config.guide if config.guiding_pixel else None,
-            summary_input=config.guide_input,
         )
         self.config = config
         k = partitioner.num_children
@@ -164,6 +162,8 @@ class MARLevel(Level):
             proj_dropout=config.proj_dropout,
             checkpointing=config.checkpointing,
         )
+        if config.guiding_pixel:
+            self.add_summary(config.guide, config.guide_input)
         self.initialize_weights()
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)

@@ -132,9 +132,9 @@ class Partitioner(abc.ABC):
             x: ``[N, *event_shape]`` values (integers or floats).
 
         Returns:
-            float64 ``[N, *summary_shape]``; it must commute with per-summary-entry affine
-            maps of the values (a mean does), so that the summary of normalised values is the
-            normalised summary.
+            ``[N, *summary_shape]``: float64 for integer ``x``, ``x``'s dtype for floating
+            ``x``. It must commute with per-summary-entry affine maps of the values (a mean
+            does), so that the summary of normalised values is the normalised summary.
 
         Raises:
             NotImplementedError: this partitioner defines no summary.

@@ -75,8 +75,15 @@ class ImagePatches(Partitioner):
         return (self.channels,)
 
     def summary(self, x: Tensor) -> Tensor:
-        """Per-channel mean of each image, float64 ``[N, C]`` (the guiding pixel before rounding)."""
+        """Per-channel mean of each image ``[N, C]``: the guiding pixel before rounding.
+
+        Integer values are averaged in float64 (exact before rounding); floating values in
+        their own dtype, over columns then rows, as the original FractalGen averages its
+        normalised images.
+        """
         self._check(x, "x", self.event_shape, "summary")
+        if x.dtype.is_floating_point:
+            return x.mean(-1).mean(-1)
         return x.flatten(2).double().mean(-1)
 
     def config(self) -> dict[str, Any]:
