@@ -6,7 +6,13 @@ order), and hands each child with its condition to the next level, down to a lea
 (:class:`RGBLeaf`, :class:`CategoricalLeaf`).
 """
 
-from fractalkit.config import ComponentConfig, config_from_dict, register_config
+from fractalkit.config import (
+    ComponentConfig,
+    LeafConfig,
+    LevelConfig,
+    config_from_dict,
+    register_config,
+)
 from fractalkit.fractal import Fractal, TrainingLoss
 from fractalkit.leaves import CategoricalLeaf, CategoricalLeafConfig, Leaf, RGBLeaf, RGBLeafConfig
 from fractalkit.levels import ARLevel, ARLevelConfig, Level, MARLevel, MARLevelConfig
@@ -35,7 +41,9 @@ __all__ = [
     "Generator",
     "ImagePatches",
     "Leaf",
+    "LeafConfig",
     "Level",
+    "LevelConfig",
     "LogProb",
     "MARLevel",
     "MARLevelConfig",
