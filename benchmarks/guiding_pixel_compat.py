@@ -23,7 +23,6 @@ It prints the largest absolute logit difference of ``default`` and ``switch`` fr
 
 from __future__ import annotations
 
-import copy
 import json
 
 import torch

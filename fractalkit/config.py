@@ -100,15 +100,34 @@ class LevelConfig(ComponentConfig, abc.ABC):
 class LeafConfig(ComponentConfig, abc.ABC):
     """The contract of a leaf's config: what :class:`fractalkit.Fractal` relies on.
 
+    A :class:`ComponentConfig` dataclass with a ``num_values`` field and a ``build`` method
+    also counts as one (``isinstance`` says so): leaf configs written before this contract
+    existed keep working.
+
     Attributes:
         num_values: V, values per element (a dataclass field).
     """
 
     num_values: ClassVar[int]
 
+    @classmethod
+    def __subclasshook__(cls, sub: type) -> bool:
+        if cls is not LeafConfig or not issubclass(sub, ComponentConfig):
+            return NotImplemented
+        fields = {f.name for f in dataclasses.fields(sub)} if dataclasses.is_dataclass(sub) else set()
+        return ("num_values" in fields and callable(vars_of(sub, "build"))) or NotImplemented
+
     @abc.abstractmethod
     def build(self, event_shape: tuple[int, ...], cond_dim: int, cond_tokens: int) -> Leaf:
         """The leaf for instances of ``event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
+
+
+def vars_of(cls: type, name: str) -> Any:
+    """``name`` as defined on ``cls`` or a base class (None if nowhere), without instances."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
 
 
 def check_contract(config: object, contract: type[ComponentConfig], where: str) -> None:

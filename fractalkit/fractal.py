@@ -1,4 +1,8 @@
-"""Fractal: composes levels and a leaf to any depth and exposes the user API.
+"""Fractal: the user API of a fractal model (likelihoods, training loss, sampling, completion).
+
+The levels are checked and built by :mod:`fractalkit.composer`, configs and files are
+:mod:`fractalkit.persistence`'s, ``compile`` is :func:`fractalkit.nn.compile.compile_blocks`;
+this module holds the class conditions and the user-facing methods.
 
 Shape letters: N instances (images, clips, ...), K classes, D0 the top level's width, T0 the
 condition tokens the top level reads.
@@ -282,10 +286,14 @@ class Fractal(nn.Module):
         """
         return self.log_prob(x, y, **kwargs).bits_per_dim(self.num_dims)
 
+    # ---- compatibility path: explicit masks --------------------------------------------------
+
     def teacher_forced(
         self, x: Tensor, y: Tensor | None, masks: Sequence[Tensor | None]
     ) -> LogProb:
-        """Score with explicit MAR masks (one bool ``[n_level, L]`` per MAR level, None for AR).
+        """Compatibility path: score with explicit MAR masks (one bool ``[n_level, L]`` per MAR
+        level, None for AR); :func:`fractalkit.compat.fractalgen.teacher_forced_leaf_logits`
+        uses it to compare with the original.
 
         Reproduces a given computation exactly (e.g. one draw of another implementation's
         estimate); the rows of level i+1 are the masked children of level i in (instance,
@@ -435,21 +443,14 @@ class Fractal(nn.Module):
     def compile(self, *, fixed_shape_caches: bool = False, **kwargs: Any) -> Fractal:
         """Opt in to ``torch.compile``: compile every transformer block in place; returns self.
 
-        Blocks are where training and sampling spend their time, and all blocks of a level share
-        one compiled graph (parameters are graph inputs), so compiling costs one trace per block
-        type and input shape rather than one per model. A decoding step passes its KV-cache
-        length as a tensor size, so as sequences grow dynamo traces one graph with a symbolic
-        length instead of one per step. Parameter names, ``state_dict`` and files are unchanged;
-        likelihoods agree with the eager model to float rounding (tests: 1e-4). Blocks of one
-        class share dynamo's per-code recompile limit, so this raises
-        ``torch._dynamo.config.recompile_limit`` to 8 per distinct (block class, width).
+        See :func:`fractalkit.nn.compile.compile_blocks` for what is compiled and why.
+        Parameter names, ``state_dict`` and files are unchanged; likelihoods agree with the
+        eager model to float rounding (tests: 1e-4).
 
         Args:
             fixed_shape_caches: decode with KV caches attended to whole under a mask, so every
-                step has exactly the same shapes (for ``mode="reduce-overhead"``, i.e. CUDA
-                graphs, on a GPU), at the price of reading the caches' empty slots.
-            **kwargs: passed to ``torch.compile`` (e.g. ``mode="reduce-overhead"``,
-                ``dynamic=True``, ``backend="eager"`` to check tracing only).
+                step has exactly the same shapes (for ``mode="reduce-overhead"`` on a GPU).
+            **kwargs: passed to ``torch.compile`` (e.g. ``backend="eager"``).
 
         Returns:
             This model.
