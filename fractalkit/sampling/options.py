@@ -119,6 +119,8 @@ class DecodeContext:
         is_top: this level's steps drive the guidance schedule and the progress callback
             (True for the outermost level; :meth:`down` clears it).
         depth: how many levels lie above (0 = top); for error messages only.
+        steps_per_level: decoding steps per level from this one down (None entries: one child
+            per step); None reads ``options.steps`` (top level first).
     """
 
     options: SampleOptions
@@ -129,8 +131,7 @@ class DecodeContext:
     orders: tuple[OrderSpec, ...] = ()
     is_top: bool = True
     depth: int = 0
-    #: this level's step count onwards; None: read ``options.steps``
-    level_steps: tuple[int | None, ...] | None = None
+    steps_per_level: tuple[int | None, ...] | None = None
 
     def down(self, scale: float | None = None) -> DecodeContext:
         """The context for the child level, optionally with a new guidance scale."""
@@ -140,12 +141,12 @@ class DecodeContext:
             is_top=False,
             scale=self.scale if scale is None else scale,
             orders=self.orders[1:],
-            level_steps=self._steps_tuple()[1:],
+            steps_per_level=self._steps_tuple()[1:],
         )
 
     def _steps_tuple(self) -> tuple[int | None, ...]:
-        if self.level_steps is not None:
-            return self.level_steps
+        if self.steps_per_level is not None:
+            return self.steps_per_level
         return tuple(self.options.steps) if self.options.steps is not None else ()
 
     def steps(self) -> int | None:
