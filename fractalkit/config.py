@@ -62,13 +62,12 @@ class LevelConfig(ComponentConfig, abc.ABC):
     Attributes:
         width: D, the width of the conditions this level hands its children (a dataclass field
             or a property).
-        uses_orders: whether the level's likelihood depends on an order of its children (MAR:
-            True); then ``Fractal.log_prob`` accepts ``orders`` for it and estimates over
-            random orders when none is given.
+
+    Whether the level's likelihood depends on an order of its children is the built level's
+    :attr:`fractalkit.Level.uses_orders`.
     """
 
     width: ClassVar[int]
-    uses_orders: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

@@ -17,7 +17,7 @@ and computes each step's conditions.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -81,8 +81,6 @@ class MARLevelConfig(LevelConfig):
     embed: EmbedMode = "linear"
     checkpointing: bool = False
     guide_input: Literal["rounded", "continuous"] = "rounded"
-
-    uses_orders: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_transformer(self, rope=False)

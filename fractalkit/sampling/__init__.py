@@ -1,12 +1,15 @@
 """Procedures, not parameters: random draws, orders, mask and guidance schedules, logit shaping."""
 
 from fractalkit.sampling.guidance import guided_logits
-from fractalkit.sampling.options import SampleOptions
+from fractalkit.sampling.options import DecodeContext, Progress, SampleOptions, ScoreContext
 from fractalkit.sampling.rng import random_orders, sample_categorical, truncated_normal, uniform
 from fractalkit.sampling.schedules import decode_counts, guidance_at, training_mask_counts
 
 __all__ = [
+    "DecodeContext",
+    "Progress",
     "SampleOptions",
+    "ScoreContext",
     "decode_counts",
     "guidance_at",
     "guided_logits",
