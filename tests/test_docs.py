@@ -67,6 +67,7 @@ def test_snippets_are_found() -> None:
         "docs/concepts.md",
         "docs/tutorials/compose.md",
         "docs/tutorials/plugins.md",
+        "docs/tutorials/own_level.md",
         "docs/tutorials/completion.md",
         "docs/tutorials/sampling.md",
     ):
