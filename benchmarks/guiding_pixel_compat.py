@@ -18,12 +18,14 @@ logits under random masks (:func:`fractalkit.compat.fractalgen.teacher_forced_le
 - ``switch``: the same weights with ``guide_input="continuous"`` (after issue 11 only).
 
 It prints the largest absolute logit difference of ``default`` and ``switch`` from
-``reference``. Run: ``PYTHONPATH=. python benchmarks/guiding_pixel_compat.py``.
+``reference``. Run: ``PYTHONPATH=. python benchmarks/guiding_pixel_compat.py`` (also writes
+``benchmarks/results/guiding_pixel_compat.json``).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -121,4 +123,6 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    figures = main()
+    results = Path(__file__).resolve().parent / "results" / "guiding_pixel_compat.json"
+    results.write_text(json.dumps(figures, indent=1) + "\n")
