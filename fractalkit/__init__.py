@@ -16,6 +16,7 @@ from fractalkit.partition import (
     Partitioner,
     SequenceChunks,
     partitioner_from_config,
+    register_partitioner,
 )
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, Generator, LogProb
 from fractalkit.sampling.options import Progress, SampleOptions
@@ -50,4 +51,5 @@ __all__ = [
     "config_from_dict",
     "partitioner_from_config",
     "register_config",
+    "register_partitioner",
 ]

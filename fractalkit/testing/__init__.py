@@ -1,0 +1,95 @@
+"""fractalkit.testing: the contract-test kit for your own levels, leaves and partitioners.
+
+Build a small model around your component and call the checks from your own tests; each
+returns what it measured and raises :class:`ContractError` (an ``AssertionError``) with the
+figure, the tolerance and the likely cause when the contract is broken::
+
+    from fractalkit.testing import check_component
+    check_component(level=MyLevelConfig(width=16))   # every check, on small models
+
+or one at a time, on any :class:`fractalkit.Fractal`::
+
+    check_normalisation(model)           # sum of exp(log_prob) over the support is 1
+    check_decomposition(model)           # log_prob == stepwise_log_prob (decoding path)
+    check_sampler(model, temperature=0.7)  # chi-square against the tempered law
+
+Only torch and the standard library are imported: no pytest, no numpy, no scipy.
+"""
+
+from fractalkit.testing.checks import (
+    ALPHA,
+    CheckResult,
+    ContractError,
+    check_callback,
+    check_completion,
+    check_completion_law,
+    check_config_round_trip,
+    check_decomposition,
+    check_kv_cache,
+    check_normalisation,
+    check_orders_reach_levels,
+    check_sampler,
+    check_save_load,
+    check_seeded_sampling,
+    completion_chi_square,
+    is_bound,
+    prefix_known,
+    sampler_chi_square,
+)
+from fractalkit.testing.laws import likelihood_law, log_likelihood_table, sampling_law
+from fractalkit.testing.stats import ChiSquare, chi_square, chi_square_p_value
+from fractalkit.testing.suite import check_component, run_all, tiny_fractal
+from fractalkit.testing.support import (
+    MAX_ENUMERABLE,
+    decoding_order,
+    enumerable,
+    fixed_orders,
+    float64_copy,
+    num_configurations,
+    random_data,
+    random_labels,
+    roughen,
+    support,
+    support_index,
+)
+
+__all__ = [
+    "ALPHA",
+    "MAX_ENUMERABLE",
+    "CheckResult",
+    "ChiSquare",
+    "ContractError",
+    "check_callback",
+    "check_completion",
+    "check_completion_law",
+    "check_component",
+    "check_config_round_trip",
+    "check_decomposition",
+    "check_kv_cache",
+    "check_normalisation",
+    "check_orders_reach_levels",
+    "check_sampler",
+    "check_save_load",
+    "check_seeded_sampling",
+    "chi_square",
+    "chi_square_p_value",
+    "completion_chi_square",
+    "decoding_order",
+    "enumerable",
+    "fixed_orders",
+    "float64_copy",
+    "is_bound",
+    "likelihood_law",
+    "log_likelihood_table",
+    "num_configurations",
+    "prefix_known",
+    "random_data",
+    "random_labels",
+    "roughen",
+    "run_all",
+    "sampler_chi_square",
+    "sampling_law",
+    "support",
+    "support_index",
+    "tiny_fractal",
+]
