@@ -34,6 +34,7 @@ from fractalkit.testing.checks import (
     completion_chi_square,
     is_bound,
     prefix_known,
+    sample_histogram,
     sampler_chi_square,
 )
 from fractalkit.testing.laws import likelihood_law, log_likelihood_table, sampling_law
@@ -46,11 +47,13 @@ from fractalkit.testing.support import (
     fixed_orders,
     float64_copy,
     num_configurations,
+    partitioners,
     random_data,
     random_labels,
     roughen,
     support,
     support_index,
+    uses_orders,
 )
 
 __all__ = [
@@ -82,14 +85,17 @@ __all__ = [
     "likelihood_law",
     "log_likelihood_table",
     "num_configurations",
+    "partitioners",
     "prefix_known",
     "random_data",
     "random_labels",
     "roughen",
     "run_all",
+    "sample_histogram",
     "sampler_chi_square",
     "sampling_law",
     "support",
     "support_index",
     "tiny_fractal",
+    "uses_orders",
 ]

@@ -59,6 +59,7 @@ __all__ = [
     "completion_chi_square",
     "is_bound",
     "prefix_known",
+    "sample_histogram",
     "sampler_chi_square",
 ]
 
@@ -418,23 +419,29 @@ def check_kv_cache(
     if not diff <= 1e-9:
         raise _fail("check_kv_cache", "largest |log_prob - cached step-by-step log_prob|", diff,
                     "1e-09", "the cached decoding path scores differently from log_prob")
-    n = x.shape[0]
-    a = model.sample(n, y, generator=torch.Generator().manual_seed(sample_seed), kv_cache=True)
-    b = model.sample(n, y, generator=torch.Generator().manual_seed(sample_seed), kv_cache=False)
+    _same_samples_without_cache(model, y, x.shape[0], sample_seed, "check_kv_cache")
+    return CheckResult("check_kv_cache", worst, atol)
+
+
+def _same_samples_without_cache(
+    model: Fractal, y: Tensor | None, n: int, seed: int, check: str
+) -> None:
+    """Raise unless ``kv_cache=True`` and ``False`` draw the same samples from one seed."""
+    a = model.sample(n, y, generator=torch.Generator().manual_seed(seed), kv_cache=True)
+    b = model.sample(n, y, generator=torch.Generator().manual_seed(seed), kv_cache=False)
     if not torch.equal(a, b):
         raise _fail(
-            "check_kv_cache", "fraction of sampled elements that differ between kv_cache=True "
-            "and False (same seed)", float((a != b).double().mean()), "0",
+            check, "fraction of sampled elements that differ between kv_cache=True and False "
+            "(same seed)", float((a != b).double().mean()), "0",
             "the cache changes the logits, or the two paths draw random numbers differently",
         )
-    return CheckResult("check_kv_cache", worst, atol)
 
 
 def check_seeded_sampling(
     model: Fractal, y: Tensor | None = None, *, num_samples: int = 8, seed: int = 5
 ) -> CheckResult:
     """Samples are int64 ``[N, *event_shape]`` in ``[0, V)``; the same seed gives the same
-    samples, another seed other samples.
+    samples, another seed other samples, and ``kv_cache=False`` the same samples again.
 
     Args:
         model: any :class:`fractalkit.Fractal`.
@@ -477,6 +484,7 @@ def check_seeded_sampling(
             "check_seeded_sampling", "fraction of elements that differ between two seeds",
             changed, "> 0", "sampling ignores its generator (or the model is deterministic)",
         )
+    _same_samples_without_cache(model, y, num_samples, seed, "check_seeded_sampling")
     return CheckResult("check_seeded_sampling", changed, 0.0)
 
 
@@ -579,13 +587,32 @@ def sampler_chi_square(
     """
     if orders is None:
         orders = fixed_orders(model, seed=21)
-    opts = SampleOptions.make(None, **options)
     if law is None:
-        law = _sample_law(model, y, orders, opts)
-    g = torch.Generator().manual_seed(seed)
-    samples = model.sample(num_samples, labels_of(y, num_samples), generator=g, orders=orders, options=opts)
-    counts = torch.bincount(support_index(samples, model), minlength=law.numel())
+        law = _sample_law(model, y, orders, SampleOptions.make(None, **options))
+    counts = sample_histogram(model, y, num_samples=num_samples, seed=seed, orders=orders, **options)
     return chi_square(counts, law)
+
+
+def sample_histogram(
+    model: Fractal,
+    y: int | None = None,
+    *,
+    num_samples: int = 4000,
+    seed: int = 0,
+    orders: object = None,
+    **options: Any,
+) -> Tensor:
+    """Counts of ``num_samples`` draws per configuration of the support: int64 ``[C]``.
+
+    Arguments as in :func:`sampler_chi_square`; test the counts against several laws with
+    :func:`~fractalkit.testing.stats.chi_square` without drawing again.
+    """
+    if orders is None:
+        orders = fixed_orders(model, seed=21)
+    g = torch.Generator().manual_seed(seed)
+    samples = model.sample(num_samples, labels_of(y, num_samples), generator=g, orders=orders, **options)
+    count = model.num_values ** math.prod(model.event_shape)
+    return torch.bincount(support_index(samples, model), minlength=count)
 
 
 def check_sampler(

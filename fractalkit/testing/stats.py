@@ -60,7 +60,8 @@ def chi_square(counts: Tensor, probs: Tensor, *, min_expected: float = 5.0) -> C
         probs: float ``[C]`` law of the cells, summing to 1 (renormalised here in float64).
 
     Returns:
-        A :class:`ChiSquare`.
+        A :class:`ChiSquare`; if everything pools into one cell there is no information, and
+        the result has ``dof = 0``, ``p_value = 1`` and ``cells = 1`` (callers check ``cells``).
 
     Raises:
         ValueError: ``counts`` and ``probs`` are not 1-D of one length.
@@ -79,4 +80,6 @@ def chi_square(counts: Tensor, probs: Tensor, *, min_expected: float = 5.0) -> C
         observed = torch.cat([observed[:small].sum(0, keepdim=True), observed[small:]])
     statistic = float(((observed - expected) ** 2 / expected).sum())
     dof = len(expected) - 1
+    if dof == 0:  # everything pooled into one cell: no information, nothing rejected
+        return ChiSquare(0.0, 0, 1.0, 1)
     return ChiSquare(statistic, dof, chi_square_p_value(statistic, dof), len(expected))
