@@ -13,6 +13,7 @@ Shape letters: N instances, E elements of one instance, V values, C = V**E confi
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import tempfile
@@ -523,7 +524,7 @@ def check_callback(
             f"check_callback failed: steps reported {steps} of {[p.num_steps for p in seen]}, "
             f"expected 1..{total} in order"
         )
-    for before, after in zip(seen, seen[1:], strict=False):
+    for before, after in itertools.pairwise(seen):
         if bool((before.decided & ~after.decided).any()) or not torch.equal(
             before.canvas[before.decided], after.canvas[before.decided]
         ):

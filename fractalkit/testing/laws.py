@@ -69,7 +69,7 @@ def _step_log_conditionals(joint: Tensor, shape: tuple[int, ...]) -> list[Tensor
     """
     e = len(shape)
     marginals = [joint]
-    for t in range(e - 1, 0, -1):  # log p(x_<=t-1) = logsumexp over x_t of log p(x_<=t)
+    for _ in range(e - 1):  # log p(x_<=t-1) = logsumexp over x_t of log p(x_<=t), t = E-1..1
         marginals.append(marginals[-1].logsumexp(-1))
     marginals.reverse()  # marginals[t]: [V] * (t + 1)
     out = [marginals[0]]

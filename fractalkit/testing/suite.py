@@ -72,27 +72,19 @@ def tiny_fractal(
     leaf = leaf if leaf is not None else CategoricalLeafConfig(num_values=num_values)
     top = partitioner if partitioner is not None else SequenceChunks(4, 2)
     if level is not None and position == "below":
+        if len(top.child_shape) != 1:
+            raise ValueError(
+                "tiny_fractal: position='below' cuts the top partitioner's children into "
+                f"single elements and needs 1-D children, got {list(top.child_shape)}; build "
+                "your own two-level Fractal and pass it to run_all instead"
+            )
         levels = [(top, default_level), (SequenceChunks(top.child_numel, 1), level)]
-        levels[1] = (_fit(levels[1][0], top.child_shape), level)
     else:
         levels = [(top, level if level is not None else default_level)]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = Fractal(levels, leaf, num_classes=num_classes, label_drop=0.1)
     return roughen(model, seed=seed, scale=scale).eval()
-
-
-def _fit(part: SequenceChunks, child_shape: tuple[int, ...]) -> Partitioner:
-    """A SequenceChunks over a 1-D child shape (one element per child), or refuse clearly."""
-    if len(child_shape) != 1:
-        raise ValueError(
-            f"tiny_fractal: position='below' needs 1-D children from the top partitioner, got "
-            f"{list(child_shape)}; pass your own two-level Fractal to run_all instead"
-        )
-    return part
-
-
-Check = Callable[..., Any]
 
 
 def run_all(
