@@ -64,8 +64,8 @@ __all__ = [
     "sampler_chi_square",
 ]
 
-#: Significance level of the sampler checks: a correct sampler fails once in 1,000 seeds.
 ALPHA = 1e-3
+"""Significance level of the sampler checks: a correct sampler fails for about 1 seed in 1,000."""
 
 
 class ContractError(AssertionError):

@@ -38,8 +38,8 @@ __all__ = [
     "uses_orders",
 ]
 
-#: Most configurations the kit enumerates (normalisation, chi-square): C = V**E <= this.
 MAX_ENUMERABLE = 4096
+"""Most configurations the kit enumerates (normalisation, chi-square): C = V**E <= this."""
 
 
 def num_configurations(model: Fractal) -> int:
