@@ -34,6 +34,7 @@ from fractalkit.testing.support import (
     fixed_orders,
     float64_copy,
     labels_of,
+    num_configurations,
     partitioners,
     random_data,
     random_labels,
@@ -562,6 +563,11 @@ def _sample_law(model: Fractal, y: int | None, orders: object, options: SampleOp
     )
 
 
+def _orders_or_default(model: Fractal, orders: object) -> object:
+    """The sampler checks' default: shared random orders (seed 21), under which MAR is exact."""
+    return fixed_orders(model, seed=21) if orders is None else orders
+
+
 def sampler_chi_square(
     model: Fractal,
     y: int | None = None,
@@ -586,8 +592,7 @@ def sampler_chi_square(
     Returns:
         The :class:`~fractalkit.testing.stats.ChiSquare` (p-value included); asserts nothing.
     """
-    if orders is None:
-        orders = fixed_orders(model, seed=21)
+    orders = _orders_or_default(model, orders)
     if law is None:
         law = _sample_law(model, y, orders, SampleOptions.make(None, **options))
     counts = sample_histogram(model, y, num_samples=num_samples, seed=seed, orders=orders, **options)
@@ -608,12 +613,10 @@ def sample_histogram(
     Arguments as in :func:`sampler_chi_square`; test the counts against several laws with
     :func:`~fractalkit.testing.stats.chi_square` without drawing again.
     """
-    if orders is None:
-        orders = fixed_orders(model, seed=21)
+    orders = _orders_or_default(model, orders)
     g = torch.Generator().manual_seed(seed)
     samples = model.sample(num_samples, labels_of(y, num_samples), generator=g, orders=orders, **options)
-    count = model.num_values ** math.prod(model.event_shape)
-    return torch.bincount(support_index(samples, model), minlength=count)
+    return torch.bincount(support_index(samples, model), minlength=num_configurations(model))
 
 
 def check_sampler(
@@ -713,8 +716,7 @@ def completion_chi_square(
     Raises:
         ContractError: a completion changed a known element.
     """
-    if orders is None:
-        orders = fixed_orders(model, seed=21)
+    orders = _orders_or_default(model, orders)
     law_orders = orders if law_orders is None else law_orders
     if known is None:
         known = prefix_known(model, orders)
