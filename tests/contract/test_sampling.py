@@ -86,38 +86,36 @@ def test_samples_follow_exp_log_prob_more_samples(example: Example) -> None:
     )
 
 
-def _untempered_test(example: Example, **options) -> float:
-    """p-value of samples drawn with ``options`` against the plain (T = 1, unguided) law."""
+@pytest.mark.parametrize("name", ["ar_ar", "mar_mar_cond"])
+def test_tempered_samples_follow_the_tempered_law_not_exp_log_prob(name: str) -> None:
+    """At T = 0.7 the samples follow the product of tempered conditionals, and the plain
+    ``exp(log_prob)`` test rejects them: the chi-square test sees a broken temperature."""
+    example = BY_NAME[name]
     model = example.build(torch.float32)
     orders = fixed_orders(model, seed=21)
-    law = likelihood_law(model, _label(example), orders)
-    return sampler_chi_square(
-        model, _label(example), num_samples=SAMPLES, seed=0, orders=orders, law=law, **options
-    ).p_value
-
-
-@pytest.mark.parametrize("name", ["ar_ar", "mar_mar_cond"])
-def test_temperature_breaks_the_test(name: str) -> None:
-    assert _untempered_test(BY_NAME[name], temperature=0.7) < ALPHA_BROKEN
-
-
-@pytest.mark.parametrize("name", ["ar_ar", "mar_mar_cond"])
-def test_tempered_samples_follow_the_tempered_law(name: str) -> None:
-    """At T = 0.7 the samples follow the product of tempered conditionals (not exp(log_prob)/T)."""
-    example = BY_NAME[name]
-    check_sampler(
-        example.build(torch.float32), _label(example), num_samples=SAMPLES, seed=0,
-        orders=fixed_orders(example.build(), seed=21), alpha=ALPHA_CORRECT, temperature=0.7,
-    )
+    counts = sample_histogram(model, _label(example), num_samples=SAMPLES, seed=0, orders=orders, temperature=0.7)
+    tempered = chi_square(counts, sampling_law(model, _label(example), orders=orders, temperature=0.7))
+    assert tempered.p_value > ALPHA_CORRECT and tempered.cells >= 10, tempered
+    plain = chi_square(counts, likelihood_law(model, _label(example), orders))
+    assert plain.p_value < ALPHA_BROKEN, plain
 
 
 @pytest.mark.parametrize(
-    ("name", "scale", "schedule"),
-    [("ar_rgb_cond", 2.0, "constant"), ("ar_rgb_cond", 2.0, "linear"), ("mar_mar_cond", 3.0, "linear")],
+    ("name", "scale", "schedule", "schedule_matters"),
+    [
+        ("ar_rgb_cond", 2.0, "constant", True),
+        ("ar_rgb_cond", 2.0, "linear", True),
+        ("ar_mar_ar_cond", 3.0, "linear", False),  # 4,000 samples barely see the schedule here
+        pytest.param("mar_mar_cond", 3.0, "linear", True, marks=pytest.mark.slow),
+        pytest.param("mar_mar_cond", 3.0, "constant", True, marks=pytest.mark.slow),
+    ],
 )
-def test_guided_samples_follow_the_guided_law(name: str, scale: float, schedule: str) -> None:
+def test_guided_samples_follow_the_guided_law(
+    name: str, scale: float, schedule: str, schedule_matters: bool
+) -> None:
     """Classifier-free guidance (the filter on) on its schedule, against its exact law; the same
-    samples are far from the unguided law and from the other schedule's law (the test has power)."""
+    samples are far from the unguided law and (where 4,000 samples have the power) from the
+    other schedule's law."""
     model = BY_NAME[name].build(torch.float32)
     orders = fixed_orders(model, seed=21)
     options = {"guidance": scale, "guidance_schedule": schedule}
@@ -127,9 +125,11 @@ def test_guided_samples_follow_the_guided_law(name: str, scale: float, schedule:
     assert result.p_value > ALPHA_CORRECT and result.cells >= 10, result
     unguided = chi_square(counts, likelihood_law(model, 1, orders))
     assert unguided.p_value < ALPHA_BROKEN, unguided
-    other = "linear" if schedule == "constant" else "constant"
-    wrong = chi_square(counts, sampling_law(model, 1, orders=orders, guidance=scale, guidance_schedule=other))
-    assert wrong.p_value < ALPHA_BROKEN, wrong
+    if schedule_matters:
+        other = "linear" if schedule == "constant" else "constant"
+        law = sampling_law(model, 1, orders=orders, guidance=scale, guidance_schedule=other)
+        wrong = chi_square(counts, law)
+        assert wrong.p_value < ALPHA_BROKEN, wrong
 
 
 def test_wrong_order_breaks_the_test() -> None:
