@@ -117,7 +117,13 @@ def run_all(
 
     Raises:
         ContractError: from the first check that fails.
+        ValueError: the model is in training mode, or ``skip`` names an unknown check.
     """
+    if model.training:
+        raise ValueError(
+            "run_all: the model is in training mode; call model.eval() first (dropout would make "
+            "the sampler's law differ from the likelihood's)"
+        )
     conditional = model.num_classes > 0
     if label is None and conditional:
         label = min(1, model.num_classes - 1)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fractalkit.config import config_from_dict
 from fractalkit.data.toy import all_configurations, configuration_index
 from fractalkit.fractal import Fractal
 from fractalkit.partition import Partitioner, partitioner_from_config
@@ -89,10 +90,15 @@ def partitioners(model: Fractal) -> list[Partitioner]:
 def uses_orders(model: Fractal) -> list[bool]:
     """Per level (top first, leaf excluded): whether it takes a decoding order (MAR-like).
 
-    Read from the level's ``uses_orders`` capability flag; a level without the flag has a fixed
-    raster order.
+    Read from the level's ``uses_orders`` capability flag (or its config's); a level without
+    the flag has a fixed raster order.
     """
-    return [bool(getattr(level, "uses_orders", False)) for level in model.levels[:-1]]
+    configs = [config_from_dict(entry["level"]) for entry in model.config["levels"]]
+    flags = []
+    for level, config in zip(model.levels[:-1], configs, strict=True):
+        flag = getattr(level, "uses_orders", None)
+        flags.append(bool(getattr(config, "uses_orders", False) if flag is None else flag))
+    return flags
 
 
 def fixed_orders(model: Fractal, *, seed: int) -> list[Tensor | None]:
