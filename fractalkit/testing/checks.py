@@ -30,6 +30,7 @@ from fractalkit.sampling.options import Progress, SampleOptions
 from fractalkit.testing.laws import sampling_law
 from fractalkit.testing.stats import ChiSquare, chi_square
 from fractalkit.testing.support import (
+    check_model,
     decoding_order,
     fixed_orders,
     float64_copy,
@@ -150,6 +151,7 @@ def check_normalisation(
     Raises:
         ContractError: a sum off 1 (exact), above 1 or vanishing (bound), or labels ignored.
     """
+    check_model(model, "check_normalisation")
     model64 = float64_copy(model)
     xs = support(model64)
     worst, parts = 0.0, []
@@ -245,6 +247,7 @@ def check_decomposition(
     Raises:
         ContractError: the two paths differ, or a wrong kind, shape, dtype or a value >= 0.
     """
+    check_model(model, "check_decomposition")
     model64 = float64_copy(model)
     if x is None:
         x = random_data(model64, num_instances, seed=seed)
@@ -312,6 +315,7 @@ def check_orders_reach_levels(
     Raises:
         ContractError: no level takes orders, or the orders change nothing.
     """
+    check_model(model, "check_orders_reach_levels")
     model64 = float64_copy(model)
     if not any(uses_orders(model64)):
         raise ContractError(
@@ -383,6 +387,7 @@ def check_kv_cache(
     Raises:
         ContractError: the paths differ, or the samples do.
     """
+    check_model(model, "check_kv_cache")
     if x is None:
         x = random_data(model, num_instances, seed=seed)
         y = random_labels(model, num_instances, seed=seed + 1) if y is None else y
@@ -456,6 +461,7 @@ def check_seeded_sampling(
     Raises:
         ContractError: wrong dtype, shape or range, or sampling not reproducible from a seed.
     """
+    check_model(model, "check_seeded_sampling")
     if y is None:
         y = random_labels(model, num_samples, seed=1)
 
@@ -506,6 +512,7 @@ def check_callback(
     Raises:
         ContractError: the callback is never called or reports an inconsistent progress.
     """
+    check_model(model, "check_callback")
     if y is None:
         y = random_labels(model, num_samples, seed=1)
     seen: list[Progress] = []
@@ -592,6 +599,7 @@ def sampler_chi_square(
     Returns:
         The :class:`~fractalkit.testing.stats.ChiSquare` (p-value included); asserts nothing.
     """
+    check_model(model, "sampler_chi_square")
     orders = _orders_or_default(model, orders)
     if law is None:
         law = _sample_law(model, y, orders, SampleOptions.make(None, **options))
@@ -613,6 +621,7 @@ def sample_histogram(
     Arguments as in :func:`sampler_chi_square`; test the counts against several laws with
     :func:`~fractalkit.testing.stats.chi_square` without drawing again.
     """
+    check_model(model, "sample_histogram")
     orders = _orders_or_default(model, orders)
     g = torch.Generator().manual_seed(seed)
     samples = model.sample(num_samples, labels_of(y, num_samples), generator=g, orders=orders, **options)
@@ -716,6 +725,7 @@ def completion_chi_square(
     Raises:
         ContractError: a completion changed a known element.
     """
+    check_model(model, "completion_chi_square")
     orders = _orders_or_default(model, orders)
     law_orders = orders if law_orders is None else law_orders
     if known is None:
@@ -790,6 +800,7 @@ def check_completion(
     Raises:
         ContractError: a known element changed, or a wrong dtype, shape or range.
     """
+    check_model(model, "check_completion")
     if x is None:
         x = random_data(model, num_instances, seed=seed)
         y = random_labels(model, num_instances, seed=seed + 1) if y is None else y
@@ -834,6 +845,7 @@ def check_config_round_trip(model: Fractal) -> CheckResult:
     Raises:
         ContractError: the config is not JSON, does not round-trip, or rebuilds another model.
     """
+    check_model(model, "check_config_round_trip")
     config = model.config
     try:
         text = json.dumps(config)
@@ -890,6 +902,7 @@ def check_save_load(
     Raises:
         ContractError: loading fails or the loaded model differs.
     """
+    check_model(model, "check_save_load")
     if x is None:
         x = random_data(model, num_instances, seed=seed)
         y = random_labels(model, num_instances, seed=seed + 1) if y is None else y

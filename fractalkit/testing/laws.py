@@ -24,6 +24,7 @@ from torch import Tensor
 
 from fractalkit.fractal import Fractal
 from fractalkit.testing.support import (
+    check_model,
     decoding_order,
     float64_copy,
     labels_of,
@@ -46,6 +47,7 @@ def log_likelihood_table(model: Fractal, y: int | None = None, orders: object = 
     Returns:
         float64 ``[C]`` in the row order of :func:`~fractalkit.testing.support.support`.
     """
+    check_model(model, "log_likelihood_table")
     model64 = float64_copy(model)
     xs = support(model64)
     with torch.no_grad():

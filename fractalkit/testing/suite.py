@@ -30,7 +30,7 @@ from fractalkit.testing.checks import (
     check_seeded_sampling,
     is_bound,
 )
-from fractalkit.testing.support import enumerable, roughen, uses_orders
+from fractalkit.testing.support import check_model, enumerable, roughen, uses_orders
 
 __all__ = ["check_component", "run_all", "tiny_fractal"]
 
@@ -119,6 +119,7 @@ def run_all(
         ContractError: from the first check that fails.
         ValueError: the model is in training mode, or ``skip`` names an unknown check.
     """
+    check_model(model, "run_all")
     if model.training:
         raise ValueError(
             "run_all: the model is in training mode; call model.eval() first (dropout would make "

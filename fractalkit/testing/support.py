@@ -24,6 +24,7 @@ from fractalkit.partition import Partitioner, partitioner_from_config
 
 __all__ = [
     "MAX_ENUMERABLE",
+    "check_model",
     "decoding_order",
     "enumerable",
     "fixed_orders",
@@ -41,6 +42,27 @@ __all__ = [
 
 MAX_ENUMERABLE = 4096
 """Most configurations the kit enumerates (normalisation, chi-square): C = V**E <= this."""
+
+
+def check_model(model: object, where: str) -> None:
+    """Refuse what the kit cannot check: not a :class:`fractalkit.Fractal`, or not on the CPU.
+
+    Raises:
+        TypeError: ``model`` is not a Fractal.
+        ValueError: its parameters are not on the CPU (the kit's supports and laws are CPU
+            tensors, and its models are tiny).
+    """
+    if not isinstance(model, Fractal):
+        raise TypeError(
+            f"{where}: expected a fractalkit.Fractal, got {type(model).__name__}; build one "
+            "around your component (fractalkit.testing.tiny_fractal)"
+        )
+    devices = {p.device.type for p in model.parameters()}
+    if devices - {"cpu"}:
+        raise ValueError(
+            f"{where}: the kit checks models on the CPU, this one is on {sorted(devices)}; "
+            "pass model.cpu() (the models it can enumerate are tiny)"
+        )
 
 
 def num_configurations(model: Fractal) -> int:

@@ -86,3 +86,15 @@ def test_run_all_refuses_a_training_model_and_unknown_names() -> None:
         run_all(model, skip=["normalization"])
     with pytest.raises(ValueError, match=r"call model.eval\(\) first"):
         run_all(model.train())
+
+
+def test_checks_refuse_what_they_cannot_check() -> None:
+    from fractalkit.testing import check_normalisation, check_sampler
+
+    with pytest.raises(TypeError, match=r"expected a fractalkit\.Fractal, got str"):
+        check_normalisation("model")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="only known in exact mode"):
+        check_sampler(tiny_fractal(MARLevelConfig(width=16, depth=1, heads=2)), 1, steps=(2,))
+    bound = next(e for e in EXAMPLES if e.bound).build()
+    with pytest.raises(ValueError, match="log_prob is a bound"):
+        check_sampler(bound, None)
