@@ -16,20 +16,20 @@ from fractalkit.fractal import Fractal
 from fractalkit.leaves import CategoricalLeafConfig
 from fractalkit.levels import ARLevelConfig
 from fractalkit.partition import Partitioner, SequenceChunks
-from fractalkit.testing.checks import (
+from fractalkit.testing.decoding import (
     check_callback,
     check_completion,
-    check_completion_law,
-    check_config_round_trip,
-    check_decomposition,
     check_kv_cache,
+    check_seeded_sampling,
+)
+from fractalkit.testing.files import check_config_round_trip, check_save_load
+from fractalkit.testing.likelihood import (
+    check_decomposition,
     check_normalisation,
     check_orders_reach_levels,
-    check_sampler,
-    check_save_load,
-    check_seeded_sampling,
     is_bound,
 )
+from fractalkit.testing.samplers import check_completion_law, check_sampler
 from fractalkit.testing.support import check_model, enumerable, roughen, uses_orders
 
 __all__ = ["check_component", "run_all", "tiny_fractal"]
