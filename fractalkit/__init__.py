@@ -22,6 +22,7 @@ from fractalkit.partition import (
     Partitioner,
     SequenceChunks,
     partitioner_from_config,
+    register_partitioner,
 )
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, Generator, LogProb
 from fractalkit.sampling.options import Progress, SampleOptions
@@ -58,4 +59,5 @@ __all__ = [
     "config_from_dict",
     "partitioner_from_config",
     "register_config",
+    "register_partitioner",
 ]

@@ -26,6 +26,7 @@ import torch
 
 import fractalkit
 from fractalkit import config as config_module
+from fractalkit.partition import PARTITIONERS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -70,6 +71,7 @@ def test_snippets_are_found() -> None:
         "docs/tutorials/own_level.md",
         "docs/tutorials/completion.md",
         "docs/tutorials/sampling.md",
+        "docs/tutorials/testing.md",
     ):
         assert required in pages, f"{required} has no runnable snippet"
 
@@ -82,9 +84,9 @@ def isolated(tmp_path, monkeypatch):
     """A temporary working directory, one torch thread, and the snippet's plug-ins unregistered.
 
     One thread: the snippets are tiny, and on a shared 2-core machine torch's thread pool makes
-    them many times slower. Configs a snippet registers (classes defined in the snippet) are
-    removed afterwards so they do not leak into other tests; registrations made by library
-    modules the snippet imported for the first time stay, as those modules stay imported.
+    them many times slower. Configs and partitioners a snippet registers (classes defined in the
+    snippet) are removed afterwards so they do not leak into other tests; registrations made by
+    library modules the snippet imported for the first time stay, as those modules stay imported.
     """
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
@@ -95,9 +97,9 @@ def isolated(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
         torch.set_default_dtype(dtype)
-        registry = config_module.CONFIG_REGISTRY
-        for kind in [k for k, cls in registry.items() if cls.__module__ == SNIPPET_MODULE]:
-            del registry[kind]
+        for registry in (config_module.CONFIG_REGISTRY, PARTITIONERS):
+            for kind in [k for k, cls in registry.items() if cls.__module__ == SNIPPET_MODULE]:
+                del registry[kind]
 
 
 @pytest.mark.parametrize(

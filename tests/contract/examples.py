@@ -2,7 +2,8 @@
 
 Every level, leaf and partitioner appears in at least one row, with and without classes; a new
 component joins by adding a row here, and every generic contract test then runs on it
-(``tests/contract/test_table.py`` checks the coverage).
+(``tests/contract/test_table.py`` checks the coverage). The checks themselves are the shipped
+kit, :mod:`fractalkit.testing`, which plug-in authors call the same way.
 
 Most rows model a space small enough to enumerate (at most a few thousand configurations), so
 normalisation and chi-square checks can run on them. Models are built deterministically and
@@ -12,7 +13,6 @@ a test that passes on a near-uniform model proves little.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,9 +30,21 @@ from fractalkit import (
 )
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
 from fractalkit.partition import GraphSubsets
+from fractalkit.testing import enumerable as _enumerable
+from fractalkit.testing import fixed_orders, random_data, roughen
 
-#: Most configurations a row may have to count as enumerable.
-MAX_ENUMERABLE = 4096
+__all__ = [
+    "BY_NAME",
+    "EXAMPLES",
+    "Example",
+    "ar",
+    "enumerable",
+    "fixed_orders",
+    "labels_for",
+    "mar",
+    "pick",
+    "random_data",
+]
 
 
 def ar(**kw) -> ARLevelConfig:
@@ -43,19 +55,6 @@ def ar(**kw) -> ARLevelConfig:
 def mar(**kw) -> MARLevelConfig:
     """A tiny MAR level config (width 16, one block, 2 heads) with overrides."""
     return MARLevelConfig(**{"width": 16, "depth": 1, "heads": 2, **kw})
-
-
-def roughen(model: Fractal, *, seed: int, scale: float = 0.6) -> Fractal:
-    """Add N(0, scale^2) noise to every parameter (deterministic), making the model far from uniform.
-
-    A fresh model's leaf logits are almost flat; noise makes the per-element distributions
-    peaked and the conditionals differ across orders, so the tests have power.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    return model
 
 
 @dataclass(frozen=True)
@@ -290,14 +289,9 @@ EXAMPLES: list[Example] = [
 BY_NAME: dict[str, Example] = {e.name: e for e in EXAMPLES}
 
 
-def num_configurations(model: Fractal) -> int:
-    """V ** E for the model's event space."""
-    return model.num_values ** math.prod(model.event_shape)
-
-
 def enumerable(example: Example) -> bool:
-    """Whether the example's space has at most :data:`MAX_ENUMERABLE` configurations."""
-    return num_configurations(example.build()) <= MAX_ENUMERABLE
+    """Whether the example's space is small enough for the kit to enumerate."""
+    return _enumerable(example.build())
 
 
 def pick(*tags: str, exclude: tuple[str, ...] = ()) -> list[Example]:
@@ -307,32 +301,9 @@ def pick(*tags: str, exclude: tuple[str, ...] = ()) -> list[Example]:
     ]
 
 
-def order_levels(model: Fractal) -> list[object]:
-    """The model's levels (leaf excluded), top first."""
-    return model.levels[:-1]
-
-
-def fixed_orders(model: Fractal, *, seed: int) -> list[torch.Tensor | None]:
-    """One shared random permutation per MAR level (None for AR levels): an exact model."""
-    g = torch.Generator().manual_seed(seed)
-    out: list[torch.Tensor | None] = []
-    for level in order_levels(model):
-        if getattr(level, "uses_orders", False):
-            out.append(torch.randperm(level.num_children, generator=g))
-        else:
-            out.append(None)
-    return out
-
-
 def labels_for(example: Example, n: int, *, seed: int = 0) -> torch.Tensor | None:
     """Random labels ``[n]`` for a conditional example, None for an unconditional one."""
     if not example.num_classes:
         return None
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, example.num_classes, (n,), generator=g)
-
-
-def random_data(model: Fractal, n: int, *, seed: int = 0) -> torch.Tensor:
-    """Uniformly random int64 instances ``[n, *event_shape]``."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, model.num_values, (n, *model.event_shape), generator=g)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from contract.examples import BY_NAME, labels_for, random_data
-from fractalkit.levels import MARLevel
+from fractalkit.testing import partitioners, uses_orders
 
 INSTANCES = 3
 ROWS = 400  # copies of each instance in the batch (each draws its own orders and masks)
@@ -21,9 +21,9 @@ DRAWS = 10  # num_draws per row
 def exact_expectation(model, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """Mean of the exact log_prob over all combinations of one permutation per MAR level: ``[N]``."""
     per_level = []
-    for level in model.levels[:-1]:
-        if isinstance(level, MARLevel):
-            perms = itertools.permutations(range(level.num_children))
+    for part, flag in zip(partitioners(model), uses_orders(model), strict=True):
+        if flag:
+            perms = itertools.permutations(range(part.num_children))
             per_level.append([torch.tensor(p) for p in perms])
         else:
             per_level.append([None])

@@ -3,55 +3,28 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from contract.examples import BY_NAME, EXAMPLES, Example, enumerable, fixed_orders
+from contract.examples import BY_NAME, EXAMPLES, Example, enumerable
 from fractalkit.data import all_configurations, configuration_index
+from fractalkit.testing import check_normalisation
 
 ENUMERABLE = [e for e in EXAMPLES if enumerable(e)]
 
 
-def total_log_mass(model, y: int | None, orders) -> float:
-    """``logsumexp`` of ``log_prob`` over every configuration, for label ``y`` (or none)."""
-    xs = all_configurations(model.event_shape, model.num_values)
-    labels = None if y is None else torch.full((len(xs),), y)
-    with torch.no_grad():
-        return float(model.log_prob(xs, labels, orders=orders).value.logsumexp(0))
-
-
-def _labels(example: Example) -> list[int | None]:
-    return [None, *range(example.num_classes)] if example.num_classes else [None]
-
-
 @pytest.mark.parametrize("example", [e for e in ENUMERABLE if not e.bound], ids=repr)
 def test_probabilities_sum_to_one(example: Example) -> None:
-    model = example.build(torch.float64)
-    specs = {"identity": "identity", "shared": fixed_orders(model, seed=11)}
-    for y in _labels(example):
-        for name, orders in specs.items():
-            mass = total_log_mass(model, y, orders)
-            assert abs(math.expm1(mass)) < 1e-6, f"y={y}, orders={name}: sum = {math.exp(mass)}"
-    if example.num_classes:  # the label reaches the model: each class is its own distribution
-        xs = all_configurations(model.event_shape, model.num_values)
-        with torch.no_grad():
-            per_class = [
-                model.log_prob(xs, torch.full((len(xs),), c), orders="identity").value
-                for c in range(2)
-            ]
-        assert float((per_class[0] - per_class[1]).abs().max()) > 1e-3
+    """Every label (and none), identity and shared random orders; labels reach the model."""
+    result = check_normalisation(example.build(torch.float64), atol=1e-6, seed=11)
+    assert result.figure < 1e-6
 
 
 @pytest.mark.parametrize("example", [e for e in ENUMERABLE if e.bound], ids=repr)
 def test_guiding_pixel_bound_sums_to_at_most_one(example: Example) -> None:
-    model = example.build(torch.float64)
-    for y in _labels(example):
-        mass = math.exp(total_log_mass(model, y, "identity"))
-        assert mass <= 1 + 1e-9, f"y={y}: sum = {mass}"
-        # A bound that is not vacuous: the guiding pixel's model does put mass somewhere.
-        assert mass > 1e-3
+    """The kit checks a bound's sum is at most 1 (and not vacuous, above 1e-3)."""
+    result = check_normalisation(example.build(torch.float64), orders="identity")
+    assert 1e-3 < result.figure <= 1 + 1e-9
 
 
 def test_guiding_pixel_joint_is_normalised() -> None:

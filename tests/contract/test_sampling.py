@@ -2,9 +2,11 @@
 DESIGN.md says so.
 
 Each chi-square test compares the frequencies of float32 samples with the float64
-``exp(log_prob)`` of the same weights, pooling cells whose expected count is under 5. A
-deliberately broken sampler (temperature 0.7, or MAR decoding in another order than the one
-``log_prob`` scores) must fail the very same test.
+``exp(log_prob)`` of the same weights (or, with a temperature or guidance, with the exact law of
+the shaped sampler, :func:`fractalkit.testing.sampling_law`), pooling cells whose expected count
+is under 5. A deliberately broken sampler (temperature 0.7 against the untempered law, guidance
+against the unguided law, or MAR decoding in another order than the one ``log_prob`` scores)
+must fail the very same test. The checks are the shipped kit's (:mod:`fractalkit.testing`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contract.examples import BY_NAME, EXAMPLES, Example, fixed_orders, labels_for, random_data
-from contract.sampling_utils import model_probabilities, sample_counts, sampling_test
-from contract.stats import chi_square, chi_square_p_value
-from fractalkit.data import all_configurations, configuration_index
+from contract.examples import BY_NAME, EXAMPLES, Example, fixed_orders, labels_for
+from fractalkit.data import all_configurations
+from fractalkit.testing import (
+    check_callback,
+    check_completion,
+    check_completion_law,
+    check_sampler,
+    check_seeded_sampling,
+    chi_square,
+    chi_square_p_value,
+    completion_chi_square,
+    likelihood_law,
+    sample_histogram,
+    sampler_chi_square,
+    sampling_law,
+    support,
+)
 
 SAMPLES = 4000
 ALPHA_CORRECT = 1e-3  # a correct sampler must not be rejected at this level
@@ -56,39 +71,72 @@ def test_chi_square_pools_small_cells_and_detects_a_wrong_model() -> None:
 def test_samples_follow_exp_log_prob(name: str) -> None:
     example = BY_NAME[name]
     orders = fixed_orders(example.build(), seed=21)  # shared random orders: an exact MAR model
-    result = sampling_test(
-        example, SAMPLES, y=_label(example), seed=0, log_prob_orders=orders, orders=orders
+    check_sampler(
+        example.build(torch.float32), _label(example), num_samples=SAMPLES, seed=0, orders=orders,
+        alpha=ALPHA_CORRECT, min_cells=10,
     )
-    assert result.p_value > ALPHA_CORRECT, result
-    assert result.cells >= 10, "too few cells for the test to have power"
 
 
 @pytest.mark.parametrize("example", MORE, ids=repr)
 def test_samples_follow_exp_log_prob_more_samples(example: Example) -> None:
     orders = fixed_orders(example.build(), seed=21)
-    result = sampling_test(
-        example, 20000, y=_label(example), seed=1, log_prob_orders=orders, orders=orders
+    check_sampler(
+        example.build(torch.float32), _label(example), num_samples=20000, seed=1, orders=orders,
+        alpha=ALPHA_CORRECT, min_cells=1,
     )
-    assert result.p_value > ALPHA_CORRECT, result
 
 
 @pytest.mark.parametrize("name", ["ar_ar", "mar_mar_cond"])
-def test_temperature_breaks_the_test(name: str) -> None:
+def test_tempered_samples_follow_the_tempered_law_not_exp_log_prob(name: str) -> None:
+    """At T = 0.7 the samples follow the product of tempered conditionals, and the plain
+    ``exp(log_prob)`` test rejects them: the chi-square test sees a broken temperature."""
     example = BY_NAME[name]
-    orders = fixed_orders(example.build(), seed=21)
-    result = sampling_test(
-        example, SAMPLES, y=_label(example), seed=0, log_prob_orders=orders, orders=orders,
-        temperature=0.7,
-    )
-    assert result.p_value < ALPHA_BROKEN, result
+    model = example.build(torch.float32)
+    orders = fixed_orders(model, seed=21)
+    counts = sample_histogram(model, _label(example), num_samples=SAMPLES, seed=0, orders=orders, temperature=0.7)
+    tempered = chi_square(counts, sampling_law(model, _label(example), orders=orders, temperature=0.7))
+    assert tempered.p_value > ALPHA_CORRECT and tempered.cells >= 10, tempered
+    plain = chi_square(counts, likelihood_law(model, _label(example), orders))
+    assert plain.p_value < ALPHA_BROKEN, plain
+
+
+@pytest.mark.parametrize(
+    ("name", "scale", "schedule", "schedule_matters"),
+    [
+        ("ar_rgb_cond", 2.0, "constant", True),
+        ("ar_rgb_cond", 2.0, "linear", True),
+        ("ar_mar_ar_cond", 3.0, "linear", False),  # 4,000 samples barely see the schedule here
+        pytest.param("mar_mar_cond", 3.0, "linear", True, marks=pytest.mark.slow),
+        pytest.param("mar_mar_cond", 3.0, "constant", True, marks=pytest.mark.slow),
+    ],
+)
+def test_guided_samples_follow_the_guided_law(
+    name: str, scale: float, schedule: str, schedule_matters: bool
+) -> None:
+    """Classifier-free guidance (the filter on) on its schedule, against its exact law; the same
+    samples are far from the unguided law and (where 4,000 samples have the power) from the
+    other schedule's law."""
+    model = BY_NAME[name].build(torch.float32)
+    orders = fixed_orders(model, seed=21)
+    options = {"guidance": scale, "guidance_schedule": schedule}
+    counts = sample_histogram(model, 1, num_samples=SAMPLES, seed=0, orders=orders, **options)
+    law = sampling_law(model, 1, orders=orders, **options)
+    result = chi_square(counts, law)
+    assert result.p_value > ALPHA_CORRECT and result.cells >= 10, result
+    unguided = chi_square(counts, likelihood_law(model, 1, orders))
+    assert unguided.p_value < ALPHA_BROKEN, unguided
+    if schedule_matters:
+        other = "linear" if schedule == "constant" else "constant"
+        law = sampling_law(model, 1, orders=orders, guidance=scale, guidance_schedule=other)
+        wrong = chi_square(counts, law)
+        assert wrong.p_value < ALPHA_BROKEN, wrong
 
 
 def test_wrong_order_breaks_the_test() -> None:
     example = BY_NAME["mar_mar"]
-    orders = fixed_orders(example.build(), seed=21)
-    result = sampling_test(
-        example, SAMPLES, y=None, seed=0, log_prob_orders=orders, orders="identity"
-    )
+    model = example.build(torch.float32)
+    law = likelihood_law(model, None, fixed_orders(model, seed=21))
+    result = sampler_chi_square(model, None, num_samples=SAMPLES, seed=0, orders="identity", law=law)
     assert result.p_value < ALPHA_BROKEN, result
 
 
@@ -97,8 +145,8 @@ def test_guiding_pixel_samples_follow_the_marginal() -> None:
     example = BY_NAME["mar_guide_top"]
     model = example.build(torch.float64)
     level = model.levels[0]
-    xs = all_configurations(model.event_shape, model.num_values)
-    guides = all_configurations((level.event_shape[0],), model.num_values)
+    xs = support(model)
+    guides = all_configurations((level.event_shape[0],), model.num_values)  # every guiding pixel
     joint = []
     original = level.guide_target
     try:
@@ -109,12 +157,13 @@ def test_guiding_pixel_samples_follow_the_marginal() -> None:
     finally:
         level.guide_target = original
     marginal = torch.stack(joint).logsumexp(0).exp()  # [V**E]
-    counts = sample_counts(example.build(torch.float32), SAMPLES, None, seed=3, orders="identity")
-    result = chi_square(counts, marginal)
+    samples = example.build(torch.float32)
+    result = sampler_chi_square(samples, None, num_samples=SAMPLES, seed=3, orders="identity", law=marginal)
     assert result.p_value > ALPHA_CORRECT, result
     # The bound's exp(log_prob) is not the sampling distribution: the test can tell them apart.
-    bound = model_probabilities(model, None, "identity")
-    assert chi_square(counts, bound / bound.sum()).p_value < ALPHA_BROKEN
+    bound = likelihood_law(model, None, "identity")
+    wrong = sampler_chi_square(samples, None, num_samples=SAMPLES, seed=3, orders="identity", law=bound / bound.sum())
+    assert wrong.p_value < ALPHA_BROKEN
 
 
 # ---- reproducibility ---------------------------------------------------------------------------
@@ -122,19 +171,17 @@ def test_guiding_pixel_samples_follow_the_marginal() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=repr)
 def test_seeded_sampling_is_reproducible(example: Example) -> None:
+    """Same seed, same samples; another seed, others; the KV cache changes nothing, not even
+    the random stream's use."""
+    check_seeded_sampling(example.build(torch.float32), labels_for(example, 8, seed=1), seed=5)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=repr)
+def test_callback_reports_every_top_step(example: Example) -> None:
+    """The progress callback, with a linear guidance schedule on conditional rows."""
+    options = {"guidance": 2.0, "guidance_schedule": "linear"} if example.num_classes else {}
     model = example.build(torch.float32)
-    y = labels_for(example, 8, seed=1)
-
-    def draw(seed: int, **kw) -> torch.Tensor:
-        return model.sample(8, y, generator=torch.Generator().manual_seed(seed), **kw)
-
-    a, b, c = draw(5), draw(5), draw(6)
-    assert a.dtype == torch.int64 and a.shape == (8, *model.event_shape)
-    assert int(a.min()) >= 0 and int(a.max()) < model.num_values
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-    # The KV cache changes nothing, not even the random stream's use.
-    assert torch.equal(draw(5, kv_cache=False), a)
+    check_callback(model, labels_for(example, 4, seed=2), **options)
 
 
 # ---- completion --------------------------------------------------------------------------------
@@ -142,46 +189,8 @@ def test_seeded_sampling_is_reproducible(example: Example) -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=repr)
 def test_completion_keeps_known_elements(example: Example) -> None:
-    model = example.build(torch.float32)
-    n = 6
-    x = random_data(model, n, seed=8)
-    y = labels_for(example, n, seed=9)
-    g = torch.Generator().manual_seed(10)
-    for p in (0.3, 0.8):
-        known = torch.rand(x.shape, generator=g) < p
-        out = model.complete(x, known, y, generator=torch.Generator().manual_seed(11))
-        assert out.shape == x.shape and out.dtype == torch.int64
-        assert torch.equal(out[known], x[known])
-        assert int(out.min()) >= 0 and int(out.max()) < model.num_values
-    # Everything known: the input comes back unchanged.
-    assert torch.equal(model.complete(x, torch.ones_like(x, dtype=torch.bool), y), x)
-
-
-def _completion_test(
-    example: Example, known_flat: torch.Tensor, orders_sample, orders_lp, seed: int, **options
-):
-    """Chi-square of completions of one instance against exp(log_prob) renormalised over the
-    configurations that agree with the known elements."""
-    model64 = example.build(torch.float64)
-    y = _label(example)
-    xs = all_configurations(model64.event_shape, model64.num_values)
-    g = torch.Generator().manual_seed(seed)
-    x = xs[torch.randint(len(xs), (1,), generator=g)]  # [1, *event]
-    known = known_flat.view(1, *model64.event_shape)
-    consistent = (xs[:, known[0]] == x[:, known[0]]).all(-1)  # [V**E]
-    probs = model_probabilities(model64, y, orders_lp)[consistent]
-    model = example.build(torch.float32)
-    labels = None if y is None else torch.full((SAMPLES,), y)
-    out = model.complete(
-        x.expand(SAMPLES, *x.shape[1:]), known.expand(SAMPLES, *known.shape[1:]), labels,
-        generator=torch.Generator().manual_seed(seed), orders=orders_sample, **options,
-    )
-    index = configuration_index(out, model.num_values)
-    cell_of = torch.full((len(xs),), -1, dtype=torch.long)
-    cell_of[consistent] = torch.arange(int(consistent.sum()))
-    assert bool((cell_of[index] >= 0).all())
-    counts = torch.bincount(cell_of[index], minlength=int(consistent.sum()))
-    return chi_square(counts, probs)
+    """Random masks (30% and 80% known) keep the known values; all known returns x."""
+    check_completion(example.build(torch.float32), seed=8, fractions=(0.3, 0.8))
 
 
 def test_ar_completion_of_a_prefix_is_exact() -> None:
@@ -191,8 +200,9 @@ def test_ar_completion_of_a_prefix_is_exact() -> None:
     known = torch.zeros(2, 2, 2, dtype=torch.bool)
     known[:, 0, 0] = True  # pixel 0, both channels
     known[0, 0, 1] = True  # pixel 1, channel 0
-    result = _completion_test(example, known.flatten(), None, None, seed=12)
-    assert result.p_value > ALPHA_CORRECT, result
+    check_completion_law(
+        example.build(torch.float32), known, None, num_samples=SAMPLES, seed=12, alpha=ALPHA_CORRECT
+    )
 
 
 def test_mar_completion_of_full_children_is_exact() -> None:
@@ -202,14 +212,31 @@ def test_mar_completion_of_full_children_is_exact() -> None:
     known = torch.zeros(2, 2, 2, dtype=torch.bool)
     known[:, 0, 0] = True  # child 0 (pixel (0, 0))
     known[:, 1, 0] = True  # child 2 (pixel (1, 0))
-    lp_orders = [torch.tensor([0, 2, 1, 3]), "identity"]
-    result = _completion_test(example, known.flatten(), "identity", lp_orders, seed=13)
-    assert result.p_value > ALPHA_CORRECT, result
+    check_completion_law(
+        example.build(torch.float32), known, _label(example), num_samples=SAMPLES, seed=13,
+        orders="identity", law_orders=[torch.tensor([0, 2, 1, 3]), "identity"], alpha=ALPHA_CORRECT,
+    )
+
+
+@pytest.mark.parametrize("name", ["ar_ar_cond", "mar_ar_mar"])
+def test_prefix_completion_with_temperature_and_guidance(name: str) -> None:
+    """The kit's default mask (the first half of the top-level children in decoding order),
+    completed at T = 0.8 (and w = 2 on conditional rows), against the shaped conditional law."""
+    example = BY_NAME[name]
+    options = {"temperature": 0.8, **({"guidance": 2.0} if example.num_classes else {})}
+    check_completion_law(
+        example.build(torch.float32), None, _label(example), num_samples=SAMPLES, seed=14,
+        alpha=ALPHA_CORRECT, **options,
+    )
 
 
 def test_completion_test_detects_a_broken_sampler() -> None:
     example = BY_NAME["ar_ar"]
+    model = example.build(torch.float32)
     known = torch.zeros(2, 2, 2, dtype=torch.bool)
     known[:, 0, 0] = True
-    result = _completion_test(example, known.flatten(), None, None, seed=12, temperature=0.7)
+    result = completion_chi_square(
+        model, known, None, num_samples=SAMPLES, seed=12, law=likelihood_law(model, None, "identity"),
+        temperature=0.7,
+    )
     assert result.p_value < ALPHA_BROKEN, result
