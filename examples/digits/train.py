@@ -149,7 +149,7 @@ def run(
     save_grid(out / "samples.png", list(samples.split(per_class)), [f"digit {d}" for d in range(10)])
 
     # Completions: the first held-out image of each digit, top half kept, bottom half drawn.
-    firsts = torch.stack([int((test_y == d).nonzero()[0]) for d in range(10)])
+    firsts = torch.tensor([int((test_y == d).nonzero()[0, 0]) for d in range(10)])
     originals, digits = test_x[firsts], test_y[firsts]
     known = torch.zeros_like(originals, dtype=torch.bool)
     known[..., :4, :] = True
