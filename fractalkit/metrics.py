@@ -30,6 +30,7 @@ reference images (ADM's reference batches), which precision/recall need.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "inception_score",
     "load_reference",
     "precision_recall",
+    "sample_images",
     "save_reference",
 ]
 
@@ -101,7 +103,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         if not np.isfinite(a).all():
             raise ValueError(f"frechet_distance: {name} has non-finite entries")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+    with warnings.catch_warnings():  # singular (fewer samples than D): handled just below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():  # singular product: regularise as ADM's evaluator does
         offset = np.eye(d) * 1e-6
         covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
@@ -375,3 +379,63 @@ def evaluate(samples: FeatureSet, reference: Reference, *, split_size: int = 500
     if reference.features is not None:
         out["precision"], out["recall"] = precision_recall(reference.features, samples.features, k)
     return out
+
+
+# ---- sampling for evaluation -------------------------------------------------------------------
+
+
+def sample_images(
+    model,
+    num_samples: int,
+    *,
+    options=None,
+    batch: int = 64,
+    seed: int = 0,
+    folder: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Draw ``num_samples`` images for evaluation, class labels ``i % num_classes`` (balanced, as
+    the original's evaluation), batch ``b`` from seed ``seed + b``; resumable.
+
+    With ``folder``, each finished batch is written as ``samples_<start>.npz`` (uint8 ``arr_0``
+    ``[n, H, W, 3]``, ADM's sample format) and batches already there are read instead of drawn:
+    an interrupted run continues where it stopped and gives the same images.
+
+    Args:
+        model: a :class:`fractalkit.Fractal` over ``[3, H, W]`` images (eval mode).
+        num_samples: N.
+        options: :class:`fractalkit.SampleOptions` (default ``model.pretrained_options``).
+        batch: images per call to ``model.sample``.
+        seed: the base seed.
+        folder: where to keep finished batches (None: keep nothing).
+        progress: show a tqdm bar over images.
+
+    Returns:
+        uint8 ``[N, 3, H, W]``.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"sample_images: num_samples must be a positive int, got {num_samples!r}")
+    options = options if options is not None else getattr(model, "pretrained_options", None)
+    device = next(model.parameters()).device
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    out = []
+    with tqdm(total=num_samples, unit="img", desc="sampling", disable=not progress) as bar:
+        for b, start in enumerate(range(0, num_samples, batch)):
+            n = min(batch, num_samples - start)
+            path = Path(folder) / f"samples_{start:06d}_{n}.npz" if folder is not None else None
+            if path is not None and path.is_file():
+                images = torch.from_numpy(np.load(path)["arr_0"]).permute(0, 3, 1, 2)
+            else:
+                y = torch.arange(start, start + n, device=device) % model.num_classes if model.num_classes else None
+                g = torch.Generator(device=device).manual_seed(seed + b)
+                images = model.sample(n, y=y, options=options, generator=g).clamp(0, 255).to(torch.uint8).cpu()
+                if path is not None:
+                    tmp = path.with_name(path.stem + ".tmp.npz")
+                    np.savez(tmp, arr_0=images.permute(0, 2, 3, 1).numpy())
+                    os.replace(tmp, path)
+            out.append(images)
+            bar.update(n)
+    return torch.cat(out)

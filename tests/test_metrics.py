@@ -123,3 +123,46 @@ def test_real_inception_features():
     assert feats.features.shape == (4, 2048) and feats.probs.shape == (4, 1008)
     np.testing.assert_allclose(feats.probs.sum(1), 1.0, atol=1e-4)
     assert abs(metrics.fid_from_features(np.tile(feats.features, (3, 1)), np.tile(feats.features, (3, 1)))) < 1e-3
+
+
+def _tiny_rgb_model():
+    from fractalkit import ARLevelConfig, Fractal, ImagePatches, RGBLeafConfig
+
+    torch.manual_seed(0)
+    return Fractal([(ImagePatches(4, 2), ARLevelConfig(width=16, depth=1, heads=2)),
+                    (ImagePatches(2, 1), ARLevelConfig(width=16, depth=1, heads=2))],
+                   leaf=RGBLeafConfig(width=8, depth=1, heads=2), num_classes=3).eval()
+
+
+def test_sample_images_resumes_from_its_folder(tmp_path, monkeypatch):
+    model = _tiny_rgb_model()
+    first = metrics.sample_images(model, 5, batch=2, folder=tmp_path / "s", progress=False)
+    assert first.dtype == torch.uint8 and first.shape == (5, 3, 4, 4)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "samples_000000_2.npz", "samples_000002_2.npz", "samples_000004_1.npz"]
+    (tmp_path / "s" / "samples_000002_2.npz").unlink()  # as if interrupted before that batch
+    calls = []
+    inner = model.sample
+    monkeypatch.setattr(model, "sample", lambda *a, **k: calls.append(a) or inner(*a, **k))
+    again = metrics.sample_images(model, 5, batch=2, folder=tmp_path / "s", progress=False)
+    assert len(calls) == 1 and torch.equal(first, again)  # only the missing batch, same images
+
+
+def test_table4_script_end_to_end_with_a_stand_in_network(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("table4", root / "benchmarks" / "table4.py")
+    table4 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table4)
+    folder = _tiny_rgb_model().save_pretrained(tmp_path / "model")
+    net = StandIn()
+    metrics.save_reference(tmp_path / "ref.npz", metrics.extract_features(net, _images(50, 9, 4)).features)
+    monkeypatch.setattr(metrics, "InceptionV3", lambda *a, **k: net)
+    result = table4.main([
+        "--model", str(folder), "--reference", str(tmp_path / "ref.npz"), "--num-samples", "6",
+        "--batch", "3", "--samples-dir", str(tmp_path / "s"), "--device", "cpu", "--out", str(tmp_path / "out"),
+    ])
+    assert result["num_samples"] == 6 and result["fid"] > 0 and "SHORT RUN" in result["label"]
+    assert (tmp_path / "out" / "table4_model_6.json").is_file()
