@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractalkit import Fractal, SampleOptions
-from fractalkit import hub
+from fractalkit import Fractal, SampleOptions, hub
 from fractalkit.compat import fractalgen as fg
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "fractalgen"
@@ -54,7 +53,7 @@ class Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
+            def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range"), self.headers.get("User-Agent")))
                 data = server.files.get(self.path.split("?")[0])
                 if data is None:

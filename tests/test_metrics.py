@@ -109,7 +109,7 @@ def test_frechet_distance_refuses_mismatched_or_nonfinite_inputs():
 
 
 def test_missing_inception_weights_say_where_to_get_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nvlabs-fi-cdn.nvidia.com"):
+    with pytest.raises(FileNotFoundError, match=r"nvlabs-fi-cdn\.nvidia\.com"):
         metrics.InceptionV3(tmp_path / "none.pt")
 
 

@@ -1,0 +1,48 @@
+"""The quick start (examples/digits): its default path trains, scores and writes its pictures
+and a loadable model folder, at a tiny budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fractalkit import Fractal
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("digits_example", ROOT / "examples" / "digits" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_ships_with_scikit_learn():
+    pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) is not installed")
+    x, y = load_example().load_data()
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == torch.int64
+    assert int(x.min()) == 0 and int(x.max()) == 16 and sorted(y.unique().tolist()) == list(range(10))
+
+
+def test_quick_start_runs_at_a_tiny_budget(tmp_path):
+    pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) is not installed")
+    example = load_example()
+    out = tmp_path / "results"
+    example.main(["--budget-s", "60", "--max-steps", "3", "--out", str(out), "--threads", "1"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["train_steps"] == 3
+    assert 0 < results["held_out_bits_per_dim"] < 2 * math.log2(17)
+    for name in ("samples.png", "completion.png"):
+        from PIL import Image
+
+        with Image.open(out / name) as img:
+            assert img.size[0] > 100 and img.size[1] > 40
+    model = Fractal.from_pretrained(out)  # the run's folder is a save_pretrained folder
+    assert model.pretrained_options == example.SAMPLING
+    assert model.event_shape == (1, 8, 8) and model.num_values == 17
