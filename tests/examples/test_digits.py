@@ -34,7 +34,7 @@ def test_quick_start_runs_at_a_tiny_budget(tmp_path):
     pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) is not installed")
     example = load_example()
     out = tmp_path / "results"
-    example.main(["--budget-s", "60", "--max-steps", "3", "--out", str(out), "--threads", "1"])
+    example.main(["--steps", "3", "--per-class", "2", "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
     assert results["train_steps"] == 3
     assert 0 < results["held_out_bits_per_dim"] < 2 * math.log2(17)
