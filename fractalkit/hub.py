@@ -31,12 +31,15 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from fractalkit.fractal import Fractal
 from fractalkit.sampling.options import SampleOptions
@@ -372,7 +375,8 @@ def _convert_release(release: Release, original: Path) -> Fractal:
     if release.preset is not None:
         from fractalkit.presets import get_preset
 
-        want = Fractal.from_config(get_preset(release.preset).config).to("meta").state_dict()
+        with torch.device("meta"):  # shapes only: no memory for the preset's weights
+            want = Fractal.from_config(get_preset(release.preset).config).state_dict()
         got = model.state_dict()
         bad = sorted(k for k in set(want) | set(got)
                      if k not in want or k not in got or want[k].shape != got[k].shape)
@@ -405,14 +409,17 @@ def _released(release: Release, root: Path, offline: bool, progress: bool, keep_
     options = _release_options(release)
     # Write the converted folder beside, then rename: a crash leaves no half-written model.
     tmp = Path(tempfile.mkdtemp(prefix=f".{release.name}-", dir=folder))
-    published = options is not None and _published(release)
-    save_pretrained(model, tmp, sampling=options, published=published,
-                    description=f"{release.title or release.name}, converted by fractalkit from {release.url}.")
-    _write(tmp / SOURCE_FILE, json.dumps(
-        {"url": release.url, "bytes": original.stat().st_size, "sha256": _sha256(original)}, indent=2) + "\n")
-    for name in os.listdir(tmp):
-        os.replace(tmp / name, folder / name)
-    tmp.rmdir()
+    try:
+        published = options is not None and _published(release)
+        save_pretrained(model, tmp, sampling=options, published=published,
+                        description=f"{release.title or release.name}, converted by fractalkit from {release.url}.")
+        _write(tmp / SOURCE_FILE, json.dumps(
+            {"url": release.url, "bytes": original.stat().st_size, "sha256": _sha256(original)}, indent=2) + "\n")
+        # The weights go last: their presence is what marks the cached folder complete.
+        for name in sorted(os.listdir(tmp), key=lambda n: n == WEIGHTS_FILE):
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if not keep_original:
         original.unlink()
     return _load_folder(folder, device)
@@ -483,6 +490,12 @@ def from_pretrained(
     path = Path(name_or_path)
     if path.is_dir():
         return _load_folder(path, device)
+    if path.is_file():
+        raise PretrainedError(
+            f"from_pretrained: {path} is a file; pass the folder save_pretrained wrote, load a "
+            "fractalkit .safetensors file with Fractal.load, or convert an original .pth with "
+            "python -m fractalkit.compat.fractalgen convert IN OUT"
+        )
     name = str(name_or_path)
     if name in RELEASES:
         return _released(RELEASES[name], _cache_root(cache_dir), _offline(offline),

@@ -231,6 +231,12 @@ def test_released_models_are_registered_against_their_presets(name):
 def test_unknown_name_is_a_clear_error(tmp_path):
     with pytest.raises(hub.PretrainedError, match="not a folder, a released model"):
         Fractal.from_pretrained(str(tmp_path / "missing-folder"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(hub.PretrainedError, match=r"has no model\.safetensors"):
+        Fractal.from_pretrained(tmp_path / "empty")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(hub.PretrainedError, match="is a file; pass the folder"):
+        Fractal.from_pretrained(tmp_path / "model.safetensors")
 
 
 # ---- Hub-style folders -----------------------------------------------------------------------
