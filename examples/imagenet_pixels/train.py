@@ -48,7 +48,7 @@ CPU_EXPECTATION = (
     "objects. Recognisable ImageNet pictures take a paper-sized model trained on GPUs for days "
     "(FractalMAR-64: 3.5 days on 32 H100s); draw from the released one with "
     "Fractal.from_pretrained('fractalmar-in64') (docs/checkpoints.md), or train "
-    "examples/digits/train.py for recognisable digits on a CPU in about 3 minutes."
+    "examples/digits/train.py for recognisable digits on a CPU in a few minutes."
 )
 
 
