@@ -17,8 +17,9 @@ Usage (from the repository root; ``pip install -e ".[examples]"`` brings scikit-
     python examples/digits/train.py                    # a few minutes on a CPU
 
 writes ``samples.png`` (one row per digit 0-9, classifier-free guidance), ``completion.png``
-(held-out digits: top half given, bottom half drawn), ``model.safetensors`` (load it with
-``Fractal.from_pretrained(folder)``) and ``results.json`` into ``--out``.
+(held-out digits: top half given, bottom half drawn) and ``results.json`` into ``--out``, and the
+model as a ``save_pretrained`` folder into ``--model-out`` (``runs/digits``; load it with
+``Fractal.from_pretrained("runs/digits")``).
 """
 
 from __future__ import annotations
@@ -141,13 +142,14 @@ def train(model: Fractal, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch
 
 
 def run(
-    out: Path, *, steps: int = 1500, batch: int = 64, lr: float = 2e-3, per_class: int = 10,
+    out: Path, *, model_out: Path = Path("runs/digits"), steps: int = 1500, batch: int = 64, lr: float = 2e-3, per_class: int = 10,
     seed: int = 0, threads: int = 1, progress: bool = True,
 ) -> dict:
     """Train, measure held-out bits/dim, draw samples and completions, write the results.
 
     Args:
-        out: the results folder (created).
+        out: the results folder (created): pictures and ``results.json``.
+        model_out: the trained model as a :meth:`fractalkit.Fractal.save_pretrained` folder.
         steps: optimizer steps.
         batch, lr: AdamW batch size and peak learning rate.
         per_class: samples drawn per digit (one row each).
@@ -189,7 +191,7 @@ def run(
     completed = [model.complete(originals, known, digits, options=SAMPLING, generator=g) for _ in range(3)]
     save_grid(out / "completion.png", [originals, shown, *completed],
               ["original", "given (top)", "completed", "completed", "completed"])
-    model.save_pretrained(out, sampling=SAMPLING, description="fractalkit quick start: sklearn digits")
+    model.save_pretrained(model_out, sampling=SAMPLING, description="fractalkit quick start: sklearn digits")
 
     results = {
         "held_out_bits_per_dim": bpd,
@@ -209,7 +211,8 @@ def run(
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out / 'samples.png'} and {out / 'completion.png'} "
-          f"({results['total_seconds']:.0f} s in all)", flush=True)
+          f"({results['total_seconds']:.0f} s in all); the model: Fractal.from_pretrained({str(model_out)!r})",
+          flush=True)
     return results
 
 
@@ -222,14 +225,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--per-class", type=int, default=10, help="samples drawn per digit")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
+                    help="pictures and results.json (default examples/digits/results)")
+    ap.add_argument("--model-out", type=Path, default=Path("runs/digits"),
+                    help="the model folder (default runs/digits; load it with Fractal.from_pretrained)")
     args = ap.parse_args(argv)
     for name in ("steps", "batch", "per_class", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.lr > 0:
         ap.error(f"--lr must be > 0, got {args.lr}")
-    return run(args.out, steps=args.steps, batch=args.batch, lr=args.lr, per_class=args.per_class,
+    return run(args.out, model_out=args.model_out, steps=args.steps, batch=args.batch, lr=args.lr, per_class=args.per_class,
                seed=args.seed, threads=args.threads)
 
 

@@ -34,7 +34,7 @@ def test_quick_start_runs_at_a_tiny_budget(tmp_path):
     pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) is not installed")
     example = load_example()
     out = tmp_path / "results"
-    example.main(["--steps", "3", "--per-class", "2", "--out", str(out)])
+    example.main(["--steps", "3", "--per-class", "2", "--out", str(out), "--model-out", str(tmp_path / "model")])
     results = json.loads((out / "results.json").read_text())
     assert results["train_steps"] == 3
     assert 0 < results["held_out_bits_per_dim"] < 2 * math.log2(17)
@@ -43,6 +43,16 @@ def test_quick_start_runs_at_a_tiny_budget(tmp_path):
 
         with Image.open(out / name) as img:
             assert img.size[0] > 100 and img.size[1] > 40
-    model = Fractal.from_pretrained(out)  # the run's folder is a save_pretrained folder
+    model = Fractal.from_pretrained(tmp_path / "model")  # a save_pretrained folder
     assert model.pretrained_options == example.SAMPLING
     assert model.event_shape == (1, 8, 8) and model.num_values == 17
+
+
+@pytest.mark.slow
+def test_default_run_learns_the_digits(tmp_path):
+    """The documented default (1,500 steps, seed 0) reaches the README's held-out bits/dim
+    (1.790 measured twice; far below the 4.09 of a uniform guess)."""
+    pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) is not installed")
+    results = load_example().main(["--out", str(tmp_path), "--model-out", str(tmp_path / "model")])
+    assert results["train_steps"] == 1500
+    assert results["held_out_bits_per_dim"] < 1.85
