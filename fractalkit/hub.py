@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -385,15 +386,40 @@ def _convert_release(release: Release, original: Path) -> Fractal:
     return model
 
 
+@contextmanager
+def _locked(folder: Path):
+    """One process at a time fetches and converts a model; the others wait, then find it cached."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory lock, concurrent first calls may both download
+        yield
+        return
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _released(release: Release, root: Path, offline: bool, progress: bool, keep_original: bool,
               device: str) -> Fractal:
     folder = root / "fractalgen" / release.name
     if (folder / WEIGHTS_FILE).is_file():
         return _load_folder(folder, device)
+    if offline and not (folder / ORIGINAL_FILE).is_file():
+        raise PretrainedError(_offline_message(release, folder, "offline mode is on"))
+    with _locked(folder):
+        return _fetch_and_convert(release, folder, progress, keep_original, device)
+
+
+def _fetch_and_convert(release: Release, folder: Path, progress: bool, keep_original: bool,
+                       device: str) -> Fractal:
+    if (folder / WEIGHTS_FILE).is_file():  # another process finished while this one waited
+        return _load_folder(folder, device)
     original = folder / ORIGINAL_FILE
     if not original.is_file():
-        if offline:
-            raise PretrainedError(_offline_message(release, folder, "offline mode is on"))
         try:
             download(release.url, original, progress=progress,
                      desc=f"{release.name} ({release.size_mb:,.0f} MB)")

@@ -131,7 +131,7 @@ def test_first_call_downloads_converts_caches_and_loads(release, server, tmp_pat
     path, rng, agent = server.requests[0]
     assert path == "/tiny_ar.pth?dl=0" and rng is None and agent == hub.USER_AGENT
     folder = _cached(tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == [
+    assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == [
         "README.md", "config.json", "model.safetensors", "source.json"]  # no sampling published
     # The converted model computes what the original computes (the fixture's logits).
     _, io = _fixture("tiny_ar_16")
@@ -320,3 +320,32 @@ def test_push_to_hub_uploads_a_pretrained_folder(tiny_model, monkeypatch):
     assert url.endswith("/commit/abc")
     assert seen["repo"] == ("me/tiny", None, True) and seen["token"] == "t"
     assert seen["files"] == ["README.md", "config.json", "model.safetensors", "sampling.json"]
+
+
+@pytest.mark.parametrize(("classes", "count_known", "match"), [
+    (1000, True, None),  # the preset itself: accepted
+    (999, True, "442,067,200 parameters, fractalar-in64 has 442,068,224"),
+    (999, False, "does not match the fractalar-in64 preset"),
+])
+def test_released_checkpoints_are_checked_against_the_preset(monkeypatch, tmp_path, classes, count_known, match):
+    """The checks after conversion, on the meta device (the real file is 1.7 GB): the parameter
+    count of the release, then every tensor's name and shape against the preset."""
+    import dataclasses
+
+    from fractalkit.presets import get_preset
+
+    def fake_load(path, *, preset=None, heads=None):
+        config = {**get_preset(preset).config, "num_classes": classes}
+        with torch.device("meta"):
+            return Fractal.from_config(config)
+
+    monkeypatch.setattr(fg, "load_fractalgen", fake_load)
+    release = hub.RELEASES["fractalar-in64"]
+    if not count_known:
+        release = dataclasses.replace(release, num_params=None)
+    if match is None:
+        model = hub._convert_release(release, tmp_path / "checkpoint-last.pth")
+        assert sum(p.numel() for p in model.parameters()) == release.num_params
+    else:
+        with pytest.raises(hub.PretrainedError, match=match):
+            hub._convert_release(release, tmp_path / "checkpoint-last.pth")
