@@ -349,3 +349,15 @@ def test_released_checkpoints_are_checked_against_the_preset(monkeypatch, tmp_pa
     else:
         with pytest.raises(hub.PretrainedError, match=match):
             hub._convert_release(release, tmp_path / "checkpoint-last.pth")
+
+
+def test_register_release(monkeypatch):
+    monkeypatch.setattr(hub, "RELEASES", dict(hub.RELEASES))
+    mirror = hub.Release("mirror-ar", "http://example.invalid/a.pth", 1.0, heads=TINY_HEADS)
+    hub.register_release(mirror)
+    hub.register_release(mirror)  # the same entry again is fine
+    assert hub.RELEASES["mirror-ar"] is mirror
+    with pytest.raises(ValueError, match="already registered"):
+        hub.register_release(hub.Release("mirror-ar", "http://example.invalid/b.pth", 1.0, heads=TINY_HEADS))
+    with pytest.raises(ValueError, match="needs a preset or heads"):
+        hub.register_release(hub.Release("bare", "http://example.invalid/c.pth", 1.0))
