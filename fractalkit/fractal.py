@@ -86,6 +86,9 @@ class Fractal(nn.Module):
         (3, 8, 8)
     """
 
+    #: Sampling settings stored with a pretrained model (set by :meth:`from_pretrained`).
+    pretrained_options: SampleOptions | None = None
+
     def __init__(
         self,
         levels: Sequence[tuple[Partitioner, LevelConfig]],
@@ -484,6 +487,26 @@ class Fractal(nn.Module):
             path: file to write, conventionally ``*.safetensors``.
         """
         persistence.save(self, path)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> Fractal:
+        """A pretrained model: a saved folder, a released model's name or a Hub id; see
+        :func:`fractalkit.hub.from_pretrained` (the keyword arguments are its)."""
+        from fractalkit.hub import from_pretrained
+
+        return from_pretrained(name_or_path, **kwargs)
+
+    def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write a Hub-style folder; see :func:`fractalkit.hub.save_pretrained`."""
+        from fractalkit.hub import save_pretrained
+
+        return save_pretrained(self, folder, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload to the Hugging Face Hub; see :func:`fractalkit.hub.push_to_hub`."""
+        from fractalkit.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Fractal:

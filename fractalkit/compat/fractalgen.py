@@ -276,6 +276,17 @@ def load_state_dict(
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    with open(path, "rb") as f:
+        head = f.read(64)
+    # torch.save writes a zip archive (new) or a pickle (legacy, protocol >= 2 starts with 0x80);
+    # anything else (a web page served instead of the file, a truncated download) is refused
+    # here, before the restricted unpickler reports it as "objects besides tensors".
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        shown = head[:40].decode("latin-1").encode("unicode_escape").decode()
+        raise FractalGenFormatError(
+            f"{path} is not a PyTorch checkpoint (it starts with {shown!r}"
+            f"{': a web page, not the file' if head.lstrip()[:1] == b'<' else ''})"
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             try:

@@ -1,0 +1,580 @@
+"""Pretrained models: the released FractalGen checkpoints by name, Hub-style folders, the Hub.
+
+:func:`from_pretrained` (also ``Fractal.from_pretrained``) takes one of three things:
+
+- **a folder** written by :func:`save_pretrained` (``config.json``, ``model.safetensors``,
+  ``sampling.json``, ``README.md``);
+- **a released model's name** (:data:`RELEASES`: ``"fractalar-in64"``, ``"fractalmar-in64"``,
+  ``"fractalmar-base-in256"``, ``"fractalmar-large-in256"``, ``"fractalmar-huge-in256"``): the
+  original checkpoint is downloaded once from the address its authors publish (with a progress
+  bar), converted once by :mod:`fractalkit.compat.fractalgen` (no pickle code runs), checked
+  against the preset (every tensor's name and shape, the parameter count) and cached as a folder;
+  later calls load the folder and touch no network;
+- **a Hugging Face Hub repository id** (``"owner/name"``), fetched with
+  ``huggingface_hub.snapshot_download`` into the Hub's own cache.
+
+The cache folder is ``cache_dir=``, else ``$FRACTALKIT_CACHE``, else
+``$XDG_CACHE_HOME/fractalkit`` (``~/.cache/fractalkit``). A released model lives in
+``<cache>/fractalgen/<name>/``; to install one by hand (a machine without internet), put the
+original ``checkpoint-last.pth`` there: the next call converts it.
+
+Example::
+
+    model = Fractal.from_pretrained("fractalmar-in64")
+    images = model.sample(y=torch.tensor([207]), options=model.pretrained_options)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fractalkit.fractal import Fractal
+from fractalkit.sampling.options import SampleOptions
+
+__all__ = [
+    "CACHE_ENV",
+    "OFFLINE_ENV",
+    "RELEASES",
+    "USER_AGENT",
+    "PretrainedError",
+    "Release",
+    "cache_dir",
+    "download",
+    "from_pretrained",
+    "load_sampling_options",
+    "push_to_hub",
+    "register_release",
+    "save_pretrained",
+]
+
+#: Environment variable naming the cache folder (``cache_dir=`` overrides it).
+CACHE_ENV = "FRACTALKIT_CACHE"
+#: Set to ``1`` to forbid network access (``HF_HUB_OFFLINE=1`` counts too).
+OFFLINE_ENV = "FRACTALKIT_OFFLINE"
+#: The original's download script fetches the released files with wget; Dropbox serves the file
+#: itself (not a web page) to this user agent.
+USER_AGENT = "Wget/1.16 (linux-gnu)"
+CONFIG_FILE, WEIGHTS_FILE, SAMPLING_FILE, CARD_FILE = (
+    "config.json", "model.safetensors", "sampling.json", "README.md"
+)
+ORIGINAL_FILE = "checkpoint-last.pth"
+SOURCE_FILE = "source.json"
+
+
+class PretrainedError(RuntimeError):
+    """A pretrained model cannot be found, downloaded, verified or loaded (the message says why
+    and what to do)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released original checkpoint that :func:`from_pretrained` can fetch by name.
+
+    Attributes:
+        name: the name users pass (for the paper's models, the preset's name).
+        url: where its authors publish the ``.pth`` file.
+        size_mb: its approximate size in MB (10^6 bytes), for messages.
+        preset: the :data:`fractalkit.presets.PRESETS` architecture the file must have, or None.
+        heads: attention heads per level then the leaf's, for a non-preset architecture.
+        num_params: the parameter count the converted model must have (None: not checked).
+        title: a human name for messages and the model card.
+    """
+
+    name: str
+    url: str
+    size_mb: float
+    preset: str | None = None
+    heads: tuple[int, ...] | None = None
+    num_params: int | None = None
+    title: str = ""
+
+
+def _dropbox(file_id: str, rlkey: str, st: str) -> str:
+    return f"https://www.dropbox.com/scl/fi/{file_id}/checkpoint-last.pth?rlkey={rlkey}&st={st}&dl=0"
+
+
+#: The five released FractalGen models (addresses and sizes from the original repository's
+#: README and download script, LTH14/fractalgen).
+RELEASES: dict[str, Release] = {
+    r.name: r
+    for r in [
+        Release("fractalar-in64", _dropbox("n25tbij7aqkwo1ypqhz72", "2czevgex3ocg2ae8zde3xpb3f", "mj0subup"),
+                1688, "fractalar-in64", num_params=442_068_224, title="FractalAR-64"),
+        Release("fractalmar-in64", _dropbox("lh7fmv48pusujd6m4kcdn", "huihey61ok32h28o3tbbq6ek9", "fxtoawba"),
+                1650, "fractalmar-in64", num_params=431_995_648, title="FractalMAR-64"),
+        Release("fractalmar-base-in256", _dropbox("zrdm7853ih4tcv98wmzhe", "htq9yuzovet7d6ioa64s1xxd0", "4c4d93vs"),
+                712, "fractalmar-base-in256", num_params=186_300_224, title="FractalMAR-Base-256"),
+        Release("fractalmar-large-in256", _dropbox("y1k05xx7ry8521ckxkqgt", "wolq4krdq7z7eyjnaw5ndhq6k", "vjeu5uzo"),
+                1669, "fractalmar-large-in256", num_params=437_000_064, title="FractalMAR-Large-256"),
+        Release("fractalmar-huge-in256", _dropbox("t2rru8xr6wm23yvxskpww", "dn9ss9zw4zsnckf6bat9hss6h", "y7w921zo"),
+                3243, "fractalmar-huge-in256", num_params=849_586_240, title="FractalMAR-Huge-256"),
+    ]
+}
+
+
+def register_release(release: Release) -> None:
+    """Make ``release`` fetchable by name (e.g. a mirror, or a test server's file).
+
+    Raises:
+        ValueError: the name is taken by a different release, or neither ``preset`` nor
+            ``heads`` says how to build it.
+    """
+    if release.preset is None and release.heads is None:
+        raise ValueError(f"register_release: {release.name!r} needs a preset or heads")
+    old = RELEASES.get(release.name)
+    if old is not None and old != release:
+        raise ValueError(f"register_release: {release.name!r} is already registered as {old}")
+    RELEASES[release.name] = release
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """The cache root: ``path``, else ``$FRACTALKIT_CACHE``, else ``$XDG_CACHE_HOME/fractalkit``."""
+    if path is not None:
+        return Path(path).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "fractalkit"
+
+
+_cache_root = cache_dir  # from_pretrained's argument shadows the name
+
+
+def _offline(offline: bool | None) -> bool:
+    if offline is not None:
+        return offline
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in (OFFLINE_ENV, "HF_HUB_OFFLINE"))
+
+
+# ---- downloading ------------------------------------------------------------------------------
+
+
+def download(
+    url: str, dest: str | os.PathLike, *, progress: bool = True, desc: str | None = None,
+    timeout: float = 60.0, chunk_bytes: int = 1 << 20,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically, resuming an interrupted earlier attempt.
+
+    Bytes go to ``dest + ".partial"``; only a complete file (as many bytes as the server
+    announced) is renamed to ``dest``. If a partial file exists, the request asks for the rest
+    (HTTP ``Range``); a server that answers with the whole file restarts it from zero.
+
+    Args:
+        url: the address (requested as given, with :data:`USER_AGENT`).
+        dest: the file to write.
+        progress: show a tqdm bar (size, rate, ETA) on stderr.
+        desc: the bar's label.
+        timeout: seconds to wait for the server on each read.
+        chunk_bytes: read size.
+
+    Returns:
+        ``dest`` as a Path.
+
+    Raises:
+        OSError: the network or the server failed (``urllib.error.URLError``, a dropped
+            connection); the partial file is kept for the next attempt to resume.
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    have = partial.stat().st_size if partial.exists() else 0
+    headers = {"User-Agent": USER_AGENT}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # range past the end: the partial file is bad, restart
+            partial.unlink()
+            return download(url, dest, progress=progress, desc=desc, timeout=timeout, chunk_bytes=chunk_bytes)
+        raise
+    with response:
+        if have and response.status != 206:  # the server ignored the range: start again
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        with open(partial, "ab" if have else "wb") as f, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=desc or dest.name, disable=not progress, dynamic_ncols=True,
+        ) as bar:
+            while chunk := response.read(chunk_bytes):
+                f.write(chunk)
+                bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+    size = partial.stat().st_size
+    if total is not None and size != total:
+        raise http.client.IncompleteRead(b"", total - size)
+    os.replace(partial, dest)
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- folders ------------------------------------------------------------------------------------
+
+
+def _options_dict(options: SampleOptions) -> dict[str, Any]:
+    out = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "callback"}
+    if out["steps"] is not None:
+        out["steps"] = list(out["steps"])
+    return out
+
+
+def load_sampling_options(folder: str | os.PathLike) -> SampleOptions | None:
+    """The :class:`fractalkit.SampleOptions` stored in a :func:`save_pretrained` folder, or None."""
+    path = Path(folder) / SAMPLING_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return SampleOptions(**data["options"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise PretrainedError(f"{path} is not a fractalkit sampling file: {err}") from err
+
+
+def save_pretrained(
+    model: Fractal,
+    folder: str | os.PathLike,
+    *,
+    sampling: SampleOptions | None = None,
+    description: str = "",
+    published: bool = False,
+) -> Path:
+    """Write ``model`` as a Hub-style folder: config.json, model.safetensors, sampling.json, README.md.
+
+    ``model.safetensors`` is :meth:`fractalkit.Fractal.save`'s file (it carries the config too);
+    ``config.json`` repeats the config for people and the Hub's file browser.
+
+    Args:
+        model: the model.
+        folder: created if needed; existing files of these names are replaced (each atomically).
+        sampling: the settings to draw samples with (default: the model's ``pretrained_options``
+            if it has them, else none are written).
+        description: one paragraph for the model card.
+        published: whether ``sampling`` are settings published with the model (model card).
+
+    Returns:
+        ``folder`` as a Path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sampling = sampling if sampling is not None else getattr(model, "pretrained_options", None)
+    model.save(folder / WEIGHTS_FILE)
+    _write(folder / CONFIG_FILE, json.dumps(model.config, indent=2) + "\n")
+    if sampling is not None:
+        payload = {"options": _options_dict(sampling), "published": published}
+        _write(folder / SAMPLING_FILE, json.dumps(payload, indent=2) + "\n")
+    _write(folder / CARD_FILE, _model_card(model, sampling, description, published))
+    return folder
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _model_card(model: Fractal, sampling: SampleOptions | None, description: str, published: bool) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    shape = "x".join(str(s) for s in model.event_shape)
+    lines = [
+        "---", "library_name: fractalkit", "tags:", "- fractalkit", "- fractal-generative-model", "---", "",
+        "# fractalkit model", "", description or "A fractal generative model saved with fractalkit.", "",
+        f"- event shape: {shape}, values 0..{model.num_values - 1}",
+        f"- classes: {model.num_classes or 'none (unconditional)'}",
+        f"- parameters: {params:,}",
+        f"- levels: {len(model.levels) - 1}, then the leaf",
+    ]
+    if sampling is not None:
+        what = "published sampling settings" if published else "sampling settings"
+        lines.append(f"- {what}: `{json.dumps(_options_dict(sampling))}`")
+    lines += [
+        "", "## Use", "", "```python", "import torch", "from fractalkit import Fractal", "",
+        'model = Fractal.from_pretrained("<this folder or repo id>")',
+        "x = model.sample(4, y=torch.arange(4) if model.num_classes else None,"
+        " options=model.pretrained_options)" if model.num_classes else
+        "x = model.sample(4, options=model.pretrained_options)",
+        "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def _load_folder(folder: Path, device: str) -> Fractal:
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise PretrainedError(
+            f"{folder} is not a fractalkit model folder: it has no {WEIGHTS_FILE} "
+            "(write one with model.save_pretrained(folder))"
+        )
+    model = Fractal.load(weights, device=device)
+    config_path = folder / CONFIG_FILE
+    if config_path.is_file() and json.loads(config_path.read_text()) != model.config:
+        raise PretrainedError(
+            f"{config_path} disagrees with the config inside {weights}; the folder was edited "
+            "by hand or half-written: write it again with save_pretrained"
+        )
+    model.pretrained_options = load_sampling_options(folder)
+    return model.eval()
+
+
+# ---- released checkpoints ----------------------------------------------------------------------
+
+
+def _offline_message(release: Release, folder: Path, reason: str) -> str:
+    return (
+        f"{release.name} is not in the cache and cannot be downloaded ({reason}).\n"
+        f"Download the original {release.title or release.name} checkpoint (about "
+        f"{release.size_mb:,.0f} MB) from\n  {release.url}\n"
+        f"(e.g. wget -O {ORIGINAL_FILE} '{release.url}') and put it at\n"
+        f"  {folder / ORIGINAL_FILE}\n"
+        f"(or choose the cache with cache_dir=... or ${CACHE_ENV}); the next "
+        f"Fractal.from_pretrained({release.name!r}) converts it once and loads it without the network."
+    )
+
+
+def _convert_release(release: Release, original: Path) -> Fractal:
+    from fractalkit.compat import fractalgen as fg
+
+    what = f"the file for {release.name!r} ({original}, from {release.url})"
+    try:
+        if release.preset is not None:
+            model = fg.load_fractalgen(original, preset=release.preset)
+        else:
+            model = fg.load_fractalgen(original, heads=release.heads)
+    except fg.FractalGenFormatError as err:
+        raise PretrainedError(f"{what} is not a {release.name} checkpoint: {err}") from err
+    count = sum(p.numel() for p in model.parameters())
+    if release.num_params is not None and count != release.num_params:
+        raise PretrainedError(
+            f"{what} is not a {release.name} checkpoint: it holds {count:,} parameters, "
+            f"{release.name} has {release.num_params:,}"
+        )
+    if release.preset is not None:
+        from fractalkit.presets import get_preset
+
+        with torch.device("meta"):  # shapes only: no memory for the preset's weights
+            want = Fractal.from_config(get_preset(release.preset).config).state_dict()
+        got = model.state_dict()
+        bad = sorted(k for k in set(want) | set(got)
+                     if k not in want or k not in got or want[k].shape != got[k].shape)
+        if bad:
+            raise PretrainedError(f"{what} does not match the {release.preset} preset: {bad[:5]}")
+    return model
+
+
+@contextmanager
+def _locked(folder: Path):
+    """One process at a time fetches and converts a model; the others wait, then find it cached."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory lock, concurrent first calls may both download
+        yield
+        return
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _released(release: Release, root: Path, offline: bool, progress: bool, keep_original: bool,
+              device: str) -> Fractal:
+    folder = root / "fractalgen" / release.name
+    if (folder / WEIGHTS_FILE).is_file():
+        return _load_folder(folder, device)
+    if offline and not (folder / ORIGINAL_FILE).is_file():
+        raise PretrainedError(_offline_message(release, folder, "offline mode is on"))
+    with _locked(folder):
+        return _fetch_and_convert(release, folder, progress, keep_original, device)
+
+
+def _fetch_and_convert(release: Release, folder: Path, progress: bool, keep_original: bool,
+                       device: str) -> Fractal:
+    if (folder / WEIGHTS_FILE).is_file():  # another process finished while this one waited
+        return _load_folder(folder, device)
+    original = folder / ORIGINAL_FILE
+    if not original.is_file():
+        try:
+            download(release.url, original, progress=progress,
+                     desc=f"{release.name} ({release.size_mb:,.0f} MB)")
+        except (OSError, http.client.HTTPException) as err:
+            partial = original.with_name(original.name + ".partial")
+            kept = f"; {partial} is kept and the next call resumes it" if partial.exists() else ""
+            raise PretrainedError(_offline_message(release, folder, f"{type(err).__name__}: {err}{kept}")) from err
+    try:
+        model = _convert_release(release, original)
+    except PretrainedError:
+        original.unlink()  # a wrong file must not poison the cache: the next call fetches again
+        raise
+    options = _release_options(release)
+    # Write the converted folder beside, then rename: a crash leaves no half-written model.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{release.name}-", dir=folder))
+    try:
+        published = options is not None and _published(release)
+        save_pretrained(model, tmp, sampling=options, published=published,
+                        description=f"{release.title or release.name}, converted by fractalkit from {release.url}.")
+        _write(tmp / SOURCE_FILE, json.dumps(
+            {"url": release.url, "bytes": original.stat().st_size, "sha256": _sha256(original)}, indent=2) + "\n")
+        # The weights go last: their presence is what marks the cached folder complete.
+        for name in sorted(os.listdir(tmp), key=lambda n: n == WEIGHTS_FILE):
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not keep_original:
+        original.unlink()
+    return _load_folder(folder, device)
+
+
+def _published(release: Release) -> bool:
+    from fractalkit.compat.fractalgen import RELEASED
+
+    return release.preset in RELEASED and RELEASED[release.preset].sampling is not None
+
+
+def _release_options(release: Release) -> SampleOptions | None:
+    if release.preset is None:
+        return None
+    if _published(release):
+        from fractalkit.compat.fractalgen import published_options
+
+        return published_options(release.preset)
+    from fractalkit.presets import get_preset
+
+    return get_preset(release.preset).sampling
+
+
+# ---- the entry points ---------------------------------------------------------------------------
+
+_HUB_FILES = [CONFIG_FILE, WEIGHTS_FILE, SAMPLING_FILE, CARD_FILE]
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+    keep_original: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str = "cpu",
+) -> Fractal:
+    """Load a pretrained :class:`fractalkit.Fractal`: a folder, a released name, or a Hub repo id.
+
+    An existing folder wins; then a :data:`RELEASES` name; then ``"owner/name"`` is a Hub id.
+    The returned model is in eval mode and carries ``model.pretrained_options``: the
+    :class:`fractalkit.SampleOptions` stored with it (the published ones for the released
+    models; None if the folder has none).
+
+    Args:
+        name_or_path: the folder, release name or Hub repository id.
+        cache_dir: cache root for released models (default ``$FRACTALKIT_CACHE`` or
+            ``~/.cache/fractalkit``); for Hub ids, passed to ``huggingface_hub`` (default: its
+            own cache).
+        offline: never touch the network (default: ``$FRACTALKIT_OFFLINE`` or
+            ``$HF_HUB_OFFLINE`` set to 1).
+        progress: show a download progress bar.
+        keep_original: keep the downloaded ``.pth`` after conversion (default: delete it; the
+            converted folder is what is loaded).
+        revision, token: for Hub ids (a branch, tag or commit; an access token).
+        device: where to put the weights.
+
+    Returns:
+        The model.
+
+    Raises:
+        PretrainedError: nothing of that name; offline (or the download failed) with no cached
+            copy (the message says what to download, from where, and where to put it); a
+            downloaded file that is not the named model (it is deleted).
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return _load_folder(path, device)
+    if path.is_file():
+        raise PretrainedError(
+            f"from_pretrained: {path} is a file; pass the folder save_pretrained wrote, load a "
+            "fractalkit .safetensors file with Fractal.load, or convert an original .pth with "
+            "python -m fractalkit.compat.fractalgen convert IN OUT"
+        )
+    name = str(name_or_path)
+    if name in RELEASES:
+        return _released(RELEASES[name], _cache_root(cache_dir), _offline(offline),
+                         progress, keep_original, device)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return _load_folder(_hub_snapshot(name, cache_dir, _offline(offline), revision, token), device)
+    raise PretrainedError(
+        f"from_pretrained: {name!r} is not a folder, a released model ({sorted(RELEASES)}) or a "
+        "Hugging Face Hub id ('owner/name')"
+    )
+
+
+def _hub_snapshot(repo_id: str, cache: str | os.PathLike | None, offline: bool,
+                  revision: str | None, token: str | bool | None) -> Path:
+    import huggingface_hub
+
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id, revision=revision, cache_dir=cache, allow_patterns=_HUB_FILES,
+            local_files_only=offline, token=token,
+        )
+    except Exception as err:  # the Hub's errors: not found, gated, offline without a copy
+        raise PretrainedError(
+            f"could not fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
+            "check the id, your network or token, or download the repository's "
+            f"{', '.join(_HUB_FILES[:2])} into a folder and pass the folder"
+        ) from err
+    return Path(folder)
+
+
+def push_to_hub(
+    model: Fractal,
+    repo_id: str,
+    *,
+    sampling: SampleOptions | None = None,
+    description: str = "",
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload fractalkit model",
+) -> str:
+    """Upload ``model`` as a :func:`save_pretrained` folder to the Hub repository ``repo_id``.
+
+    Creates the repository if needed (``huggingface_hub.HfApi.create_repo``) and uploads the
+    folder in one commit (``upload_folder``). Needs a token with write access (``hf auth login``).
+
+    Returns:
+        The URL of the commit.
+    """
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, sampling=sampling, description=description)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
