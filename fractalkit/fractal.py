@@ -28,6 +28,12 @@ from fractalkit.partition import Partitioner, partitioner_from_config
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
 from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext
 from fractalkit.sampling.rng import uniform
+from fractalkit.validation import (
+    check_finite_tensor,
+    check_log_prob,
+    checked_model_file,
+    nonfinite_tensors,
+)
 
 FORMAT = "fractalkit.Fractal"
 FORMAT_VERSION = 1
@@ -59,6 +65,7 @@ def _event_tensor(value: float | Sequence[float], event_shape: tuple[int, ...], 
     # Config constants: built on the CPU so that checks on them work under any default device
     # (e.g. ``with torch.device("meta"):``); buffers made from them follow ``model.to(...)``.
     t = torch.as_tensor(value, dtype=torch.float32, device="cpu")
+    check_finite_tensor("Fractal", name, t, positive=name == "value_std")
     if t.dim() == 1:
         if t.numel() != event_shape[0]:
             raise ValueError(
@@ -344,10 +351,12 @@ class Fractal(nn.Module):
         if orders is not None or not self._has_orders():
             ctx = ScoreContext("exact", generator=generator, orders=self._orders(orders))
             score = self.root.score(x, cond, ctx)
+            check_log_prob("Fractal.log_prob", score.logp, self)
             return LogProb(score.logp, score.kind)
         ctx = ScoreContext("estimate", generator=generator, orders=self._orders(None))
         draws = [self.root.score(x, cond, ctx) for _ in range(num_draws)]
         values = torch.stack([d.logp for d in draws])  # [draws, N]
+        check_log_prob("Fractal.log_prob", values, self)
         stderr = None
         if num_draws > 1:
             stderr = values.std(dim=0, unbiased=True) / math.sqrt(num_draws)
@@ -626,26 +635,26 @@ class Fractal(nn.Module):
             ValueError: the file is not a fractalkit safetensors file, is truncated or corrupt,
                 or its tensors do not match its config (each names the file).
         """
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Fractal.load: no file at {path}")
+        # Names and shapes are checked on the meta device before anything is allocated.
+        config = checked_model_file("Fractal.load", path, "fractalkit_config", cls.from_config)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
             state = load_file(str(path), device=str(device))
-        except Exception as err:  # safetensors raises its own error types for bad headers
+        except Exception as err:  # safetensors raises its own error types for bad data
             raise ValueError(
                 f"Fractal.load: {path} is not a readable safetensors file (truncated or corrupt?): {err}"
             ) from err
-        if "fractalkit_config" not in metadata:
+        bad = nonfinite_tensors(state.items())
+        if bad:
             raise ValueError(
-                f"Fractal.load: {path} has no fractalkit config in its metadata; was it written "
-                "by Fractal.save?"
+                f"Fractal.load: {path} holds NaN/inf values in {len(bad)} tensor(s), e.g. {bad[:3]} "
+                "(saved from a diverged run?); load an earlier checkpoint"
             )
-        model = cls.from_config(json.loads(metadata["fractalkit_config"]))
+        model = cls.from_config(config)
         dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
         if len(dtypes) == 1:  # keep the saved precision (load_state_dict would cast to float32)
             model = model.to(dtypes.pop())
