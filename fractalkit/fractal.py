@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fractalkit.config import ComponentConfig, config_from_dict
+from fractalkit.filemodes import apply_umask
 from fractalkit.leaves.base import Leaf
 from fractalkit.levels.base import Level
 from fractalkit.nn.blocks import Backbone, PreNormBlock
@@ -624,6 +625,7 @@ class Fractal(nn.Module):
         tmp = path.with_name(path.name + ".tmp")
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(tmp), metadata={"fractalkit_config": json.dumps(self.config)})
+        apply_umask(tmp)  # safetensors writes 0600; teammates may need to read it
         os.replace(tmp, path)
 
     @classmethod
