@@ -190,7 +190,7 @@ def checked_model_file(
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - not a dict
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise ValueError(
             f"{owner}: {path} is not a readable safetensors file (truncated or corrupt?): {err}"

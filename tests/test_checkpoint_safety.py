@@ -23,7 +23,7 @@ import torch
 from fractalkit.training import EMA, CheckpointError, load_checkpoint, load_model, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checkpoint_faults import tiny_model  # noqa: E402
+from checkpoint_faults import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels_common import autocast, pick_device
 
 from fractalkit import Fractal
-from fractalkit.data.images import load_image_dataset
-from fractalkit.presets import PRESETS, get_preset
 from fractalkit.cli import (
+    ArgumentParser,
     UserError,
     add_debug_argument,
     non_negative_float,
@@ -49,6 +48,8 @@ from fractalkit.cli import (
     probability,
     run,
 )
+from fractalkit.data.images import load_image_dataset
+from fractalkit.presets import PRESETS, get_preset
 from fractalkit.training import EMA, WarmupCosine, load_checkpoint, save_checkpoint
 from fractalkit.training.nonfinite import NonFiniteLoss, describe, nonfinite_terms
 from fractalkit.training.signals import StopRequests
@@ -59,7 +60,7 @@ MAX_SKIPPED_IN_A_ROW = 10
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="model configuration (default tiny-in32; with --resume: the checkpoint's)")
     p.add_argument("--data", default=None, help="image folder, .parquet file or save_to_disk folder "
