@@ -158,9 +158,7 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 #: errors that mean "the inputs are wrong" (missing/corrupt files, bad values, wrong checkpoint)
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
 
 
 def run(main: Callable[..., Any], argv: list[str] | None = None) -> Any:
