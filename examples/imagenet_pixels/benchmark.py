@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="tiny-in32")
-    p.add_argument("--train-batch", type=positive_int, default=64)
+    p.add_argument("--train-batch", type=non_negative_int, default=64, help="0: skip training")
     p.add_argument("--train-steps", type=positive_int, default=5, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--sample-batch", type=non_negative_int, default=0, help="0: skip sampling")
     p.add_argument("--steps", type=steps_list, default=False, help="sampling steps per level (default: the preset's)")
