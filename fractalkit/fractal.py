@@ -135,7 +135,7 @@ class Fractal(nn.Module):
                     f"Fractal: level {i} hands down children of shape {list(above.child_shape)} "
                     f"but level {i + 1} expects instances of shape {list(below.event_shape)}"
                 )
-        if not isinstance(num_classes, int) or num_classes < 0:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
             raise ValueError(f"Fractal: num_classes must be an integer >= 0, got {num_classes}")
         if not 0 <= label_drop < 1:
             raise ValueError(f"Fractal: label_drop must lie in [0, 1), got {label_drop}")

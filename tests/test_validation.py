@@ -116,15 +116,34 @@ def test_diverged_weights_raise_instead_of_garbage(bad: float, where: str) -> No
                                 orders=torch.arange(4).double()),
         lambda m, x: m.stepwise_log_prob(x, orders=torch.tensor([True, False, True, True])),
         lambda m, x: CategoricalLeafConfig(num_values=256.7).build((3,), 16, 1),
+        lambda m, x: _graphs().permute(torch.tensor([[1.0, 0.0, 2.0]])),
     ],
     ids=["log_prob-fractional", "log_prob-whole-floats", "sample", "complete", "stepwise-bool",
-         "leaf-num_values"],
+         "leaf-num_values", "graph-permute"],
 )
 def test_integer_arguments_given_as_floats_raise(call) -> None:
     model = tiny(num_classes=0)
     x = torch.randint(0, 256, (2, 3, 4, 4))
     with pytest.raises(TypeError, match="must be an int"):
         call(model, x)
+
+
+def _graphs():
+    from fractalkit.partition import Graph
+
+    return Graph(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, 3, dtype=torch.long),
+                 torch.ones(1, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: SampleOptions(steps=(True,)), lambda: tiny(num_classes=True),
+     lambda: SampleOptions(steps=(4.0,))],
+    ids=["steps-bool", "num_classes-bool", "steps-float"],
+)
+def test_integer_options_refuse_bools_and_floats(make) -> None:
+    with pytest.raises(ValueError, match=r"steps|num_classes"):
+        make()
 
 
 # ---- class 5: bounded, explained loading --------------------------------------------------------

@@ -75,7 +75,7 @@ class SampleOptions:
         if self.steps is not None:
             steps = tuple(self.steps)
             for s in steps:
-                if s is not None and (not isinstance(s, int) or s < 1):
+                if s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 1):
                     raise ValueError(f"steps: expected positive integers or None, got {steps}")
             object.__setattr__(self, "steps", steps)
 
