@@ -102,10 +102,15 @@ def check_integer_tensor(owner: str, name: str, t: Any) -> Tensor:
     return t
 
 
-def check_probabilities(owner: str, probs: Tensor) -> None:
-    """Raise a ValueError unless every entry of ``probs`` is finite and >= 0 (what a sampler
-    draws from); a diverged model or an extreme guidance scale produce NaN or infinite ones."""
-    if not bool((torch.isfinite(probs) & (probs >= 0)).all()):
+def check_probabilities(owner: str, logprobs: Tensor) -> None:
+    """Raise a ValueError if log-probabilities a sampler is about to draw from hold NaN.
+
+    ``logprobs`` is a ``log_softmax`` output: every entry is <= 0 or NaN (NaN when a logit was
+    NaN or infinite: diverged weights, or a guidance scale so extreme that the logits overflow),
+    so one sum tells: it is NaN exactly when an entry is (-inf entries, impossible values, are
+    fine). One reduction and one device sync.
+    """
+    if bool(torch.isnan(logprobs.sum())):
         raise ValueError(
             f"{owner}: the probabilities to sample from hold NaN or infinite values (diverged "
             "weights, or a guidance scale / temperature so extreme that the logits overflow); "

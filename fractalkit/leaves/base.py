@@ -148,9 +148,10 @@ class Leaf(AbstractGenerator):
             if ctx.force:
                 value, decided = given, torch.ones_like(given, dtype=torch.bool)
             else:
-                probs = logprobs.exp()
-                check_probabilities(f"{type(self).__name__} (level {ctx.depth})", probs)
-                drawn = sample_categorical(probs.flatten(0, 1), generator=ctx.generator).view_as(given)
+                check_probabilities(f"{type(self).__name__} (level {ctx.depth})", logprobs)
+                drawn = sample_categorical(
+                    logprobs.exp().flatten(0, 1), generator=ctx.generator
+                ).view_as(given)
                 keep = fixed[:, cols]
                 value, decided = torch.where(keep, given, drawn), ~keep
             lp = logprobs.gather(-1, value[..., None]).squeeze(-1)  # [M', e]
