@@ -34,20 +34,24 @@ def check_finite_number(owner: str, name: str, value: Any, *, positive: bool = F
     Args:
         owner: who checks (starts the message), e.g. ``"SampleOptions"``.
         name: the argument's name.
-        value: an int or float (bools are refused).
+        value: an int, float, numpy scalar or one-element tensor (bools and strings are refused).
         positive: also require ``value > 0``.
 
     Raises:
         TypeError: not a real number.
         ValueError: NaN, infinite, or (with ``positive``) not above 0.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
-    if not math.isfinite(value):
+    try:  # ints, floats, numpy scalars, 0-dim tensors; not bools or strings
+        if isinstance(value, bool | str | bytes):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}") from None
+    if not math.isfinite(number):
         raise ValueError(f"{owner}: {name} must be finite, got {value}")
-    if positive and not value > 0:
+    if positive and not number > 0:
         raise ValueError(f"{owner}: {name} must be positive, got {value}")
-    return float(value)
+    return number
 
 
 def check_finite_tensor(owner: str, name: str, t: Tensor, *, positive: bool = False) -> None:
