@@ -7,7 +7,8 @@ safetensors writes, fsync, rename/replace, unlink, rmtree), then for every opera
 after) operation i, as SIGKILL or a power cut would stop it. After each crash the parent
 checks that ``load_checkpoint`` finds a complete checkpoint (step 1 or 2), that a following
 save succeeds and loads, and that no leftover folder remains. With ``--pairs`` the following
-save is itself killed at every step j, and loading must still succeed.
+save is itself killed at every one of its own steps j (until it runs to completion), and
+loading must still succeed.
 
 Forking (not one Python per kill) keeps the sweep to seconds; torch runs single-threaded so
 the children never inherit a busy thread pool.
@@ -138,12 +139,18 @@ def main() -> None:
             if found not in (1, 2):
                 result["failures"].append(f"op {i} {when}: loaded step {found}")
                 continue
-            if pairs:
-                for j in range(1, len(steps) + 3):
+            if pairs:  # kill the recovering save at each of its own steps, until it completes
+                j, finished = 0, False
+                while not finished:
+                    j += 1
+                    if j > 200:  # a save that never completes is a failure, not a hang
+                        result["failures"].append(f"op {i} {when}: the next save never completed")
+                        break
+                    finished = True
                     for when2 in ("before", "after"):
                         twin = root / f"pair-{i}-{when}-{j}-{when2}"
                         shutil.copytree(folder, twin)
-                        run_child(twin, model, 3, j, when2)
+                        finished &= run_child(twin, model, 3, j, when2) == 0
                         result["pairs"] += 1
                         try:
                             if loaded_step(twin) not in (1, 2, 3):
