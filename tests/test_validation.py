@@ -52,6 +52,31 @@ def test_non_finite_sampling_options_raise(option: str, value: float) -> None:
         tiny().sample(2, torch.tensor([0, 1]), **{option: value})
 
 
+def _schedule(**kwargs):
+    from fractalkit.training import WarmupCosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return WarmupCosine(opt, **({"peak_lr": 1e-3, "warmup_steps": 2, "total_steps": 10} | kwargs))
+
+
+def _budget(**kwargs):
+    from fractalkit.training import train_for_budget
+
+    model = tiny(num_classes=0)
+    return train_for_budget(model, lambda g: torch.zeros(1, 3, 4, 4, dtype=torch.long),
+                            generator=torch.Generator(), **({"budget_s": 1.0, "max_steps": 0} | kwargs))
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [(lambda: _schedule(peak_lr=INF), "peak_lr"), (lambda: _schedule(peak_lr=NAN), "peak_lr"),
+     (lambda: _schedule(min_lr=NAN), "min_lr"), (lambda: _budget(lr=INF), "lr")],
+)
+def test_non_finite_training_options_raise(make, name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        make()
+
+
 @pytest.mark.parametrize(
     "name, value, message",
     [("value_mean", NAN, "non-finite"), ("value_mean", INF, "non-finite"),
@@ -143,6 +168,17 @@ def _graphs():
 )
 def test_integer_options_refuse_bools_and_floats(make) -> None:
     with pytest.raises(ValueError, match=r"steps|num_classes"):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [(lambda: _schedule(warmup_steps=2.5), "warmup_steps"),
+     (lambda: _schedule(total_steps=10.7), "total_steps"),
+     (lambda: _budget(max_steps=3.5), "max_steps"), (lambda: _budget(warmup_steps=1.5), "warmup_steps")],
+)
+def test_integer_training_arguments_given_as_floats_raise(make, name: str) -> None:
+    with pytest.raises(TypeError, match=f"{name} must be an int"):
         make()
 
 

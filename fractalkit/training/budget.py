@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from fractalkit.cli import output_folder, positive_float, positive_int
 from fractalkit.training.nonfinite import NonFiniteLoss
+from fractalkit.validation import check_finite_number, check_integer
 
 #: on accelerators, steps between two reads of the non-finite-loss flag (one sync each)
 CHECK_EVERY = 16
@@ -169,10 +170,12 @@ def train_for_budget(
             ``warmup_steps`` or ``weight_decay``, a non-positive ``grad_clip``, a model without
             parameters, or a ``next_batch`` result that is neither a tensor nor a tuple.
     """
-    if not budget_s > 0:
+    if not budget_s > 0:  # math.inf is allowed: a step count only
         raise ValueError(f"train_for_budget: budget_s must be > 0, got {budget_s}")
-    if not lr > 0:
-        raise ValueError(f"train_for_budget: lr must be > 0, got {lr}")
+    check_finite_number("train_for_budget", "lr", lr, positive=True)
+    check_integer("train_for_budget", "warmup_steps", warmup_steps)
+    if max_steps is not None:
+        check_integer("train_for_budget", "max_steps", max_steps)
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"train_for_budget: max_steps must be >= 0 or None, got {max_steps}")
     if warmup_steps < 0:
