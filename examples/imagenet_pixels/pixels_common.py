@@ -17,7 +17,7 @@ from torch import Tensor
 from fractalkit import SampleOptions
 from fractalkit.cli import UserError, non_negative_float, positive_float, probability, steps_list
 from fractalkit.presets import PRESETS
-from fractalkit.training.checkpoint import MANIFEST
+from fractalkit.training.checkpoint import MANIFEST, resolve_checkpoint
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download at run time
 
@@ -175,9 +175,9 @@ def photo(name: str, size: int) -> Tensor:
 
 def checkpoint_info(path: Path) -> dict:
     """The ``extra`` dict a checkpoint folder stores (preset, training arguments), or {}."""
-    for folder in (path, path / "checkpoint"):
-        if (folder / MANIFEST).is_file():
-            return json.loads((folder / MANIFEST).read_text()).get("extra", {})
+    folder = resolve_checkpoint(path)  # also after an interrupted save
+    if (folder / MANIFEST).is_file():
+        return json.loads((folder / MANIFEST).read_text()).get("extra", {})
     return {}
 
 
