@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--log-every", type=positive_int, default=10)
     p.add_argument("--save-every", type=positive_int, default=None, help="checkpoint every N steps, at the "
-                   "end and on Ctrl-C/SIGTERM (default: 200, or the whole run when shorter)")
+                   "end and on Ctrl-C/SIGTERM (default: 200, or a quarter of the run when shorter)")
     p.add_argument("--eval-every", type=non_negative_int, default=0, help="held-out bits/dim every N steps (needs --holdout)")
     p.add_argument("--eval-images", type=positive_int, default=64, help="held-out images per evaluation")
     p.add_argument("--resume", default=None, help="checkpoint folder (or run folder) to continue from")
@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
     stop = min(total, args.stop_after) if args.stop_after else total
-    save_every = args.save_every or max(1, min(200, stop - step))  # never longer than the run
+    # Default: at most 200 steps and at least four checkpoints per run (a crash costs little).
+    save_every = args.save_every or max(1, min(200, math.ceil((stop - step) / 4)))
     bar = None
     if main_proc and not args.no_progress:
         from tqdm import tqdm

@@ -189,3 +189,15 @@ def test_train_for_budget_stops_on_a_non_finite_loss(value: float) -> None:
         train_for_budget(model, lambda g: torch.ones(2), budget_s=math.inf, max_steps=10, lr=1e-3,
                          generator=torch.Generator())
     assert bool(torch.isfinite(model.w).all())
+
+
+@pytest.mark.parametrize("steps, saved", [(8, [2, 4, 6, 8]), (3, [1, 2, 3]), (10, [3, 6, 9, 10])])
+def test_the_default_save_interval_is_never_longer_than_a_quarter_of_the_run(
+    tmp_path, monkeypatch, steps: int, saved: list[int]
+) -> None:
+    train = train_module()
+    seen = []
+    real = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda *a, **k: seen.append(k["step"]) or real(*a, **k))
+    train.main([*ARGS, "--steps", str(steps), "--out", str(tmp_path / "run")])
+    assert seen == saved
