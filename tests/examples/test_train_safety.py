@@ -88,7 +88,10 @@ def test_a_diverging_learning_rate_exits_1_with_one_line(tmp_path, capsys) -> No
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "stopped: step" in err and "non" not in err.split("stopped:")[0]
-    assert not (tmp_path / "run" / "checkpoint").exists()  # nothing non-finite was written
+    if (tmp_path / "run" / "checkpoint").exists():  # what was written before is finite
+        ck = load_checkpoint(tmp_path / "run")
+        assert all(bool(torch.isfinite(p).all()) for p in ck.model.parameters())
+        assert f"step {ck.step}) is untouched" in err
 
 
 @pytest.mark.parametrize("term", ["total", "gradient"])
@@ -104,8 +107,9 @@ def test_skip_nonfinite_batches_skips_and_counts_them(tmp_path, monkeypatch, ter
 def test_skip_nonfinite_batches_still_stops_a_diverged_run(tmp_path, monkeypatch) -> None:
     train = train_module()
     poison(train, monkeypatch, at_step=1, term="total", value=math.nan, times=100)
-    with pytest.raises(NonFiniteLoss, match="no checkpoint was written"):
-        train.main([*ARGS, "--steps", "20", "--out", str(tmp_path / "run"), "--skip-nonfinite-batches"])
+    with pytest.raises(NonFiniteLoss, match=r"step 11: total loss = nan.*no checkpoint was written"):
+        train.main([*ARGS, "--steps", "40", "--save-every", "40", "--out", str(tmp_path / "run"),
+                    "--skip-nonfinite-batches"])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
