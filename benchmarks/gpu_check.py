@@ -17,7 +17,6 @@ Weights are random (the point is speed, not image quality). Run:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from fractalkit import SampleOptions
+from fractalkit import SampleOptions, cli
 from fractalkit.presets import PRESETS, build_preset
 
 
@@ -127,12 +126,14 @@ def sample_speed(name, batch, device, max_seconds, autocast) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN attention backward failed here (torch 2.11)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/gpu.json")
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/gpu.json", metavar="FILE",
+                        help="the JSON file to write (its folder is created)")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run of this script")
-    args = parser.parse_args()
+    cli.add_debug_argument(parser)
+    args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {"machine": describe(device.type)}
     print(json.dumps(results["machine"], indent=1), flush=True)
@@ -173,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -13,7 +13,6 @@ benchmarks/results/levels_study.json and .png).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -33,6 +32,7 @@ from fractalkit import (
     MARLevelConfig,
     RGBLeafConfig,
     SequenceChunks,
+    cli,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,14 +129,15 @@ def run(name: str, train, test, budget: float, batch: int, width: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=120.0, help="training seconds per model")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--width", type=int, default=64)
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=cli.positive_float, default=120.0, help="training seconds per model")
+    parser.add_argument("--batch", type=cli.positive_int, default=8)
+    parser.add_argument("--width", type=cli.positive_int, default=64)
     parser.add_argument("--models", nargs="+",
                         default=["ar-1level", "ar-2level", "ar-3level", "mar-2level", "mar-3level"])
-    args = parser.parse_args()
+    cli.add_debug_argument(parser)
+    args = parser.parse_args(argv)
     train, test = load_cifar(2000, 64)
     rows = []
     for name in args.models:
@@ -166,4 +167,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

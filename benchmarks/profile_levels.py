@@ -17,7 +17,6 @@ Run: ``python benchmarks/profile_levels.py --preset fractalmar-in64 --batch 1``
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -30,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_table import level_flops, mean_mask_ratio
 
+from fractalkit import cli
 from fractalkit.levels.base import Level
 from fractalkit.presets import PRESETS, build_preset
 
@@ -109,14 +109,15 @@ def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False)
             "top_step_s": inclusive[0] / counted, "extrapolated_s_per_image": per_image}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small-in64", choices=sorted(PRESETS))
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=cli.positive_int, default=1)
     parser.add_argument("--sampling", action="store_true", help="profile sampling, not training")
-    parser.add_argument("--steps", type=int, default=4, help="top-level steps timed (sampling)")
+    parser.add_argument("--steps", type=cli.positive_int, default=4, help="top-level steps timed (sampling)")
     parser.add_argument("--compile", action="store_true", help="opt in to Fractal.compile()")
-    args = parser.parse_args()
+    cli.add_debug_argument(parser)
+    args = parser.parse_args(argv)
     if args.sampling:
         result = profile_sampling(args.preset, args.batch, args.steps, args.compile)
         RESULTS.mkdir(exist_ok=True)
@@ -167,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -21,7 +21,6 @@ Peak memory is the process's peak RSS on CPU (``resource.getrusage``), or
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_table import level_flops, mean_mask_ratio
 from machine import describe
 
-from fractalkit import SampleOptions
+from fractalkit import SampleOptions, cli
 from fractalkit.levels.base import Level
 from fractalkit.presets import PRESETS, build_preset
 
@@ -159,10 +158,10 @@ def rate_of(machine: dict, bf16: bool) -> float:
     return machine["bf16_flops" if bf16 else "fp32_flops"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny-in32", "small-in64"], choices=sorted(PRESETS))
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batches", nargs="+", type=cli.positive_int, default=[1, 8])
     parser.add_argument("--bf16", action="store_true", help="also run under bf16 autocast")
     parser.add_argument("--no-sample", action="store_true", help="training steps only")
     parser.add_argument("--no-train", action="store_true", help="sampling only")
@@ -170,7 +169,8 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     parser.add_argument("--bf16-weights", action="store_true", help="sample with bf16 weights")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
-    args = parser.parse_args()
+    cli.add_debug_argument(parser)
+    args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = describe(device.type)
     # glibc keeps freed blocks for reuse (counted in RSS) unless this fixes its mmap threshold.
@@ -218,4 +218,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
 from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext
 from fractalkit.sampling.rng import uniform
+from fractalkit.validation import check_log_prob
 
 # Re-exported: the converter and presets build configs in this format.
 FORMAT, FORMAT_VERSION = persistence.FORMAT, persistence.FORMAT_VERSION
@@ -101,7 +103,7 @@ class Fractal(nn.Module):
     ) -> None:
         super().__init__()
         levels = check_levels(levels, leaf)
-        if not isinstance(num_classes, int) or num_classes < 0:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
             raise ValueError(f"Fractal: num_classes must be an integer >= 0, got {num_classes}")
         if not 0 <= label_drop < 1:
             raise ValueError(f"Fractal: label_drop must lie in [0, 1), got {label_drop}")
@@ -273,10 +275,12 @@ class Fractal(nn.Module):
         if orders is not None or not self._has_orders():
             ctx = ScoreContext("exact", generator=generator, orders=self._orders(orders))
             score = self.root.score(x, cond, ctx)
+            check_log_prob("Fractal.log_prob", score.logp, self)
             return LogProb(score.logp, score.kind)
         ctx = ScoreContext("estimate", generator=generator, orders=self._orders(None))
         draws = [self.root.score(x, cond, ctx) for _ in range(num_draws)]
         values = torch.stack([d.logp for d in draws])  # [draws, N]
+        check_log_prob("Fractal.log_prob", values, self)
         stderr = None
         if num_draws > 1:
             stderr = values.std(dim=0, unbiased=True) / math.sqrt(num_draws)

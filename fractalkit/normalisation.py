@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from fractalkit.partition.base import Partitioner
+from fractalkit.validation import check_finite_tensor
 
 
 def _event_tensor(value: float | Sequence[float] | Tensor, event_shape: tuple[int, ...], name: str) -> Tensor:
@@ -23,6 +24,7 @@ def _event_tensor(value: float | Sequence[float] | Tensor, event_shape: tuple[in
     # Config constants: built on the CPU so that checks on them work under any default device
     # (e.g. ``with torch.device("meta"):``); buffers made from them follow ``model.to(...)``.
     t = torch.as_tensor(value, dtype=torch.float32, device="cpu")
+    check_finite_tensor("Fractal", name, t, positive=name == "value_std")
     if t.dim() == 1 and len(event_shape) > 0:
         if t.numel() != event_shape[0]:
             raise ValueError(

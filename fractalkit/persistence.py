@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fractalkit.config import config_from_dict
+from fractalkit.filemodes import apply_umask
 from fractalkit.partition import partitioner_from_config
+from fractalkit.validation import checked_model_file, nonfinite_tensors
 
 if TYPE_CHECKING:
     from fractalkit.fractal import Fractal
@@ -97,6 +99,7 @@ def save(model: Fractal, path: str | os.PathLike) -> None:
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"fractalkit_config": json.dumps(model_config(model))})
+    apply_umask(tmp)  # safetensors writes 0600; teammates may need to read it
     os.replace(tmp, path)
 
 
@@ -108,26 +111,28 @@ def load(cls: type[Fractal], path: str | os.PathLike, *, device: str | torch.dev
         ValueError: the file is not a fractalkit safetensors file, is truncated or corrupt,
             or its tensors do not match its config (each names the file).
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Fractal.load: no file at {path}")
+    # Names and shapes are checked on the meta device before anything is allocated.
+    config = checked_model_file(
+        "Fractal.load", path, "fractalkit_config", lambda c: model_from_config(cls, c)
+    )
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
         state = load_file(str(path), device=str(device))
-    except Exception as err:  # safetensors raises its own error types for bad headers
+    except Exception as err:  # safetensors raises its own error types for bad data
         raise ValueError(
             f"Fractal.load: {path} is not a readable safetensors file (truncated or corrupt?): {err}"
         ) from err
-    if "fractalkit_config" not in metadata:
+    bad = nonfinite_tensors(state.items())
+    if bad:
         raise ValueError(
-            f"Fractal.load: {path} has no fractalkit config in its metadata; was it written "
-            "by Fractal.save?"
+            f"Fractal.load: {path} holds NaN/inf values in {len(bad)} tensor(s), e.g. {bad[:3]} "
+            "(saved from a diverged run?); load an earlier checkpoint"
         )
-    model = model_from_config(cls, json.loads(metadata["fractalkit_config"]))
+    model = model_from_config(cls, config)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:  # keep the saved precision (load_state_dict would cast to float32)
         model = model.to(dtypes.pop())

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from typing_extensions import Protocol, runtime_checkable
 
 from fractalkit.sampling.options import DecodeContext, SampleOptions, ScoreContext
+from fractalkit.validation import check_finite_tensor, check_log_prob
 
 Kind = Literal["exact", "bound", "estimate"]
 _KIND_RANK = {"exact": 0, "bound": 1, "estimate": 2}
@@ -244,6 +245,7 @@ class AbstractGenerator(nn.Module, abc.ABC):
                 f"{type(self).__name__}: cond must have shape [N, T={self.cond_tokens}, "
                 f"D={self.cond_dim}] = {list(expected)}, got {list(cond.shape)}"
             )
+        check_finite_tensor(type(self).__name__, "cond", cond)
 
     def check_x(self, x: Tensor, name: str = "x") -> None:
         """Raise unless ``x`` is integer ``[N, *event_shape]`` with values in ``[0, V)``."""
@@ -277,6 +279,7 @@ class AbstractGenerator(nn.Module, abc.ABC):
         self.check_x(x)
         self.check_cond(cond, x.shape[0])
         score = self.score(x.long(), cond, ScoreContext("exact", orders=("identity",) * 64))
+        check_log_prob(f"{type(self).__name__}.log_prob", score.logp, self)
         return LogProb(score.logp, score.kind)
 
     def sample(

@@ -22,7 +22,6 @@ writes ``results.json``, ``samples/*.wav``, ``samples.png`` and prints a Markdow
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fractalkit import ARLevelConfig, Fractal, SequenceChunks
+from fractalkit import ARLevelConfig, Fractal, SequenceChunks, cli
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
 from fractalkit.training import budget
 
@@ -224,12 +223,13 @@ def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int]) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train both models for the same wall-clock budget; write the table, WAVs and a PNG."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     budget.add_budget_arguments(ap, batch=8, out=Path(__file__).parent / "results")
     ap.add_argument("--data", type=Path, default=DATA, help="the FSDD recordings.parquet")
-    args = ap.parse_args()
+    cli.add_debug_argument(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     train_x, train_y, test_x, test_y = load_clips(args.data)
@@ -270,4 +270,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -21,22 +21,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels_common import autocast, pick_device
 
+from fractalkit.cli import (
+    ArgumentParser,
+    add_debug_argument,
+    non_negative_int,
+    positive_int,
+    run,
+    steps_list,
+)
 from fractalkit.presets import PRESETS, get_preset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="tiny-in32")
-    p.add_argument("--train-batch", type=int, default=64)
-    p.add_argument("--train-steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
-    p.add_argument("--sample-batch", type=int, default=0, help="0: skip sampling")
-    p.add_argument("--steps", default=None, help="sampling steps per level (default: the preset's)")
+    p.add_argument("--train-batch", type=non_negative_int, default=64, help="0: skip training")
+    p.add_argument("--train-steps", type=positive_int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--sample-batch", type=non_negative_int, default=0, help="0: skip sampling")
+    p.add_argument("--steps", type=steps_list, default=False, help="sampling steps per level (default: the preset's)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results to this JSON file")
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 
@@ -93,8 +102,8 @@ def main(argv=None) -> dict:
     if args.sample_batch:
         model.eval()
         options = preset.sampling
-        if args.steps:
-            options = type(options).make(options, steps=tuple(int(s) for s in args.steps.split(",")))
+        if args.steps is not False:
+            options = type(options).make(options, steps=args.steps)
         y = torch.randint(0, max(1, model.num_classes), (args.sample_batch,), device=device, generator=gen)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -118,4 +127,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -30,8 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels_common import (
     REGIONS,
+    ProgressBar,
     add_sampling_arguments,
     autocast,
+    check_classes,
     checkpoint_info,
     load_image,
     load_mask,
@@ -42,13 +44,22 @@ from pixels_common import (
 )
 
 from fractalkit import SampleOptions
+from fractalkit.cli import (
+    ArgumentParser,
+    UserError,
+    add_debug_argument,
+    int_list,
+    non_negative_int,
+    positive_int,
+    run,
+)
 from fractalkit.data.natural import PHOTOS
 from fractalkit.training import load_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder or .safetensors model")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
@@ -57,17 +68,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mask", action="append", default=[],
                    help=f"a PNG (white = generate) or one of {', '.join(REGIONS)} (repeatable; "
                    "default: center, right-half, outside-center)")
-    p.add_argument("--classes", default=None, help="class id(s) to condition on, comma-separated, "
+    p.add_argument("--classes", type=int_list, default=None, help="class id(s) to condition on, comma-separated, "
                    "one per image or one for all (class-conditional editing)")
-    p.add_argument("--samples", type=int, default=2, help="completions per (image, mask)")
+    p.add_argument("--samples", type=positive_int, default=2, help="completions per (image, mask)")
     add_sampling_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default=None, help="grid PNG (default: <run>/completion.png)")
-    p.add_argument("--scale", type=int, default=None, help="grid upscale factor (default: to >= 128 px)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's "
+    p.add_argument("--scale", type=positive_int, default=None, help="grid upscale factor (default: to >= 128 px)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's "
                    "choice; 1 is often fastest on a busy machine)")
     p.add_argument("--device", default=None)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 
@@ -88,16 +100,13 @@ def main(argv=None) -> dict:
     masks = args.mask or ["center", "right-half", "outside-center"]
     unknown = [load_mask(m, size) for m in masks]
     labels = None
+    check_classes(args.classes, model, info)
     if args.classes is not None:
-        if model.num_classes == 0:
-            raise ValueError("--classes: this model is unconditional (0 classes)")
-        ids = [int(c) for c in args.classes.split(",")]
+        ids = list(args.classes)
         if len(ids) == 1:
             ids = ids * len(images)
         if len(ids) != len(images):
-            raise ValueError(f"--classes: give one id or one per image ({len(images)}), got {len(ids)}")
-        if min(ids) < 0 or max(ids) >= model.num_classes:
-            raise ValueError(f"--classes: ids must lie in [0, {model.num_classes}), got {ids}")
+            raise UserError(f"--classes: give one id or one per image ({len(images)}), got {len(ids)}")
         labels = ids
     options = options_from(args, info)
     if labels is None and options.guidance != 1.0:
@@ -118,8 +127,11 @@ def main(argv=None) -> dict:
     y = torch.tensor(y_all, device=device) if labels is not None else None
     gen = torch.Generator(device=device).manual_seed(args.seed)
     t0 = time.time()
+    bar = ProgressBar(1, enabled=not args.no_progress, desc="completing")
     with autocast(device, bf16):
-        out = model.complete(x, known, y, options=options, generator=gen).cpu()
+        out = model.complete(x, known, y, options=SampleOptions.make(options, callback=bar),
+                             generator=gen).cpu()
+    bar.close()
     seconds = time.time() - t0
     known_cpu = known.cpu()
     max_change = int((out - x.cpu()).abs().masked_select(known_cpu).max()) if bool(known_cpu.any()) else 0
@@ -141,4 +153,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -34,32 +34,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels_common import autocast, checkpoint_info, pick_device
 
 from fractalkit import Fractal
+from fractalkit.cli import (
+    ArgumentParser,
+    add_debug_argument,
+    non_negative_int,
+    positive_int,
+    probability,
+    run,
+)
 from fractalkit.data.images import load_image_dataset
 from fractalkit.training import load_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder or .safetensors model")
     p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--data", default=None, help="as in train.py (default: held-out scikit-image crops)")
+    p.add_argument("--data", default=None, help="as in train.py (default: other random crops, "
+                   "seed + 1, of the same scikit-image photographs the default training run uses: "
+                   "new crops, not held-out images)")
     p.add_argument("--split", default="train")
-    p.add_argument("--holdout", type=float, default=0.0, help="the held-out fraction used in training")
+    p.add_argument("--holdout", type=probability, default=0.0, help="the held-out fraction used in training")
     p.add_argument("--part", choices=["all", "train", "heldout"], default=None,
                    help="which part of the split (default: heldout when --holdout > 0, else all)")
-    p.add_argument("--seed", type=int, default=0, help="the training seed (defines the held-out split)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="the training seed (defines the held-out split)")
     p.add_argument("--upsample-small", action="store_true")
-    p.add_argument("--max-images", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--draws", type=int, default=1, help="random orders per image for MAR estimates")
+    p.add_argument("--max-images", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--draws", type=positive_int, default=1, help="random orders per image for MAR estimates")
     p.add_argument("--orders", choices=["random", "identity"], default="random",
                    help="identity: exact NLL under raster orders (slow for MAR levels)")
     p.add_argument("--unconditional", action="store_true", help="score p(x), not p(x | class)")
     p.add_argument("--heatmap", default=None, help="PNG of per-pixel NLL maps beside the images")
-    p.add_argument("--heatmap-images", type=int, default=4)
-    p.add_argument("--json", default=None, help="write the results here too")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's "
+    p.add_argument("--heatmap-images", type=non_negative_int, default=4)
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="also write the results to this JSON file")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's "
                    "choice; 1 is often fastest on a busy machine)")
     p.add_argument("--device", default=None)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
@@ -68,11 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--fid", action="store_true", help="draw samples and score them against --reference")
     q.add_argument("--reference", default=None,
                    help="reference statistics .npz (mu/sigma, e.g. adm_in64_stats.npz, or arr_0 images)")
-    q.add_argument("--num-samples", type=int, default=1000, help="samples to draw (the paper: 50000)")
+    q.add_argument("--num-samples", type=positive_int, default=1000, help="samples to draw (the paper: 50000)")
     q.add_argument("--samples-dir", default=None, help="keep sampled batches here and resume from them")
     q.add_argument("--inception", default=None, help="inception-2015-12-05.pt (default: $FRACTALKIT_INCEPTION "
                    "or the fractalkit cache)")
     q.add_argument("--download-inception", action="store_true", help="download it if missing (online)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(p)
     args = p.parse_args(argv)
     if args.fid and not args.reference:
         p.error("--fid needs --reference PATH (reference statistics .npz)")
@@ -165,7 +178,10 @@ def main(argv=None) -> dict:
     values, errs, kind = [], [], None
     t0 = time.time()
     first_x, first_y = None, None
-    for start in range(0, n, args.batch_size):
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, n, args.batch_size), desc="scoring", unit="batch",
+                      disable=args.no_progress, dynamic_ncols=True):
         items = [dataset[i] for i in range(start, min(n, start + args.batch_size))]
         x = torch.stack([it[0] for it in items]).to(device)
         y = torch.stack([it[1] for it in items]).to(device) if use_labels else None
@@ -213,4 +229,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

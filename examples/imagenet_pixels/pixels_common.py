@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from fractalkit import SampleOptions
+from fractalkit.cli import UserError, non_negative_float, positive_float, probability, steps_list
 from fractalkit.presets import PRESETS
-from fractalkit.training.checkpoint import MANIFEST
+from fractalkit.training.checkpoint import MANIFEST, resolve_checkpoint
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download at run time
 
@@ -174,21 +175,23 @@ def photo(name: str, size: int) -> Tensor:
 
 def checkpoint_info(path: Path) -> dict:
     """The ``extra`` dict a checkpoint folder stores (preset, training arguments), or {}."""
-    for folder in (path, path / "checkpoint"):
-        if (folder / MANIFEST).is_file():
-            return json.loads((folder / MANIFEST).read_text()).get("extra", {})
+    folder = resolve_checkpoint(path)  # also after an interrupted save
+    if (folder / MANIFEST).is_file():
+        return json.loads((folder / MANIFEST).read_text()).get("extra", {})
     return {}
 
 
 def add_sampling_arguments(parser) -> None:
     """The sampling overrides :func:`options_from` reads: ``--guidance``, ``--guidance-schedule``,
     ``--temperature``, ``--filter`` and ``--steps`` (all default to the preset's settings)."""
-    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: none)")
+    parser.add_argument("--guidance", type=non_negative_float, default=None,
+                        help="classifier-free guidance scale (1: none)")
     parser.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
-    parser.add_argument("--temperature", type=float, default=None, help="logits are divided by this")
-    parser.add_argument("--filter", type=float, default=None, help="low-probability filter threshold (0: off)")
-    parser.add_argument("--steps", default=None,
+    parser.add_argument("--temperature", type=positive_float, default=None, help="logits are divided by this")
+    parser.add_argument("--filter", type=probability, default=None, help="low-probability filter threshold (0: off)")
+    parser.add_argument("--steps", type=steps_list, default=False,
                         help="steps per level, e.g. 64,16 ('exact' = one child per step)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def options_from(args, info: dict) -> SampleOptions:
@@ -204,6 +207,52 @@ def options_from(args, info: dict) -> SampleOptions:
         over["temperature"] = args.temperature
     if args.filter is not None:
         over["filter_threshold"] = args.filter
-    if args.steps is not None:
-        over["steps"] = None if args.steps == "exact" else tuple(int(s) for s in args.steps.split(","))
+    if args.steps is not False:  # False: not given; None: exact
+        over["steps"] = args.steps
     return SampleOptions.make(base, **over)
+
+
+def check_classes(classes, model, info: dict) -> None:
+    """Refuse ``--classes`` a checkpoint cannot honour: an unconditional model, a model trained
+    without labels (its class embeddings never learned anything), or ids out of range."""
+    if classes is None:
+        return
+    if model.num_classes == 0:
+        raise UserError("--classes: this model is unconditional (0 classes); drop --classes")
+    if info.get("conditional") is False:
+        raise UserError(
+            "--classes: this checkpoint was trained without labels (unconditional run), so its "
+            "class embeddings are untrained; drop --classes"
+        )
+    if min(classes) < 0 or max(classes) >= model.num_classes:
+        raise UserError(f"--classes: ids must lie in [0, {model.num_classes}), got {list(classes)}")
+
+
+class ProgressBar:
+    """A tqdm bar over the top-level sampling steps of every batch, fed by the library's
+    progress callback (:attr:`fractalkit.SampleOptions.callback`).
+
+    Args:
+        batches: how many ``sample``/``complete`` calls will report.
+        enabled: False for no bar (``--no-progress``).
+        then: another callback to call with each :class:`fractalkit.Progress` (e.g. frames).
+    """
+
+    def __init__(self, batches: int, enabled: bool = True, then=None, desc: str = "sampling") -> None:
+        from tqdm import tqdm
+
+        self.batches, self.then = batches, then
+        self.bar = tqdm(total=None, unit="step", desc=desc, disable=not enabled, dynamic_ncols=True)
+
+    def __call__(self, progress) -> None:
+        """Advance by one top-level step (the total is known from the first report)."""
+        if self.bar.total is None:
+            self.bar.total = progress.num_steps * self.batches
+            self.bar.refresh()
+        self.bar.update(1)
+        if self.then is not None:
+            self.then(progress)
+
+    def close(self) -> None:
+        """Finish the bar."""
+        self.bar.close()

@@ -22,8 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels_common import (
+    ProgressBar,
     add_sampling_arguments,
     autocast,
+    check_classes,
     checkpoint_info,
     make_grid,
     options_from,
@@ -33,33 +35,42 @@ from pixels_common import (
 )
 
 from fractalkit import SampleOptions
+from fractalkit.cli import (
+    ArgumentParser,
+    add_debug_argument,
+    int_list,
+    non_negative_int,
+    positive_int,
+    run,
+)
 from fractalkit.training import load_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder or .safetensors model")
     p.add_argument("--no-ema", action="store_true", help="use the live weights even if EMA weights exist")
-    p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--classes", default=None, help="comma-separated class ids (default: random "
+    p.add_argument("--num-samples", type=positive_int, default=16)
+    p.add_argument("--classes", type=int_list, default=None, help="comma-separated class ids (default: random "
                    "classes for class-conditional checkpoints, none for unconditional ones)")
     p.add_argument("--unconditional", action="store_true", help="sample p(x) with the null condition")
     add_sampling_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", default=None, help="grid PNG (default: <run>/samples.png)")
-    p.add_argument("--nrow", type=int, default=8)
-    p.add_argument("--scale", type=int, default=None, help="upscale factor of the grid (default: to >= 128 px)")
+    p.add_argument("--nrow", type=positive_int, default=8)
+    p.add_argument("--scale", type=positive_int, default=None, help="upscale factor of the grid (default: to >= 128 px)")
     p.add_argument("--gif", default=None, help="write the generation process of the first batch as a GIF")
     p.add_argument("--strip", default=None, help="write a strip of frames of the first image's generation")
-    p.add_argument("--frames", type=int, default=8, help="frames in the strip")
+    p.add_argument("--frames", type=positive_int, default=8, help="frames in the strip")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every transformer block (Fractal.compile); the first batch compiles")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's "
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's "
                    "choice; 1 is often fastest on a busy machine)")
     p.add_argument("--device", default=None)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on with CUDA")
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 
@@ -81,12 +92,9 @@ def main(argv=None) -> dict:
     if args.compile:
         model.compile()
     conditional = model.num_classes > 0 and not args.unconditional and info.get("conditional", True)
+    check_classes(args.classes, model, info)
     if args.classes is not None:
-        if model.num_classes == 0:
-            raise ValueError("--classes: this model is unconditional (0 classes)")
-        labels = torch.tensor([int(c) for c in args.classes.split(",")], dtype=torch.long)
-        if int(labels.min()) < 0 or int(labels.max()) >= model.num_classes:
-            raise ValueError(f"--classes: ids must lie in [0, {model.num_classes}), got {args.classes}")
+        labels = torch.tensor(args.classes, dtype=torch.long)
         labels = labels.repeat(math.ceil(args.num_samples / labels.numel()))[: args.num_samples]
     elif conditional:
         # Random classes among those the training data had (the model may have more).
@@ -106,12 +114,16 @@ def main(argv=None) -> dict:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     out = []
     t0 = time.time()
-    for start in range(0, args.num_samples, args.batch_size):
+    batches = range(0, args.num_samples, args.batch_size)
+    bar = ProgressBar(len(batches), enabled=not args.no_progress)
+    for start in batches:
         n = min(args.batch_size, args.num_samples - start)
         y = labels[start : start + n].to(device) if labels is not None else None
-        opts = SampleOptions.make(options, callback=record) if start == 0 and (args.gif or args.strip) else options
+        bar.then = record if start == 0 and (args.gif or args.strip) else None  # frames of batch 1
+        opts = SampleOptions.make(options, callback=bar)
         with autocast(device, bf16):
             out.append(model.sample(n, y, options=opts, generator=gen).cpu())
+    bar.close()
     seconds = time.time() - t0
     images = torch.cat(out)
     size = images.shape[-1]
@@ -144,4 +156,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -37,9 +37,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels_common import autocast, pick_device
 
 from fractalkit import Fractal
+from fractalkit.cli import (
+    ArgumentParser,
+    UserError,
+    add_debug_argument,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    run,
+)
 from fractalkit.data.images import load_image_dataset
 from fractalkit.presets import PRESETS, get_preset
 from fractalkit.training import EMA, WarmupCosine, load_checkpoint, save_checkpoint
+from fractalkit.training.nonfinite import NonFiniteLoss, describe, nonfinite_terms
+from fractalkit.training.signals import StopRequests
+
+#: --skip-nonfinite-batches gives up after this many consecutive bad batches (the run diverged)
+MAX_SKIPPED_IN_A_ROW = 10
 
 CPU_PRESETS = ("tiny-in32", "small-in64")
 CPU_EXPECTATION = (
@@ -54,49 +70,55 @@ CPU_EXPECTATION = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(PRESETS), default="tiny-in32", help="model configuration")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="model configuration (default tiny-in32; with --resume: the checkpoint's)")
     p.add_argument("--data", default=None, help="image folder, .parquet file or save_to_disk folder "
                    "(default: crops of scikit-image's photographs, no download)")
     p.add_argument("--split", default="train", help="datasets split to read (default train)")
-    p.add_argument("--holdout", type=float, default=0.0, help="fraction held out for evaluation (seeded split)")
+    p.add_argument("--holdout", type=probability, default=0.0, help="fraction held out for evaluation (seeded split)")
     p.add_argument("--upsample-small", action="store_true", help="upsample images smaller than the "
                    "preset's resolution instead of stopping with an error")
-    p.add_argument("--natural-count", type=int, default=2048, help="crops in the default dataset")
+    p.add_argument("--natural-count", type=positive_int, default=2048, help="crops in the default dataset")
     p.add_argument("--unconditional", action="store_true", help="ignore labels (train p(x))")
-    p.add_argument("--num-classes", type=int, default=None, help="override the preset's classes")
+    p.add_argument("--num-classes", type=non_negative_int, default=None, help="override the preset's classes")
     p.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch (default: preset's)")
-    p.add_argument("--lr", type=float, default=None, help="peak lr (default: base lr x batch / 256)")
-    p.add_argument("--base-lr", type=float, default=None, help="lr per 256 images (default: preset's)")
-    p.add_argument("--epochs", type=float, default=None, help="training epochs (default: preset's)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this "
+    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch (default: preset's)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak lr (default: base lr x batch / 256)")
+    p.add_argument("--base-lr", type=positive_float, default=None, help="lr per 256 images (default: preset's)")
+    p.add_argument("--epochs", type=positive_float, default=None, help="training epochs (default: preset's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--minutes", type=positive_float, default=None, help="stop (with a checkpoint) after this "
                    "wall time; the lr schedule still follows --steps/--epochs, so size those to fit")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: the preset's warm-up epochs")
-    p.add_argument("--grad-clip", type=float, default=None, help="default: the preset's (0: off)")
-    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-steps", type=non_negative_int, default=None, help="default: the preset's warm-up epochs")
+    p.add_argument("--grad-clip", type=non_negative_float, default=None, help="default: the preset's (0: off)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=None)
     p.add_argument("--ema", action="store_true", help="keep an EMA of the weights (saved beside them)")
-    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--ema-decay", type=probability, default=None)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on with CUDA, off on CPU)")
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute blocks in the backward pass (default: on with CUDA)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every transformer block (Fractal.compile); pays off on GPUs")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's "
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's "
                    "choice; 1 is often fastest on a busy machine)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--eval-every", type=int, default=0, help="held-out bits/dim every N steps (needs --holdout)")
-    p.add_argument("--eval-images", type=int, default=64, help="held-out images per evaluation")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading worker processes")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--log-every", type=positive_int, default=10)
+    p.add_argument("--save-every", type=positive_int, default=None, help="checkpoint every N steps, at the "
+                   "end and on Ctrl-C/SIGTERM (default: 200, or a quarter of the run when shorter)")
+    p.add_argument("--eval-every", type=non_negative_int, default=0, help="held-out bits/dim every N steps (needs --holdout)")
+    p.add_argument("--eval-images", type=positive_int, default=64, help="held-out images per evaluation")
     p.add_argument("--resume", default=None, help="checkpoint folder (or run folder) to continue from")
-    p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps in all "
+    p.add_argument("--stop-after", type=positive_int, default=None, help="stop after this many steps in all "
                    "(the schedule still runs to --steps; resume later with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--skip-nonfinite-batches", action="store_true", help="skip a batch whose loss or "
+                   "gradient is NaN/inf (logged) instead of stopping the run; stops anyway after "
+                   f"{MAX_SKIPPED_IN_A_ROW} in a row")
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 
@@ -209,6 +231,50 @@ def heldout_bpd(model: Fractal, dataset, count: int, batch: int, device, use_lab
     return mean, se, bpd.kind
 
 
+# ---- resuming ------------------------------------------------------------------------------------
+
+
+def _architecture(config: dict) -> dict:
+    """A model config without the settings that may change between runs (memory, classes)."""
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k != "checkpointing"}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    return strip({"levels": config["levels"], "leaf": config["leaf"]})
+
+
+def load_resumable(args, device):
+    """The checkpoint ``--resume`` names (a checkpoint or run folder), after checking that this
+    command line can continue it: trainer state present, same preset and architecture."""
+    resume = load_checkpoint(args.resume, device=device)
+    if resume.optimizer is None or resume.scheduler is None or not resume.rng.get("model"):
+        raise UserError(
+            f"--resume: {resume.path} holds no trainer state (optimizer, schedule, random "
+            "streams): it can be sampled from but not continued; start a new run instead"
+        )
+    trained = resume.extra.get("preset")
+    if trained not in PRESETS:
+        raise UserError(f"--resume: {resume.path} records no known preset ({trained!r}); it was "
+                        "not written by this script")
+    if args.preset is not None and args.preset != trained:
+        raise UserError(
+            f"--resume: {resume.path} was trained with --preset {trained}, not {args.preset}; "
+            "drop --preset to continue it, or start a new run with another --out"
+        )
+    if _architecture(resume.config) != _architecture(PRESETS[trained].config):
+        raise UserError(
+            f"--resume: {resume.path} holds a model whose architecture differs from preset "
+            f"{trained} (its levels or leaf); it cannot be continued by this script"
+        )
+    if args.num_classes is not None and args.num_classes != resume.model.num_classes:
+        raise UserError(
+            f"--resume: {resume.path} has {resume.model.num_classes} classes, not "
+            f"--num-classes {args.num_classes}; drop --num-classes to continue it"
+        )
+    args.preset = trained
+    return resume
+
+
 # ---- main ----------------------------------------------------------------------------------------
 
 
@@ -219,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     rank, world, device = setup_distributed(args)
     main_proc = rank == 0
+    resume = load_resumable(args, device) if args.resume else None
+    args.preset = args.preset or "tiny-in32"
     preset = get_preset(args.preset)
     recipe = preset.training
     cuda = device.type == "cuda"
@@ -228,12 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed + rank)  # only for anything outside our generators (dropout)
 
     # ---- model ----
-    resume = None
-    if args.resume:
-        rpath = Path(args.resume)
-        if rpath.is_dir() and (rpath / "checkpoint").is_dir() and not (rpath / "MANIFEST.json").exists():
-            rpath = rpath / "checkpoint"
-        resume = load_checkpoint(rpath, device=device)
+    if resume is not None:
         model = resume.model
     else:
         overrides = {"checkpointing": ckpting}
@@ -345,13 +408,18 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
     stop = min(total, args.stop_after) if args.stop_after else total
+    # Default: at most 200 steps and at least four checkpoints per run (a crash costs little).
+    save_every = args.save_every or max(1, min(200, math.ceil((stop - step) / 4)))
     bar = None
     if main_proc and not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=stop, initial=step, unit="step", dynamic_ncols=True)
 
+    last_saved = resume.step if resume is not None else None
+
     def save():
+        nonlocal last_saved
         states = [gen.get_state(), torch.get_rng_state()]
         if world > 1:
             gathered = [None] * world
@@ -366,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "conditional": use_labels,
                        "data_classes": dataset.num_classes if use_labels else 0},
             )
+        last_saved = step
         if world > 1:
             dist.barrier()
 
@@ -374,76 +443,104 @@ def main(argv: list[str] | None = None) -> dict:
     t_window, images_window = time.time(), 0
     last = {}
     budget_s = args.minutes * 60 if args.minutes else None
-    while step < stop:
-        epoch, offset = divmod(step, per_epoch)
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        order = list(sampler)
-        batches = [order[i * local_batch : (i + 1) * local_batch] for i in range(offset, per_epoch)]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers)
-        for x, y in loader:
-            x = x.to(device, non_blocking=True)
-            y = y.to(device) if use_labels else None
-            with autocast(device, bf16):
-                total_loss, nll = wrapped(x, y, gen)
-            optimizer.zero_grad(set_to_none=True)
-            total_loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), grad_clip if grad_clip > 0 else float("inf")
-            )
-            lr_used = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            images_window += batch
-            nll_v = float(nll.detach())
-            out_of_time = budget_s is not None and time.time() - t_start > budget_s
-            if world > 1 and budget_s is not None:
-                flag = torch.tensor([float(out_of_time)], device=device)
-                dist.all_reduce(flag)
-                out_of_time = bool(flag > 0)
-            last_step = step >= stop or out_of_time
-            evaluate = heldout is not None and args.eval_every > 0 and (
-                step % args.eval_every == 0 or last_step
-            )
-            logging = step % args.log_every == 0 or last_step or evaluate
-            if world > 1 and logging:
-                t = torch.tensor([nll_v], device=device)
-                dist.all_reduce(t)
-                nll_v = float(t) / world
-            bpd = nll_v / math.log(2)
-            if bar is not None:
-                rate = images_window / max(time.time() - t_window, 1e-9)
-                bar.set_postfix(loss=f"{float(total_loss.detach()):.4f}", bpd=f"{bpd:.3f}", img_s=f"{rate:.1f}")
-                bar.update(1)
-            if logging:
-                now = time.time()
-                rec = {
-                    "step": step, "epoch": step / per_epoch, "loss": float(total_loss.detach()),
-                    "nll": nll_v, "train_bpd": bpd, "lr": lr_used,
-                    "grad_norm": float(gnorm), "images_per_s": images_window / max(now - t_window, 1e-9),
-                    "elapsed_s": now - t_start,
-                }
-                if evaluate:
-                    mean, se, kind = heldout_bpd(model, heldout, args.eval_images, local_batch, device, use_labels, args.seed)
-                    rec.update(heldout_bpd=mean, heldout_stderr=se, heldout_kind=kind)
-                t_window, images_window = time.time(), 0  # evaluation time is not training time
-                if main_proc:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                last = rec
-            if step % args.save_every == 0 or step == stop or out_of_time:
-                save()
-            if step >= stop or out_of_time:
-                stop = step
-                break
+    skipped = skipped_in_a_row = 0
+    requests = StopRequests()
+    with requests:  # Ctrl-C / SIGTERM: finish the step, save, stop
+        while step < stop:
+            epoch, offset = divmod(step, per_epoch)
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            order = list(sampler)
+            batches = [order[i * local_batch : (i + 1) * local_batch] for i in range(offset, per_epoch)]
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers)
+            for x, y in loader:
+                x = x.to(device, non_blocking=True)
+                y = y.to(device) if use_labels else None
+                with autocast(device, bf16):
+                    total_loss, nll = wrapped(x, y, gen)
+                optimizer.zero_grad(set_to_none=True)
+                total_loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), grad_clip if grad_clip > 0 else float("inf")
+                )
+                lr_used = optimizer.param_groups[0]["lr"]
+                bad = nonfinite_terms({"total loss": total_loss, "nll": nll, "gradient norm": gnorm})
+                if world > 1:  # every rank takes the same decision
+                    flag = torch.tensor([float(bool(bad))], device=device)
+                    dist.all_reduce(flag)
+                    bad = bad or ({"loss on another rank": math.nan} if float(flag) > 0 else {})
+                if bad:
+                    optimizer.zero_grad(set_to_none=True)
+                    if main_proc:
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps({"step": step + 1, "nonfinite": bad}) + "\n")
+                    if not args.skip_nonfinite_batches or skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                        kept = (f"the last good checkpoint {out / 'checkpoint'} (step {last_saved}) is "
+                                "untouched" if last_saved is not None else "no checkpoint was written")
+                        raise NonFiniteLoss(
+                            f"{describe(step + 1, bad)}; the run stopped before applying it and {kept}. "
+                            "Lower --lr/--base-lr, keep --grad-clip on, or pass --skip-nonfinite-batches"
+                        )
+                    skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
+                else:  # the step counts either way: data order and schedule stay the run's
+                    skipped_in_a_row = 0
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update(model)
+                scheduler.step()
+                step += 1
+                images_window += batch
+                nll_v = float(nll.detach())
+                out_of_time = budget_s is not None and time.time() - t_start > budget_s
+                out_of_time = out_of_time or requests.requested is not None  # Ctrl-C / SIGTERM
+                if world > 1:
+                    flag = torch.tensor([float(out_of_time)], device=device)
+                    dist.all_reduce(flag)
+                    out_of_time = bool(flag > 0)
+                last_step = step >= stop or out_of_time
+                evaluate = heldout is not None and args.eval_every > 0 and (
+                    step % args.eval_every == 0 or last_step
+                )
+                logging = step % args.log_every == 0 or last_step or evaluate
+                if world > 1 and logging:
+                    t = torch.tensor([nll_v], device=device)
+                    dist.all_reduce(t)
+                    nll_v = float(t) / world
+                bpd = nll_v / math.log(2)
+                if bar is not None:
+                    rate = images_window / max(time.time() - t_window, 1e-9)
+                    bar.set_postfix(loss=f"{float(total_loss.detach()):.4f}", bpd=f"{bpd:.3f}", img_s=f"{rate:.1f}")
+                    bar.update(1)
+                if logging:
+                    now = time.time()
+                    rec = {
+                        "step": step, "epoch": step / per_epoch, "loss": float(total_loss.detach()),
+                        "nll": nll_v, "train_bpd": bpd, "lr": lr_used,
+                        "grad_norm": float(gnorm), "images_per_s": images_window / max(now - t_window, 1e-9),
+                        "elapsed_s": now - t_start,
+                    }
+                    if evaluate:
+                        mean, se, kind = heldout_bpd(model, heldout, args.eval_images, local_batch, device, use_labels, args.seed)
+                        rec.update(heldout_bpd=mean, heldout_stderr=se, heldout_kind=kind)
+                    t_window, images_window = time.time(), 0  # evaluation time is not training time
+                    if main_proc:
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                    last = rec
+                if step % save_every == 0 or step == stop or out_of_time:
+                    save()
+                if step >= stop or out_of_time:
+                    stop = step
+                    break
     if bar is not None:
         bar.close()
+    if requests.requested and main_proc:
+        print(f"[train] {requests.requested}: saved {out / 'checkpoint'} at step {step}; continue "
+              f"with --resume {out}", flush=True)
 
     summary = {"final": True, "step": step, "total_steps": total, "elapsed_s": time.time() - t_start,
-               "train_bpd_last": last.get("train_bpd")}
+               "train_bpd_last": last.get("train_bpd"), "skipped_nonfinite": skipped,
+               "interrupted": requests.requested}
     if world > 1:
         digests = [None] * world
         dist.all_gather_object(digests, parameter_digest(model))
@@ -463,4 +560,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    result = run(main)
+    if result.get("interrupted"):
+        sys.exit({"SIGINT": 130, "SIGTERM": 143}[result["interrupted"]])

@@ -28,14 +28,13 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal
+from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, cli
 from fractalkit.partition import Graph, GraphEncoding, SequenceChunks, bfs_order
 from fractalkit.training import budget
 
@@ -295,21 +294,22 @@ def table(results: dict[str, dict], batch: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train both models for the same wall-clock budget, evaluate, sample and print the table.
 
     With ``--metrics-only``, read ``results.json`` and ``samples_<kind>.pt`` from ``--out``
     (e.g. written on a machine without RDKit) and add the sample metrics.
     """
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     budget.add_budget_arguments(ap, batch=64, out=Path(__file__).parent / "results",
                                 device_help="torch device (the issue asks for cpu)")
-    ap.add_argument("--num-samples", type=int, default=10_000)
+    ap.add_argument("--num-samples", type=cli.positive_int, default=10_000)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fractalkit" / "qm9_graphs.pt",
                     help="preprocessed QM9 (computed from the CSV on the first run)")
     ap.add_argument("--metrics-only", action="store_true",
                     help="only compute sample metrics from results.json and samples_*.pt in --out")
-    args = ap.parse_args()
+    cli.add_debug_argument(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     x, smiles = prepare(cache=args.cache)
@@ -360,4 +360,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

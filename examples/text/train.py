@@ -20,7 +20,6 @@ writes ``results.json``, ``samples.txt`` and prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, SequenceChunks
+from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, SequenceChunks, cli
 from fractalkit.training import budget
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -161,12 +160,13 @@ def decode_text(x: torch.Tensor, vocab: str) -> list[str]:
     return ["".join(vocab[i] for i in row.tolist()) for row in x]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train both models for the same wall-clock budget and write the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     budget.add_budget_arguments(ap, batch=16, out=Path(__file__).parent / "results")
     ap.add_argument("--data", type=Path, default=DATA, help="the Tiny Shakespeare input.txt")
-    args = ap.parse_args()
+    cli.add_debug_argument(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     data, vocab = load_corpus(args.data)
@@ -205,4 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

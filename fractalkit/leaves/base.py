@@ -18,6 +18,7 @@ from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
 from fractalkit.sampling.guidance import guided_logits
 from fractalkit.sampling.options import DecodeContext, ScoreContext
 from fractalkit.sampling.rng import sample_categorical
+from fractalkit.validation import check_integer, check_probabilities
 
 
 class Leaf(AbstractGenerator):
@@ -50,13 +51,16 @@ class Leaf(AbstractGenerator):
         self.event_shape = tuple(int(s) for s in event_shape)
         self.cond_dim = int(cond_dim)
         self.cond_tokens = int(cond_tokens)
+        check_integer(type(self).__name__, "num_values", num_values)
         if num_values < 2:
             raise ValueError(f"{type(self).__name__}: num_values must be >= 2, got {num_values}")
         self._num_values = int(num_values)
         e = math.prod(self.event_shape)
-        if channel_weights is not None and (len(channel_weights) != e or min(channel_weights) <= 0):
+        if channel_weights is not None and (
+            len(channel_weights) != e or not all(math.isfinite(w) and w > 0 for w in channel_weights)
+        ):
             raise ValueError(
-                f"{type(self).__name__}: channel_weights must be {e} positive numbers "
+                f"{type(self).__name__}: channel_weights must be {e} finite positive numbers "
                 f"(one per element), got {channel_weights}"
             )
         self.channel_weights = None if channel_weights is None else tuple(channel_weights)
@@ -144,6 +148,7 @@ class Leaf(AbstractGenerator):
             if ctx.force:
                 value, decided = given, torch.ones_like(given, dtype=torch.bool)
             else:
+                check_probabilities(f"{type(self).__name__} (level {ctx.depth})", logprobs)
                 drawn = sample_categorical(
                     logprobs.exp().flatten(0, 1), generator=ctx.generator
                 ).view_as(given)

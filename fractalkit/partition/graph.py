@@ -41,6 +41,7 @@ from torch import Tensor
 
 from fractalkit.partition.base import Partitioner, _positive_int
 from fractalkit.partition.chunks import SequenceChunks
+from fractalkit.validation import check_integer_tensor
 
 __all__ = ["Graph", "GraphEncoding", "GraphSubsets", "bfs_order"]
 
@@ -97,7 +98,7 @@ class Graph:
             A :class:`Graph` with ``node_types[g, i] = old[g, order[g, i]]`` and the adjacency
             permuted on both axes (the caller keeps existing nodes first).
         """
-        idx = order.to(self.node_types.device).long()
+        idx = check_integer_tensor("Graph.permute", "order", order).to(self.node_types.device).long()
         types = self.node_types.gather(1, idx)
         mask = self.node_mask.gather(1, idx)
         rows = self.adjacency.gather(1, idx[:, :, None].expand_as(self.adjacency))

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from fractalkit.sampling.schedules import GuidanceSchedule, guidance_at
+from fractalkit.validation import check_finite_number
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class SampleOptions:
     callback: Callable[[Progress], Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("guidance", "temperature", "filter_threshold"):
+            check_finite_number("SampleOptions", name, getattr(self, name))
         if not self.temperature > 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
         if not self.guidance >= 0:
@@ -72,7 +75,7 @@ class SampleOptions:
         if self.steps is not None:
             steps = tuple(self.steps)
             for s in steps:
-                if s is not None and (not isinstance(s, int) or s < 1):
+                if s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 1):
                     raise ValueError(f"steps: expected positive integers or None, got {steps}")
             object.__setattr__(self, "steps", steps)
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from fractalkit.sampling.options import OrderSpec
 from fractalkit.sampling.rng import random_orders
+from fractalkit.validation import check_integer_tensor
 
 
 def resolve_orders(
@@ -37,7 +38,7 @@ def resolve_orders(
         raise ValueError(f"orders: expected 'random', 'identity' or a tensor, got {spec!r}")
     if not isinstance(spec, Tensor):
         raise TypeError(f"orders: expected a string or an int64 tensor, got {type(spec)}")
-    orders = spec.to(device=device, dtype=torch.long)
+    orders = check_integer_tensor("orders", "a permutation", spec).to(device=device, dtype=torch.long)
     if orders.dim() == 1:
         orders = orders.expand(n, -1)
     if tuple(orders.shape) != (n, length):

@@ -6,7 +6,9 @@ These are what any fractalkit training script needs (the ImageNet example uses t
 - :class:`EMA`: an exponential moving average of a model's parameters (float32 shadow copy).
 - :func:`save_checkpoint` / :func:`load_checkpoint`: a checkpoint folder with the model in the
   library's safetensors format (:meth:`fractalkit.Fractal.save`), the optimizer, schedule, step,
-  random-stream states and the full config, written atomically and verified on load.
+  random-stream states and the full config, written atomically (crash-consistent at every
+  filesystem step: :func:`resolve_checkpoint` finds the newest complete copy) and verified on load.
+- :class:`NonFiniteLoss`: what a training loop raises on a NaN/inf loss or gradient.
 """
 
 from fractalkit.training.budget import (
@@ -22,15 +24,18 @@ from fractalkit.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from fractalkit.training.ema import EMA
+from fractalkit.training.nonfinite import NonFiniteLoss
 from fractalkit.training.schedule import WarmupCosine, warmup_cosine
 
 __all__ = [
     "EMA",
     "Checkpoint",
     "CheckpointError",
+    "NonFiniteLoss",
     "Stopwatch",
     "WarmupCosine",
     "add_budget_arguments",
@@ -38,6 +43,7 @@ __all__ = [
     "device_description",
     "load_checkpoint",
     "load_model",
+    "resolve_checkpoint",
     "save_checkpoint",
     "synchronize",
     "train_for_budget",

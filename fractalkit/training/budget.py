@@ -22,6 +22,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fractalkit.cli import output_folder, positive_float, positive_int
+from fractalkit.training.nonfinite import NonFiniteLoss
+from fractalkit.validation import check_finite_number, check_integer
+
+#: on accelerators, steps between two reads of the non-finite-loss flag (one sync each)
+CHECK_EVERY = 16
+
 #: what ``next_batch`` may return: ``x``, or the positional arguments of ``model.loss``
 #: (``(x,)`` or ``(x, y)``; ``y`` may be None).
 Batch = Tensor | tuple[Tensor | None, ...]
@@ -158,14 +165,17 @@ def train_for_budget(
         last step's ``nll`` (mean nats per scored dimension; NaN when no step was taken).
 
     Raises:
+        NonFiniteLoss: the loss became NaN or infinite (on the CPU before that step's update).
         ValueError: for a non-positive ``budget_s`` or ``lr``, a negative ``max_steps``,
             ``warmup_steps`` or ``weight_decay``, a non-positive ``grad_clip``, a model without
             parameters, or a ``next_batch`` result that is neither a tensor nor a tuple.
     """
-    if not budget_s > 0:
+    if not budget_s > 0:  # math.inf is allowed: a step count only
         raise ValueError(f"train_for_budget: budget_s must be > 0, got {budget_s}")
-    if not lr > 0:
-        raise ValueError(f"train_for_budget: lr must be > 0, got {lr}")
+    check_finite_number("train_for_budget", "lr", lr, positive=True)
+    check_integer("train_for_budget", "warmup_steps", warmup_steps)
+    if max_steps is not None:
+        check_integer("train_for_budget", "max_steps", max_steps)
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"train_for_budget: max_steps must be >= 0 or None, got {max_steps}")
     if warmup_steps < 0:
@@ -178,6 +188,10 @@ def train_for_budget(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     model.train()
     start, step, nll = time.perf_counter(), 0, None
+    # Non-finite losses are caught every step on the CPU; on accelerators a flag collects them
+    # on the device and is read every CHECK_EVERY steps (no sync per step).
+    check_every = 1 if device.type == "cpu" else CHECK_EVERY
+    bad_seen, checked = torch.zeros((), dtype=torch.bool, device=device), 0
     while True:
         elapsed = time.perf_counter() - start
         if elapsed >= budget_s or (max_steps is not None and step >= max_steps):
@@ -188,12 +202,17 @@ def train_for_budget(
         batch = _to_device(next_batch(generator), device)
         loss = model.loss(*batch, generator=generator)
         opt.zero_grad(set_to_none=True)
+        bad_seen |= ~torch.isfinite(loss.total.detach())
+        if (step + 1 - checked) >= check_every:
+            _raise_if_nonfinite(bad_seen, checked, step + 1)
+            checked = step + 1
         loss.total.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         nll = loss.nll.detach()  # read once at the end: no device sync per step
         step += 1
+    _raise_if_nonfinite(bad_seen, checked, step)
     synchronize(device)
     seconds = time.perf_counter() - start
     return {
@@ -202,6 +221,16 @@ def train_for_budget(
         "s_per_step": seconds / max(step, 1),
         "last_loss_nats": float("nan") if nll is None else float(nll),
     }
+
+
+def _raise_if_nonfinite(bad_seen: torch.Tensor, after: int, upto: int) -> None:
+    """Raise :class:`NonFiniteLoss` if a loss of steps ``after + 1 .. upto`` was NaN/inf."""
+    if bool(bad_seen):
+        where = f"step {upto}" if upto == after + 1 else f"a step in {after + 1}..{upto}"
+        raise NonFiniteLoss(
+            f"train_for_budget: the training loss became NaN/inf at {where}; lower lr or set "
+            "grad_clip"
+        )
 
 
 def device_description(device: torch.device | str, threads: int) -> str:
@@ -238,10 +267,10 @@ def add_budget_arguments(
     Returns:
         ``parser``.
     """
-    parser.add_argument("--budget-s", type=float, default=budget_s, help="training seconds per model")
-    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--budget-s", type=positive_float, default=budget_s, help="training seconds per model")
+    parser.add_argument("--batch", type=positive_int, default=batch)
     parser.add_argument("--models", default=models)
-    parser.add_argument("--threads", type=int, default=threads)
-    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--threads", type=positive_int, default=threads)
+    parser.add_argument("--out", type=output_folder, default=out, help="results folder (created)")
     parser.add_argument("--device", default="cpu", help=device_help)
     return parser

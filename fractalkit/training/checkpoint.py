@@ -1,4 +1,4 @@
-"""Atomic, verified training checkpoints.
+"""Atomic, verified, crash-consistent training checkpoints.
 
 A checkpoint is a folder::
 
@@ -8,10 +8,17 @@ A checkpoint is a folder::
         trainer.pt           optimizer, schedule, step, random-stream states, extra JSON-able data
         MANIFEST.json        written last: size and SHA-256 of every file above
 
-The folder is written under a temporary name and renamed into place only after every file is
-complete and flushed, so an interrupted write never leaves a folder that loads as valid (a
-leftover ``*.tmp-*`` folder is ignored and removed by the next save). Loading checks the
-manifest, then every file's size and checksum, and names the offending file in its error.
+A save writes ``checkpoint.tmp-<random>/`` completely (every file and the folder flushed to
+disk, the manifest last), moves the previous ``checkpoint/`` aside to ``checkpoint.old/``,
+renames the new folder into place and only then deletes ``checkpoint.old/``. A crash at any
+filesystem step therefore leaves at least one *complete* folder among ``checkpoint/``,
+``checkpoint.old/`` and ``checkpoint.tmp-*/``: :func:`resolve_checkpoint` (used by
+:func:`load_checkpoint`, :func:`load_model` and every resume) picks the newest complete one,
+and the next save first puts it back in place. A save deletes a leftover folder only when it
+is incomplete or when ``checkpoint/`` itself is complete, so it never deletes the only complete
+copy. Loading checks the manifest, then every file's size and checksum, and names the offending
+file in its error. Folders and files are created with the user's umask (readable by a team
+when the umask allows it).
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +36,16 @@ import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
+from fractalkit.validation import nonfinite_tensors
 
-__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_model",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
 
 MANIFEST = "MANIFEST.json"
 CHECKPOINT_FORMAT = "fractalkit.checkpoint"
@@ -84,6 +99,79 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _siblings(final: Path) -> list[Path]:
+    """Folders a save of ``final`` may leave beside it: the previous copy and new copies."""
+    old = [final.with_name(f"{final.name}.old"), final.with_name(f"{final.name}.tmp-old")]
+    return [p for p in old if p.is_dir()] + sorted(
+        p for p in final.parent.glob(f"{final.name}.tmp-*") if p.is_dir() and p not in old
+    )
+
+
+def _complete_step(folder: Path) -> int | None:
+    """The step of ``folder`` if its manifest is readable and every listed file has the listed
+    size (a quick check: the manifest is written last, after every file is flushed), else None."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        for name, info in manifest["files"].items():
+            if (folder / name).stat().st_size != info["bytes"]:
+                return None
+        return int(manifest["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The complete checkpoint folder to load for ``path``.
+
+    ``path`` is a checkpoint folder or a run folder holding ``checkpoint/``. When the folder
+    itself is complete it is the answer; when a save was interrupted (``checkpoint/`` missing
+    or incomplete) it is the newest complete ``checkpoint.old/`` or ``checkpoint.tmp-*/``.
+    When nothing is complete, ``path`` itself is returned (loading it then says what is wrong).
+
+    Args:
+        path: a checkpoint folder or a run folder.
+
+    Returns:
+        The folder to read.
+    """
+    p = Path(path)
+    if p.is_dir() and not (p / MANIFEST).exists() and (
+        (p / "checkpoint").exists() or _siblings(p / "checkpoint")
+    ):
+        p = p / "checkpoint"
+    if _complete_step(p) is not None:
+        return p
+    complete = [(step, q) for q in _siblings(p) if (step := _complete_step(q)) is not None]
+    if complete:
+        return max(complete, key=lambda item: item[0])[1]
+    return p
+
+
+def _recover(final: Path) -> bool:
+    """Put the newest complete copy back at ``final`` after an interrupted save and delete the
+    leftovers that are incomplete or superseded; returns whether ``final`` is complete."""
+    best = resolve_checkpoint(final)
+    if best != final:
+        if final.exists():  # an incomplete folder: keep it aside, removed below
+            os.replace(final, final.with_name(f"{final.name}.tmp-broken-{secrets.token_hex(4)}"))
+        os.replace(best, final)
+        _fsync_dir(final.parent)
+    final_complete = _complete_step(final) is not None
+    for leftover in _siblings(final):
+        if final_complete or _complete_step(leftover) is None:  # never the only complete copy
+            shutil.rmtree(leftover, ignore_errors=True)
+    return final_complete
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: Fractal,
@@ -116,10 +204,18 @@ def save_checkpoint(
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"save_checkpoint: step must be a non-negative int, got {step!r}")
     final = Path(path)
+    bad = nonfinite_tensors(model.state_dict().items())
+    if ema is not None:
+        bad += [f"ema.{name}" for name in nonfinite_tensors(ema.state_dict().items())]
+    if bad:
+        raise CheckpointError(
+            f"save_checkpoint: refusing to write non-finite weights at step {step}: {len(bad)} "
+            f"tensor(s) hold NaN/inf, e.g. {bad[:3]}; the checkpoint at {final} is left as it was"
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f"{final.name}.tmp-*"):  # debris of an interrupted save
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
+    _recover(final)
+    tmp = final.with_name(f"{final.name}.tmp-{secrets.token_hex(6)}")
+    tmp.mkdir()  # plain mkdir: the user's umask decides who may read it
     try:
         model.save(tmp / "model.safetensors")
         if ema is not None:
@@ -149,20 +245,19 @@ def save_checkpoint(
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        # Swap into place: the old folder moves aside first, so `final` is either the old
-        # complete checkpoint, absent for an instant, or the new complete one.
-        old = None
-        if final.exists():
-            old = final.with_name(f"{final.name}.tmp-old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # Swap into place. At every instant a complete copy exists under one of the three names
+    # `final`, `final.old`, `tmp`, and resolve_checkpoint finds the newest.
+    old = final.with_name(f"{final.name}.old")
+    if final.exists():
+        os.replace(final, old)
+        _fsync_dir(final.parent)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -211,7 +306,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     """Read and verify a checkpoint written by :func:`save_checkpoint`.
 
     Args:
-        path: the checkpoint folder.
+        path: the checkpoint folder, or a run folder holding ``checkpoint/`` (after an
+            interrupted save, the newest complete copy is read: see :func:`resolve_checkpoint`).
         device: where to put the model and the tensors of the trainer state.
 
     Returns:
@@ -222,7 +318,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         CheckpointError: (a ValueError) missing manifest or file, wrong size, bad checksum or
             unreadable content; the message names the file.
     """
-    folder = Path(path)
+    folder = resolve_checkpoint(path)
     manifest = _verify(folder)
     try:
         model = Fractal.load(folder / "model.safetensors", device=device)
@@ -271,10 +367,9 @@ def load_model(
         CheckpointError / ValueError: corrupt or truncated files (naming the file).
     """
     p = Path(path)
-    if p.is_dir() and not (p / MANIFEST).exists() and (p / "checkpoint").is_dir():
-        p = p / "checkpoint"
     if p.is_file():
         return Fractal.load(p, device=device)
+    p = resolve_checkpoint(p)
     _verify(p)
     name = "ema.safetensors" if ema and (p / "ema.safetensors").is_file() else "model.safetensors"
     try:

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from fractalkit.validation import check_finite_number, check_integer
+
 
 def warmup_cosine(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
     """The learning rate at optimizer step ``step`` (0-based).
@@ -55,8 +57,10 @@ class WarmupCosine:
         total_steps: int,
         min_lr: float = 0.0,
     ) -> None:
-        if not peak_lr > 0:
-            raise ValueError(f"WarmupCosine: peak_lr must be > 0, got {peak_lr}")
+        check_finite_number("WarmupCosine", "peak_lr", peak_lr, positive=True)
+        check_finite_number("WarmupCosine", "min_lr", min_lr)
+        check_integer("WarmupCosine", "warmup_steps", warmup_steps)
+        check_integer("WarmupCosine", "total_steps", total_steps)
         if warmup_steps < 0 or total_steps < 1:
             raise ValueError(
                 f"WarmupCosine: need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps} "

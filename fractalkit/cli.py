@@ -1,0 +1,200 @@
+"""Command-line helpers shared by the example and benchmark scripts.
+
+Argument types that check what they parse (so ``--batch-size 0`` is a parser error that names
+the flag, not a silent fallback or a crash deep inside torch), and :func:`run`, which turns a
+user error into one clear line and exit code 2 instead of a traceback.
+
+Example:
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--batch-size", type=positive_int)
+    >>> p.parse_args(["--batch-size", "8"]).batch_size
+    8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = [
+    "DEBUG_ENV",
+    "ArgumentParser",
+    "UserError",
+    "add_debug_argument",
+    "int_list",
+    "non_negative_float",
+    "non_negative_int",
+    "output_folder",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "run",
+    "steps_list",
+]
+
+#: set to 1 to see the traceback of a user error (as ``--debug`` does)
+DEBUG_ENV = "FRACTALKIT_DEBUG"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line: ``prog: error: ... (see --help)``
+    and exit code 2, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line error and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: reported in one line, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (``--batch-size``, ``--steps``, ``--num-samples`` ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (``--workers``, ``--eval-every`` where 0 means off, ``--seed``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (``--lr``, ``--minutes``, ``--temperature`` ...)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (``--guidance``, ``--grad-clip`` where 0 means off ...)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1) (``--holdout``, ``--filter``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated integers >= 0, e.g. ``64,16`` or class labels ``1,7,9``."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 64,16, got {text!r}"
+        ) from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
+    return values
+
+
+def steps_list(text: str) -> tuple[int, ...] | None:
+    """Decoding steps per level: ``exact`` (None: one child per step) or e.g. ``64,16``."""
+    if text.strip() == "exact":
+        return None
+    values = int_list(text)
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected 'exact' or positive integers per level like 64,16, got {text!r}"
+        )
+    return values
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into: created (with parents) if missing; refused if it is a file or
+    cannot be created, with the reason."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot create the folder {path}: {err.strerror}") from None
+    return path
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--debug``: show the traceback of a user error (also ``FRACTALKIT_DEBUG=1``)."""
+    parser.add_argument(
+        "--debug", action="store_true",
+        help=f"show full tracebacks for input errors (or set {DEBUG_ENV}=1)",
+    )
+    return parser
+
+
+#: errors that mean "the inputs are wrong" (missing/corrupt files, bad values, wrong checkpoint)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
+
+
+def run(main: Callable[..., Any], argv: list[str] | None = None) -> Any:
+    """Call ``main(argv)``; a user error prints ``<script>: error: <message>`` and exits 2.
+
+    A run that fails on its own (a non-finite loss: ``FloatingPointError``) prints
+    ``<script>: stopped: <message>`` and exits 1.
+
+    With ``--debug`` in the arguments or ``FRACTALKIT_DEBUG=1`` the traceback is shown instead.
+    Other exceptions (bugs) propagate with their traceback as usual.
+
+    Args:
+        main: the script's main function, taking an argument list.
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        What ``main`` returns.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return main(argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        prog = Path(sys.argv[0]).name or "fractalkit"
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {message} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as err:  # e.g. training.NonFiniteLoss: the run itself failed
+        if debug:
+            raise
+        print(f"{Path(sys.argv[0]).name or 'fractalkit'}: stopped: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,225 @@
+"""Checks at the API boundary: finite numbers, integer types and tensors that fit a model.
+
+Each check raises a ValueError or TypeError whose message starts with the caller's name
+(``owner``) and the argument, says what was wrong and what to do; nothing is coerced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_finite_number",
+    "check_finite_tensor",
+    "check_integer",
+    "check_integer_tensor",
+    "check_log_prob",
+    "check_probabilities",
+    "check_state_fits",
+    "checked_model_file",
+    "nonfinite_tensors",
+]
+
+
+def check_finite_number(owner: str, name: str, value: Any, *, positive: bool = False) -> float:
+    """Return ``value`` as a float after checking it is a finite real number (and > 0 if asked).
+
+    Args:
+        owner: who checks (starts the message), e.g. ``"SampleOptions"``.
+        name: the argument's name.
+        value: an int, float, numpy scalar or one-element tensor (bools and strings are refused).
+        positive: also require ``value > 0``.
+
+    Raises:
+        TypeError: not a real number.
+        ValueError: NaN, infinite, or (with ``positive``) not above 0.
+    """
+    try:  # ints, floats, numpy scalars, 0-dim tensors; not bools or strings
+        if isinstance(value, bool | str | bytes):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{owner}: {name} must be finite, got {value}")
+    if positive and not number > 0:
+        raise ValueError(f"{owner}: {name} must be positive, got {value}")
+    return number
+
+
+def check_finite_tensor(owner: str, name: str, t: Tensor, *, positive: bool = False) -> None:
+    """Raise a ValueError if a float tensor holds NaN or infinite entries (or, with ``positive``,
+    entries <= 0). Integer tensors are always finite and pass.
+
+    Args:
+        owner: who checks; name: the argument's name.
+        t: any tensor (one synchronising reduction on accelerators).
+        positive: also require every entry to be above 0.
+    """
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{owner}: {name} must be a Tensor, got {type(t).__name__}")
+    if not (t.dtype.is_floating_point or t.dtype.is_complex) or t.numel() == 0:
+        if positive and t.numel() and not bool((t > 0).all()):
+            raise ValueError(f"{owner}: {name} must be positive, got min {t.min().item()}")
+        return
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        kinds = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+        raise ValueError(
+            f"{owner}: {name} holds {bad} non-finite ({kinds}) value(s) of {t.numel()}; "
+            "check where it came from (a diverged model or a bad input)"
+        )
+    if positive and not bool((t > 0).all()):
+        raise ValueError(f"{owner}: {name} must be positive, got min {t.min().item()}")
+
+
+def check_integer(owner: str, name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` after checking it is a Python int (bools and floats refused) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_integer_tensor(owner: str, name: str, t: Any) -> Tensor:
+    """Return ``t`` after checking it is a tensor of an integer dtype (floats are not truncated).
+
+    Raises:
+        TypeError: not a tensor, or a float/bool/complex dtype.
+    """
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{owner}: {name} must be an integer tensor, got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(
+            f"{owner}: {name} must be an integer tensor (e.g. torch.long), got dtype {t.dtype}; "
+            "floats are not truncated silently"
+        )
+    return t
+
+
+def check_probabilities(owner: str, logprobs: Tensor) -> None:
+    """Raise a ValueError if log-probabilities a sampler is about to draw from hold NaN.
+
+    ``logprobs`` is a ``log_softmax`` output: every entry is <= 0 or NaN (NaN when a logit was
+    NaN or infinite: diverged weights, or a guidance scale so extreme that the logits overflow),
+    so one sum tells: it is NaN exactly when an entry is (-inf entries, impossible values, are
+    fine). One reduction and one device sync.
+    """
+    if bool(torch.isnan(logprobs.sum())):
+        raise ValueError(
+            f"{owner}: the probabilities to sample from hold NaN or infinite values (diverged "
+            "weights, or a guidance scale / temperature so extreme that the logits overflow); "
+            "nothing was drawn"
+        )
+
+
+def nonfinite_tensors(tensors: Iterable[tuple[str, Tensor]]) -> list[str]:
+    """Names of the float tensors among ``(name, tensor)`` pairs that hold NaN or infinities."""
+    return [
+        name
+        for name, t in tensors
+        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def check_state_fits(
+    owner: str, expected: Mapping[str, tuple[tuple[int, ...], Any]], found: Mapping[str, tuple[int, ...]]
+) -> None:
+    """Raise a ValueError listing the tensors of ``found`` that do not fit ``expected``.
+
+    Args:
+        owner: who checks, including the file name.
+        expected: name -> (shape, anything) of what the config builds (e.g. from the meta device).
+        found: name -> shape of what the file holds (read from its header, nothing allocated).
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [
+        f"{k}: file {list(found[k])}, config {list(expected[k][0])}"
+        for k in sorted(set(expected) & set(found))
+        if tuple(found[k]) != tuple(expected[k][0])
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append(f"shapes differ ({'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''})")
+        raise ValueError(f"{owner}: the tensors do not fit the config: {', '.join(parts)}")
+
+
+def check_log_prob(owner: str, logp: Tensor, model: torch.nn.Module) -> None:
+    """Raise a ValueError if a log-likelihood is NaN or +inf (never labelled exact silently).
+
+    -inf is a legitimate value (an impossible observation); NaN or +inf are not. The message
+    names the model's non-finite parameters when there are some (a diverged run's weights).
+    """
+    if bool((torch.isnan(logp) | (logp == math.inf)).any()):
+        bad = nonfinite_tensors(model.named_parameters())
+        cause = (
+            f"{len(bad)} parameter tensor(s) hold NaN/inf, e.g. {bad[:3]} (a diverged run?)"
+            if bad else "the inputs or an overflow in the network"
+        )
+        raise ValueError(f"{owner}: the log-likelihood is NaN or infinite; cause: {cause}")
+
+
+def checked_model_file(
+    owner: str, path: Path, key: str, build: Callable[[dict[str, Any]], torch.nn.Module]
+) -> dict[str, Any]:
+    """The JSON config stored under ``key`` in a safetensors file's metadata, after checking,
+    without allocating the model, that the file's tensors fit the model the config declares.
+
+    The model is built on the meta device (shapes only, no memory) and compared with the file's
+    header (names and shapes, no tensor read), so an untrusted file cannot make the caller
+    allocate a model it does not contain.
+
+    Args:
+        owner: who checks (e.g. ``"Fractal.load"``).
+        path: the ``.safetensors`` file.
+        key: the metadata entry holding the JSON config.
+        build: config -> module (e.g. ``Fractal.from_config``).
+
+    Raises:
+        ValueError: unreadable header, no or non-JSON config, a config that builds nothing
+            (missing key, wrong type, unknown entry), tensors that do not fit; each names ``path``.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise ValueError(
+            f"{owner}: {path} is not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from err
+    if key not in metadata:
+        raise ValueError(
+            f"{owner}: {path} has no fractalkit config in its metadata; was it written by "
+            "Fractal.save?"
+        )
+    try:
+        config = json.loads(metadata[key])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{owner}: {path}: its config is not valid JSON ({err})") from err
+    try:
+        with torch.device("meta"):
+            skeleton = build(config)
+    except KeyError as err:
+        raise ValueError(f"{owner}: {path}: its config lacks the required key {err}") from err
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{owner}: {path}: its config does not describe a model: {err}") from err
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
+    check_state_fits(f"{owner}: {path}", expected, shapes)
+    return config
