@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fractalkit import Fractal, metrics
+from fractalkit import Fractal, cli, metrics
 
 #: The paper's Table 4 rows for the released 256x256 models (FID, IS, precision, recall).
 PAPER = {
@@ -38,20 +38,21 @@ PAPER_SAMPLES = 50_000
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a released name (e.g. fractalmar-large-in256) or a model folder")
     p.add_argument("--reference", required=True, help="reference statistics .npz (adm_in256_stats.npz)")
-    p.add_argument("--num-samples", type=int, default=PAPER_SAMPLES)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=cli.positive_int, default=PAPER_SAMPLES)
+    p.add_argument("--batch", type=cli.positive_int, default=64)
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
     p.add_argument("--samples-dir", type=Path, default=None, help="keep/resume sampled batches here")
     p.add_argument("--inception", default=None, help="inception-2015-12-05.pt")
     p.add_argument("--download-inception", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    cli.add_debug_argument(p)
     args = p.parse_args(argv)
-    if args.num_samples < 2 or args.batch < 1:
-        p.error(f"--num-samples must be >= 2 and --batch >= 1, got {args.num_samples}, {args.batch}")
+    if args.num_samples < 2:
+        p.error(f"--num-samples must be >= 2 for FID, got {args.num_samples}")
     if not Path(args.reference).is_file():
         p.error(f"--reference: no file at {args.reference}")
     return args
@@ -87,4 +88,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

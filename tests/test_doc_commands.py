@@ -158,7 +158,12 @@ def test_every_documented_command_exists_parses_and_reads_what_exists(page: Path
 
 # ---- the extras table and the declared dependencies ----------------------------------------------
 
-IMPORT_NAMES = {"pillow": "PIL", "scikit-image": "skimage", "typing-extensions": "typing_extensions"}
+IMPORT_NAMES = {
+    "pillow": "PIL",
+    "scikit-image": "skimage",
+    "scikit-learn": "sklearn",
+    "typing-extensions": "typing_extensions",
+}
 TOOLS = {"mkdocs", "mkdocs-material", "mkdocstrings", "pymdown-extensions", "pytest", "hypothesis", "ruff"}
 
 

@@ -24,7 +24,6 @@ model as a ``save_pretrained`` folder into ``--model-out`` (``runs/digits``; loa
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -33,7 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, ImagePatches, SampleOptions
+from fractalkit import (
+    ARLevelConfig,
+    CategoricalLeafConfig,
+    Fractal,
+    ImagePatches,
+    SampleOptions,
+    cli,
+)
 from fractalkit.training import WarmupCosine, budget
 
 LEVELS = 17  # grey levels 0..16 in load_digits
@@ -218,26 +224,22 @@ def run(
 
 def main(argv: list[str] | None = None) -> dict:
     """Command line: ``--steps``, ``--batch``, ``--lr``, ``--seed``, ``--threads``, ``--out``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--per-class", type=int, default=10, help="samples drawn per digit")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=cli.positive_int, default=1500, help="optimizer steps (default 1500)")
+    ap.add_argument("--batch", type=cli.positive_int, default=64)
+    ap.add_argument("--lr", type=cli.positive_float, default=2e-3)
+    ap.add_argument("--per-class", type=cli.positive_int, default=10, help="samples drawn per digit")
+    ap.add_argument("--seed", type=cli.non_negative_int, default=0)
+    ap.add_argument("--threads", type=cli.positive_int, default=1)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
                     help="pictures and results.json (default examples/digits/results)")
     ap.add_argument("--model-out", type=Path, default=Path("runs/digits"),
                     help="the model folder (default runs/digits; load it with Fractal.from_pretrained)")
+    cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
-    for name in ("steps", "batch", "per_class", "threads"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not args.lr > 0:
-        ap.error(f"--lr must be > 0, got {args.lr}")
     return run(args.out, model_out=args.model_out, steps=args.steps, batch=args.batch, lr=args.lr, per_class=args.per_class,
                seed=args.seed, threads=args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "imagenet_pixels"))
 from pixels_common import REGIONS, photo, region_mask, save_grid
 
-from fractalkit import Fractal, SampleOptions
+from fractalkit import Fractal, SampleOptions, cli
 from fractalkit.data.natural import PHOTOS
 
 
@@ -46,16 +46,17 @@ def with_progress(options: SampleOptions | None, desc: str):
 
 def main(argv=None) -> dict:
     """Load, sample, inpaint; write the two PNGs; returns a summary (printed as JSON)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="fractalmar-in64", help="released name, folder or Hub id")
     p.add_argument("--classes", default="207,360", help="ImageNet class ids, comma-separated")
     p.add_argument("--photo", default="chelsea", choices=list(PHOTOS))
     p.add_argument("--mask", default="center", choices=list(REGIONS))
-    p.add_argument("--inpaint-class", type=int, default=None,
+    p.add_argument("--inpaint-class", type=cli.non_negative_int, default=None,
                    help="condition the inpainting on this class (default: unconditional)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=Path("demo"))
+    cli.add_debug_argument(p)
     args = p.parse_args(argv)
     model = Fractal.from_pretrained(args.model, device=args.device)
     try:
@@ -99,4 +100,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
