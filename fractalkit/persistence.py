@@ -117,9 +117,7 @@ def load(cls: type[Fractal], path: str | os.PathLike, *, device: str | torch.dev
     if not path.is_file():
         raise FileNotFoundError(f"Fractal.load: no file at {path}")
     # Names and shapes are checked on the meta device before anything is allocated.
-    config = checked_model_file(
-        "Fractal.load", path, "fractalkit_config", lambda c: model_from_config(cls, c)
-    )
+    config = checked_model_file("Fractal.load", path, "fractalkit_config", cls.from_config)
     try:
         state = load_file(str(path), device=str(device))
     except Exception as err:  # safetensors raises its own error types for bad data
@@ -132,7 +130,7 @@ def load(cls: type[Fractal], path: str | os.PathLike, *, device: str | torch.dev
             f"Fractal.load: {path} holds NaN/inf values in {len(bad)} tensor(s), e.g. {bad[:3]} "
             "(saved from a diverged run?); load an earlier checkpoint"
         )
-    model = model_from_config(cls, config)
+    model = cls.from_config(config)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:  # keep the saved precision (load_state_dict would cast to float32)
         model = model.to(dtypes.pop())
