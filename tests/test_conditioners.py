@@ -449,3 +449,30 @@ def test_vector_fitted_normalisation() -> None:
     values = torch.tensor([[1.0, 5.0], [3.0, 5.0], [math.nan, 5.0]])
     cfg = Vector.fitted(values, drop=0.2)
     assert cfg.mean == (2.0, 5.0) and cfg.std == (1.0, 1.0) and cfg.drop == 0.2
+
+
+@pytest.mark.parametrize("kind", ["vector", "tokens"])
+def test_conditions_pass_through_ddp_training(kind: str, tmp_path) -> None:
+    """The ImageNet example's DDP wrapper (one gloo process) trains a vector- or
+    sequence-conditioned model: every conditioner parameter gets a gradient."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "imagenet_pixels" / "train.py"
+    spec = importlib.util.spec_from_file_location("imagenet_train_for_ddp", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model = build(kind, dtype=torch.float32).train()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(example.LossModule(model))
+        c = conditions(kind, 8)
+        c = c.float() if isinstance(c, torch.Tensor) else c
+        total, nll = wrapped(torch.randint(0, V, (8, E)), c, torch.Generator().manual_seed(0))
+        total.backward()
+    finally:
+        dist.destroy_process_group()
+    grads = {name: p.grad for name, p in model.conditioner.named_parameters()}
+    assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values()), grads.keys()

@@ -70,6 +70,7 @@ def test_snippets_are_found() -> None:
         "docs/tutorials/own_level.md",
         "docs/tutorials/completion.md",
         "docs/tutorials/sampling.md",
+        "docs/tutorials/conditioning.md",
     ):
         assert required in pages, f"{required} has no runnable snippet"
 
