@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from torch import nn
-
 from contract.examples import roughen
 from contract.stats import chi_square
+from torch import nn
+
 from fractalkit import (
     ARLevelConfig,
     CategoricalLeafConfig,
@@ -101,6 +101,17 @@ CONFIGS = {
     "user": Scalar(),
 }
 KINDS = list(CONFIGS)
+
+
+def test_every_built_in_conditioner_has_a_row() -> None:
+    from fractalkit.config import CONFIG_REGISTRY
+
+    built_in = {
+        kind for kind, cls in CONFIG_REGISTRY.items()
+        if cls.__module__.startswith("fractalkit.conditioners.") and kind != "unconditional"
+    }
+    covered = {cfg.kind for cfg in CONFIGS.values()}
+    assert built_in <= covered, f"add rows using {sorted(built_in - covered)} to CONFIGS"
 
 
 def build(kind: str, *, level: str = "ar", dtype=torch.float64, seed: int = 0) -> Fractal:
@@ -424,13 +435,13 @@ def test_a_conditioner_without_null_needs_a_condition(call, match) -> None:
 @pytest.mark.parametrize(
     ("make", "error", "match"),
     [
-        (lambda: dict(conditioner=Vector(2), num_classes=3), ValueError, "either conditioner= or num_classes"),
-        (lambda: dict(conditioner=Vector(2), label_drop=0.2), ValueError, "either conditioner= or num_classes"),
-        (lambda: dict(conditioner="vector"), TypeError, "must be a ConditionerConfig"),
-        (lambda: dict(conditioner=Vector(0)), ValueError, "dim must be an integer >= 1"),
-        (lambda: dict(conditioner=Vector(2, std=(1.0, 0.0))), ValueError, "std must be positive"),
-        (lambda: dict(conditioner=Sequence(4)), ValueError, "exactly one of vocab"),
-        (lambda: dict(conditioner=Sequence(4, vocab=3, heads=3)), ValueError, "not divisible by heads=3"),
+        (lambda: {"conditioner": Vector(2), "num_classes": 3}, ValueError, "either conditioner= or num_classes"),
+        (lambda: {"conditioner": Vector(2), "label_drop": 0.2}, ValueError, "either conditioner= or num_classes"),
+        (lambda: {"conditioner": "vector"}, TypeError, "must be a ConditionerConfig"),
+        (lambda: {"conditioner": Vector(0)}, ValueError, "dim must be an integer >= 1"),
+        (lambda: {"conditioner": Vector(2, std=(1.0, 0.0))}, ValueError, "std must be positive"),
+        (lambda: {"conditioner": Sequence(4)}, ValueError, "exactly one of vocab"),
+        (lambda: {"conditioner": Sequence(4, vocab=3, heads=3)}, ValueError, "not divisible by heads=3"),
     ],
 )
 def test_bad_conditioner_configs_raise(make, error, match) -> None:
@@ -470,7 +481,7 @@ def test_conditions_pass_through_ddp_training(kind: str, tmp_path) -> None:
         wrapped = nn.parallel.DistributedDataParallel(example.LossModule(model))
         c = conditions(kind, 8)
         c = c.float() if isinstance(c, torch.Tensor) else c
-        total, nll = wrapped(torch.randint(0, V, (8, E)), c, torch.Generator().manual_seed(0))
+        total, _ = wrapped(torch.randint(0, V, (8, E)), c, torch.Generator().manual_seed(0))
         total.backward()
     finally:
         dist.destroy_process_group()

@@ -114,7 +114,7 @@ def test_conditional_properties_grid_and_metrics():
     grid = C.request_grid(torch.tensor([[float(i), float(i % 3)] for i in range(100)], dtype=torch.float64), 4)
     (j0, logp), (j1, rings) = grid
     assert (j0, j1) == (0, 1) and len(logp) == 4 and logp == sorted(logp) and rings == [0.0, 1.0, 2.0]
-    (values, missing), requested = C.conditions(1, rings, 2)
+    (_, missing), requested = C.conditions(1, rings, 2)
     assert requested.tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
     assert bool(missing[:, 0].all()) and not bool(missing[:, 1].any())
     assert math.isclose(C.spearman(torch.arange(5.0), torch.arange(5.0) ** 3), 1.0)
