@@ -152,8 +152,25 @@ class Fractal(nn.Module):
             for name, m in built.named_children():
                 self.add_module(name, m)
             object.__setattr__(self, "conditioner", built)  # not a submodule: no second name
+            # load_state_dict(assign=True) replaces our parameters: hand them back.
+            self.register_load_state_dict_post_hook(lambda module, _: module._share_with_conditioner())
         else:
             self.conditioner = built
+
+    def _share_with_conditioner(self) -> None:
+        """Point an adopted (class-label) conditioner at our current parameters and modules."""
+        cond = self.conditioner
+        if cond is self._modules.get("conditioner"):
+            return
+        for name in list(cond._parameters):
+            cond._parameters[name] = self._parameters[name]
+        for name in list(cond._modules):
+            cond._modules[name] = self._modules[name]
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._share_with_conditioner()
+        return out
 
     # ---- structure ---------------------------------------------------------------------------
 

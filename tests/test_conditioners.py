@@ -487,3 +487,33 @@ def test_conditions_pass_through_ddp_training(kind: str, tmp_path) -> None:
         dist.destroy_process_group()
     grads = {name: p.grad for name, p in model.conditioner.named_parameters()}
     assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values()), grads.keys()
+
+
+def test_class_label_parameters_stay_shared_after_assign_loads_and_conversions() -> None:
+    model = build("class_label")
+    state = {k: v.clone() + 1 for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    assert model.conditioner.null_embedding is model.null_embedding
+    assert model.conditioner.class_embedding is model.class_embedding
+    y = torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(model.top_condition(y, 2)[:, 0], state["class_embedding.weight"][y])
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        model = model.float()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(False)
+    assert model.conditioner.null_embedding is model.null_embedding
+
+
+def test_training_checkpoints_keep_the_conditioner(tmp_path) -> None:
+    from fractalkit.training import load_checkpoint, save_checkpoint
+
+    model = build("frames", dtype=torch.float32)
+    save_checkpoint(tmp_path / "ckpt", model, step=3)
+    loaded = load_checkpoint(tmp_path / "ckpt").model.eval()
+    c = conditions("frames", 2)
+    x = torch.randint(0, V, (2, E))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_prob(x, c).value, model.log_prob(x, c).value, rtol=0, atol=0)
+    assert loaded.config["conditioner"] == CONFIGS["frames"].to_dict()
