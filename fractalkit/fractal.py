@@ -153,7 +153,7 @@ class Fractal(nn.Module):
                 self.add_module(name, m)
             object.__setattr__(self, "conditioner", built)  # not a submodule: no second name
             # load_state_dict(assign=True) replaces our parameters: hand them back.
-            self.register_load_state_dict_post_hook(lambda module, _: module._share_with_conditioner())
+            self.register_load_state_dict_post_hook(Fractal._reshare_after_load)
         else:
             self.conditioner = built
 
@@ -166,6 +166,10 @@ class Fractal(nn.Module):
             cond._parameters[name] = self._parameters[name]
         for name in list(cond._modules):
             cond._modules[name] = self._modules[name]
+
+    @staticmethod
+    def _reshare_after_load(module: Fractal, incompatible_keys: Any) -> None:
+        module._share_with_conditioner()
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)

@@ -517,3 +517,16 @@ def test_training_checkpoints_keep_the_conditioner(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded.log_prob(x, c).value, model.log_prob(x, c).value, rtol=0, atol=0)
     assert loaded.config["conditioner"] == CONFIGS["frames"].to_dict()
+
+
+@pytest.mark.parametrize("kind", ["class_label", "vector"])
+def test_models_pickle_whole(kind: str, tmp_path) -> None:
+    model = build(kind)
+    torch.save(model, tmp_path / "m.pt")
+    again = torch.load(tmp_path / "m.pt", weights_only=False)
+    c = conditions(kind, 2)
+    x = torch.randint(0, V, (2, E))
+    with torch.no_grad():
+        torch.testing.assert_close(again.log_prob(x, c).value, model.log_prob(x, c).value, rtol=0, atol=0)
+    if kind == "class_label":
+        assert again.conditioner.null_embedding is again.null_embedding

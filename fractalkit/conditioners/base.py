@@ -21,7 +21,7 @@ registered with :func:`fractalkit.register_config`, so it saves and loads with t
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,9 @@ class Conditioner(nn.Module, abc.ABC):
     """
 
     null_embedding: nn.Parameter | None
+    #: True for the built-ins whose parameters keep the names files used before conditioners
+    #: (``null_embedding``, ``class_embedding.weight``): the Fractal adopts them as its own.
+    LEGACY_NAMES: ClassVar[bool] = False
 
     def __init__(self, width: int, tokens: int, *, drop: float = 0.0) -> None:
         super().__init__()
