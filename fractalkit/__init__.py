@@ -6,6 +6,13 @@ order), and hands each child with its condition to the next level, down to a lea
 (:class:`RGBLeaf`, :class:`CategoricalLeaf`).
 """
 
+from fractalkit.conditioners import (
+    ClassLabel,
+    Conditioner,
+    ConditionerConfig,
+    Sequence,
+    Vector,
+)
 from fractalkit.config import (
     ComponentConfig,
     LeafConfig,
@@ -37,7 +44,10 @@ __all__ = [
     "CategoricalLeaf",
     "CategoricalLeafConfig",
     "Channels",
+    "ClassLabel",
     "ComponentConfig",
+    "Conditioner",
+    "ConditionerConfig",
     "Fractal",
     "Generator",
     "ImagePatches",
@@ -53,8 +63,10 @@ __all__ = [
     "RGBLeaf",
     "RGBLeafConfig",
     "SampleOptions",
+    "Sequence",
     "SequenceChunks",
     "TrainingLoss",
+    "Vector",
     "__version__",
     "config_from_dict",
     "partitioner_from_config",

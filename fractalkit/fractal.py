@@ -2,13 +2,14 @@
 
 The levels are checked and built by :mod:`fractalkit.composer`, configs and files are
 :mod:`fractalkit.persistence`'s, ``compile`` is :func:`fractalkit.nn.compile.compile_blocks`;
-this module holds the class conditions and the user-facing methods.
+:mod:`fractalkit.conditioners` turn conditions into the top condition; this module holds the
+user-facing methods.
 
 Shape letters: N instances (images, clips, ...), K classes, D0 the top level's width, T0 the
 condition tokens the top level reads.
 
 ``log p(x | y) = sum over children j of log p_child(x_j | c_j)`` at every level, down to the
-leaf; the class embedding (or the learned null embedding) is the top condition.
+leaf; the conditioner's output for ``c`` (or its learned null condition) is the top condition.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from fractalkit import persistence
 from fractalkit.composer import check_levels, compose, per_level_orders
+from fractalkit.conditioners import ClassLabel, Conditioner, ConditionerConfig, Unconditional
 from fractalkit.config import LeafConfig, LevelConfig
 from fractalkit.leaves.base import Leaf
 from fractalkit.levels.base import Level
@@ -32,11 +34,10 @@ from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
 from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext
-from fractalkit.sampling.rng import uniform
 from fractalkit.validation import check_log_prob
 
-# Re-exported: the converter and presets build configs in this format.
-FORMAT, FORMAT_VERSION = persistence.FORMAT, persistence.FORMAT_VERSION
+# Re-exported: the converter and presets build class-label configs, in this version.
+FORMAT, FORMAT_VERSION = persistence.FORMAT, persistence.LABEL_FORMAT_VERSION
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,13 @@ class Fractal(nn.Module):
             :class:`fractalkit.MARLevelConfig`, or a registered plug-in.
         leaf: the leaf's config (:class:`fractalkit.RGBLeafConfig`,
             :class:`fractalkit.CategoricalLeafConfig`, ...), modelling the last child shape.
-        num_classes: K for class-conditional models; 0 for unconditional ones.
-        label_drop: probability of replacing a label by the null embedding in training
-            (classifier-free guidance needs it).
+        num_classes: K for class-conditional models (builds ``ClassLabel(K)``); 0 for
+            unconditional ones (unless ``conditioner`` is given).
+        label_drop: with ``num_classes``: probability of replacing a label by the null
+            embedding in training (classifier-free guidance needs it); default 0.1.
+        conditioner: what the model is conditioned on, e.g. :class:`fractalkit.Vector` ``(3)``
+            or :class:`fractalkit.Sequence` ``(...)`` (see :mod:`fractalkit.conditioners`);
+            exclusive with ``num_classes`` and ``label_drop``.
         value_mean, value_std: how integer values become floats for linear embeddings,
             ``(v / (V - 1) - mean) / std``; a number or one per entry of the data's leading axis
             (per channel; the original uses ImageNet's mean and std).
@@ -97,38 +102,84 @@ class Fractal(nn.Module):
         leaf: LeafConfig,
         *,
         num_classes: int = 0,
-        label_drop: float = 0.1,
+        label_drop: float | None = None,
         value_mean: float | Sequence[float] = 0.5,
         value_std: float | Sequence[float] = 0.5,
+        conditioner: ConditionerConfig | None = None,
     ) -> None:
         super().__init__()
         levels = check_levels(levels, leaf)
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
             raise ValueError(f"Fractal: num_classes must be an integer >= 0, got {num_classes}")
-        if not 0 <= label_drop < 1:
-            raise ValueError(f"Fractal: label_drop must lie in [0, 1), got {label_drop}")
+        if conditioner is not None:
+            if not isinstance(conditioner, ConditionerConfig):
+                raise TypeError(
+                    "Fractal: conditioner must be a ConditionerConfig (ClassLabel(K), Vector(F), "
+                    f"Sequence(...), or your own registered one), got {type(conditioner).__name__}"
+                )
+            if num_classes or label_drop is not None:
+                raise ValueError(
+                    "Fractal: give either conditioner= or num_classes=/label_drop= (the old "
+                    "spelling of conditioner=ClassLabel(num_classes, drop=label_drop)), not both"
+                )
+        else:
+            label_drop = 0.1 if label_drop is None else label_drop
+            if not 0 <= label_drop < 1:
+                raise ValueError(f"Fractal: label_drop must lie in [0, 1), got {label_drop}")
+            conditioner = ClassLabel(num_classes, drop=float(label_drop)) if num_classes else Unconditional()
         self._spec = {
             "levels": [(p, c) for p, c in levels],
             "leaf": leaf,
-            "num_classes": num_classes,
-            "label_drop": float(label_drop),
+            "conditioner": conditioner,
+            # what version-2 configs record for unconditional models too (0.1 by default)
+            "label_drop": float(label_drop) if label_drop is not None else 0.1,
             "value_mean": value_mean,
             "value_std": value_std,
         }
         self.event_shape = tuple(levels[0][0].event_shape)
-        self.num_classes = num_classes
-        self.label_drop = float(label_drop)
+        self.num_classes = conditioner.num_classes if isinstance(conditioner, ClassLabel) else 0
+        self.label_drop = float(getattr(conditioner, "drop", self._spec["label_drop"]))
 
         normalisation = ValueNormalisation.of(self.event_shape, value_mean, value_std)
         self.root: Level = compose(levels, leaf, normalisation)
-        width = levels[0][1].width
         self.top_tokens = levels[0][1].out_tokens
-        # The unconditional ("null") condition: a learned vector, not a magic class index.
-        self.null_embedding = nn.Parameter(torch.zeros(1, width))
-        self.class_embedding = nn.Embedding(num_classes, width) if num_classes else None
-        nn.init.normal_(self.null_embedding, std=0.02)
-        if self.class_embedding is not None:
-            nn.init.normal_(self.class_embedding.weight, std=0.02)
+        built = conditioner.build(levels[0][1].width, self.top_tokens)
+        if not isinstance(built, Conditioner):
+            raise TypeError(
+                f"Fractal: {type(conditioner).__name__}.build must return a "
+                f"fractalkit.conditioners.Conditioner, got {type(built).__name__}"
+            )
+        if getattr(built, "LEGACY_NAMES", False):
+            # Class labels and no condition keep the parameter names files have always used
+            # (null_embedding, class_embedding.weight): the conditioner's parts become ours.
+            for name, p in built.named_parameters(recurse=False):
+                self.register_parameter(name, p)
+            for name, m in built.named_children():
+                self.add_module(name, m)
+            object.__setattr__(self, "conditioner", built)  # not a submodule: no second name
+            # load_state_dict(assign=True) replaces our parameters: hand them back.
+            self.register_load_state_dict_post_hook(Fractal._reshare_after_load)
+        else:
+            self.conditioner = built
+
+    def _share_with_conditioner(self) -> None:
+        """Point an adopted (class-label) conditioner at our current parameters and modules."""
+        cond = self.conditioner
+        if cond is self._modules.get("conditioner"):
+            return
+        for name in list(cond._parameters):
+            cond._parameters[name] = self._parameters[name]
+        for name in list(cond._modules):
+            cond._modules[name] = self._modules[name]
+
+    @staticmethod
+    def _reshare_after_load(module: Fractal, incompatible_keys: Any) -> None:
+        module._share_with_conditioner()
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._share_with_conditioner()
+        return out
 
     # ---- structure ---------------------------------------------------------------------------
 
@@ -157,48 +208,45 @@ class Fractal(nn.Module):
 
     # ---- conditions --------------------------------------------------------------------------
 
-    def _check_labels(self, y: Tensor | None, n: int | None) -> None:
-        if y is None:
-            return
-        if self.class_embedding is None:
+    def _condition(self, c: Any, y: Any, n: int | None) -> Any:
+        """The one condition of ``c`` and ``y`` (the class-label spelling), checked for ``n``."""
+        if y is not None:
+            if c is not None:
+                raise ValueError("Fractal: give the condition as c or as y (class labels), not both")
+            if not isinstance(self._spec["conditioner"], ClassLabel | Unconditional):
+                raise ValueError(
+                    f"Fractal: y= is the spelling for class labels; this model's conditioner is "
+                    f"{type(self._spec['conditioner']).__name__}: pass c="
+                )
+            c = y
+        if c is not None:
+            self.conditioner.check(c, n)
+        elif not self.conditioner.has_null:
             raise ValueError(
-                "Fractal: this model is unconditional (num_classes=0); pass y=None"
+                f"Fractal: this model's conditioner ({type(self.conditioner).__name__}) has no "
+                "null condition: pass a condition c"
             )
-        if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise TypeError(f"Fractal: y must be an integer tensor of class labels, got {y!r:.80}")
-        if y.dim() != 1 or (n is not None and y.shape[0] != n):
-            raise ValueError(f"Fractal: y must have shape [{n if n is not None else 'N'}], got {list(y.shape)}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(
-                f"Fractal: labels must lie in [0, {self.num_classes}), got min {int(y.min())} "
-                f"and max {int(y.max())}"
-            )
+        return c
 
     def top_condition(
         self,
-        y: Tensor | None,
+        c: Any,
         n: int,
         *,
         drop: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """The top level's condition ``[N, T0, D0]``: class embeddings, or the null embedding.
+        """The top level's condition ``[N, T0, D0]`` from the conditioner (None: the null one).
 
         Args:
-            y: int64 ``[N]`` labels, or None for unconditional.
+            c: a condition the conditioner accepts (int64 ``[N]`` labels for class labels), or
+                None for the null condition.
             n: N.
-            drop: replace each label by the null embedding with probability ``label_drop``.
-            generator: random stream for the drop.
+            drop: training mode: replace conditions by the null one with the conditioner's
+                ``drop`` probability (and its own per-part dropout).
+            generator: random stream for the dropout.
         """
-        null = self.null_embedding.expand(n, -1)
-        if y is None:
-            e = null
-        else:
-            e = self.class_embedding(y.to(null.device).long())
-            if drop and self.label_drop > 0:
-                dropped = uniform((n,), generator=generator, device=null.device) < self.label_drop
-                e = torch.where(dropped[:, None], null.to(e.dtype), e)
-        return e[:, None].expand(n, self.top_tokens, e.shape[-1])
+        return self.conditioner(c, n, drop=drop, generator=generator)
 
     def _orders(self, orders: OrderSpec | Sequence[OrderSpec]) -> tuple[OrderSpec, ...]:
         return per_level_orders(self.levels[:-1], orders)
@@ -208,23 +256,26 @@ class Fractal(nn.Module):
 
     # ---- likelihood and training -------------------------------------------------------------
 
-    def loss(self, x: Tensor, y: Tensor | None = None, *, generator=None) -> TrainingLoss:
+    def loss(self, x: Tensor, c: Any = None, *, y: Tensor | None = None, generator=None) -> TrainingLoss:
         """The training objective on a batch.
 
         MAR levels mask children with the paper's truncated-normal ratio and score the masked
-        ones only; labels are dropped with ``label_drop`` when the module is in training mode.
+        ones only; conditions are dropped (replaced by the null condition) with the
+        conditioner's ``drop`` probability when the module is in training mode.
 
         Args:
             x: integer ``[N, *event_shape]`` in ``[0, V)``.
-            y: int64 ``[N]`` labels or None.
-            generator: random stream for masks, orders and label dropout.
+            c: the condition for the model's conditioner (e.g. float ``[N, F]`` for
+                :class:`fractalkit.Vector`), or None (the null condition).
+            y: int64 ``[N]`` class labels: the class-label spelling of ``c``.
+            generator: random stream for masks, orders and condition dropout.
 
         Returns:
             A :class:`TrainingLoss` (nats per scored dimension).
         """
         self.root.check_x(x)
-        self._check_labels(y, x.shape[0])
-        cond = self.top_condition(y, x.shape[0], drop=self.training, generator=generator)
+        c = self._condition(c, y, x.shape[0])
+        cond = self.top_condition(c, x.shape[0], drop=self.training, generator=generator)
         score = self.root.score(x.long(), cond, ScoreContext("train", generator=generator))
         dims = score.dims.sum().clamp(min=1)
         nll = -score.logp.sum() / dims
@@ -237,8 +288,9 @@ class Fractal(nn.Module):
     def log_prob(
         self,
         x: Tensor,
-        y: Tensor | None = None,
+        c: Any = None,
         *,
+        y: Tensor | None = None,
         orders: OrderSpec | Sequence[OrderSpec] = None,
         num_draws: int = 1,
         generator: torch.Generator | None = None,
@@ -258,7 +310,8 @@ class Fractal(nn.Module):
 
         Args:
             x: integer ``[N, *event_shape]`` in ``[0, V)``.
-            y: int64 ``[N]`` labels, or None for the unconditional likelihood.
+            c: the condition, or None for the likelihood under the null condition.
+            y: int64 ``[N]`` class labels: the class-label spelling of ``c``.
             orders: see above; a tensor is ``[L]`` (shared) or ``[N, L]`` (top level only).
             num_draws: draws averaged for an estimate.
             generator: random stream for orders and masks.
@@ -267,11 +320,11 @@ class Fractal(nn.Module):
             :class:`fractalkit.LogProb` with ``value [N]``.
         """
         self.root.check_x(x)
-        self._check_labels(y, x.shape[0])
+        c = self._condition(c, y, x.shape[0])
         if not isinstance(num_draws, int) or num_draws < 1:
             raise ValueError(f"Fractal.log_prob: num_draws must be a positive integer, got {num_draws}")
         x = x.long()
-        cond = self.top_condition(y, x.shape[0])
+        cond = self.top_condition(c, x.shape[0])
         if orders is not None or not self._has_orders():
             ctx = ScoreContext("exact", generator=generator, orders=self._orders(orders))
             score = self.root.score(x, cond, ctx)
@@ -286,17 +339,17 @@ class Fractal(nn.Module):
             stderr = values.std(dim=0, unbiased=True) / math.sqrt(num_draws)
         return LogProb(values.mean(0), draws[0].kind, stderr, num_draws)
 
-    def bits_per_dim(self, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> BitsPerDim:
+    def bits_per_dim(self, x: Tensor, c: Any = None, **kwargs: Any) -> BitsPerDim:
         """``-log_prob / (num_dims ln 2)`` per instance, labelled with its kind.
 
-        Takes the arguments of :meth:`log_prob`; ``y=None`` gives the unconditional figure.
+        Takes the arguments of :meth:`log_prob`; no condition gives the unconditional figure.
         """
-        return self.log_prob(x, y, **kwargs).bits_per_dim(self.num_dims)
+        return self.log_prob(x, c, **kwargs).bits_per_dim(self.num_dims)
 
     # ---- compatibility path: explicit masks --------------------------------------------------
 
     def teacher_forced(
-        self, x: Tensor, y: Tensor | None, masks: Sequence[Tensor | None]
+        self, x: Tensor, c: Any, masks: Sequence[Tensor | None]
     ) -> LogProb:
         """Compatibility path: score with explicit MAR masks (one bool ``[n_level, L]`` per MAR
         level, None for AR); :func:`fractalkit.compat.fractalgen.teacher_forced_leaf_logits`
@@ -307,8 +360,8 @@ class Fractal(nn.Module):
         child index) order. The result is unweighted, labelled an estimate.
         """
         self.root.check_x(x)
-        self._check_labels(y, x.shape[0])
-        cond = self.top_condition(y, x.shape[0])
+        c = self._condition(c, None, x.shape[0])
+        cond = self.top_condition(c, x.shape[0])
         score = self.root.score(x.long(), cond, ScoreContext("masks", masks=tuple(masks)))
         return LogProb(score.logp, "estimate")
 
@@ -318,7 +371,7 @@ class Fractal(nn.Module):
         self,
         x: Tensor,
         known: Tensor,
-        y: Tensor | None,
+        c: Any,
         options: SampleOptions,
         generator,
         orders,
@@ -331,13 +384,13 @@ class Fractal(nn.Module):
                 f"got {len(options.steps)}"
             )
         guided = options.guidance != 1.0
-        if guided and (y is None or self.class_embedding is None):
+        if guided and (c is None or not self.conditioner.has_null):
             raise ValueError(
-                "guidance needs a class-conditional model and labels y; use guidance=1.0 for "
-                "unconditional sampling"
+                "guidance needs a class-conditional model (or any conditioner with a null "
+                "condition) and a condition c (labels y); use guidance=1.0 for unconditional sampling"
             )
-        cond = self.top_condition(y, n)
-        if guided:
+        cond = self.top_condition(c, n)
+        if guided:  # the unconditional half reads the null condition
             cond = torch.cat([cond, self.top_condition(None, n).to(cond.dtype)])
             x, known = x.repeat(2, *([1] * (x.dim() - 1))), known.repeat(2, *([1] * (x.dim() - 1)))
         ctx = DecodeContext(
@@ -350,8 +403,9 @@ class Fractal(nn.Module):
     def sample(
         self,
         num_samples: int | None = None,
-        y: Tensor | None = None,
+        c: Any = None,
         *,
+        y: Tensor | None = None,
         options: SampleOptions | None = None,
         generator: torch.Generator | None = None,
         orders: OrderSpec | Sequence[OrderSpec] = None,
@@ -360,10 +414,13 @@ class Fractal(nn.Module):
         """Draw instances depth-first through the levels.
 
         Args:
-            num_samples: N for unconditional sampling (or with ``y``, must match it).
-            y: int64 ``[N]`` class labels, or None (unconditional).
+            num_samples: N for unconditional sampling (or with a condition, must match it).
+            c: the condition for N instances (the conditioner's kind), or None (unconditional).
+            y: int64 ``[N]`` class labels: the class-label spelling of ``c``.
             options: a :class:`fractalkit.SampleOptions`; keyword ``overrides`` replace its fields
                 (``guidance=4.0, temperature=0.9, steps=(64, 16)``; unknown names raise).
+                Guidance works with every conditioner that has a null condition: the
+                unconditional half reads it.
             generator: the random stream; the same seed gives the same samples.
             orders: MAR orders (default: random per instance from ``generator``).
 
@@ -371,24 +428,28 @@ class Fractal(nn.Module):
             int64 ``[N, *event_shape]`` on the model's device.
         """
         options = SampleOptions.make(options, **overrides)
-        if y is not None:
-            self._check_labels(y, num_samples)
-            n = y.shape[0]
+        if c is not None or y is not None:
+            c = self._condition(c, y, num_samples)
+            n = self.conditioner.check(c, num_samples)
         elif num_samples is None or not isinstance(num_samples, int) or num_samples < 0:
-            raise ValueError(f"sample: give num_samples (a non-negative int) or labels y, got {num_samples!r}")
+            raise ValueError(
+                f"sample: give num_samples (a non-negative int) or a condition c (labels y), got {num_samples!r}"
+            )
         else:
+            c = self._condition(None, None, num_samples)
             n = num_samples
-        device = self.null_embedding.device
+        device = next(self.root.parameters()).device
         x = torch.zeros(n, *self.event_shape, dtype=torch.long, device=device)
-        return self._decode(x, torch.zeros_like(x, dtype=torch.bool), y, options, generator, orders)[0]
+        return self._decode(x, torch.zeros_like(x, dtype=torch.bool), c, options, generator, orders)[0]
 
     @torch.no_grad()
     def complete(
         self,
         x: Tensor,
         known: Tensor,
-        y: Tensor | None = None,
+        c: Any = None,
         *,
+        y: Tensor | None = None,
         options: SampleOptions | None = None,
         generator: torch.Generator | None = None,
         orders: OrderSpec | Sequence[OrderSpec] = None,
@@ -408,7 +469,7 @@ class Fractal(nn.Module):
         Args:
             x: integer ``[N, *event_shape]``; unknown entries may hold anything in range.
             known: bool ``[N, *event_shape]``, True where ``x`` is given.
-            y, options, generator, orders, overrides: as in :meth:`sample`.
+            c, y, options, generator, orders, overrides: as in :meth:`sample`.
 
         Returns:
             int64 ``[N, *event_shape]`` equal to ``x`` wherever ``known``.
@@ -419,17 +480,18 @@ class Fractal(nn.Module):
                 f"complete: known must be a bool tensor of x's shape {list(x.shape)}, got "
                 f"{getattr(known, 'dtype', type(known))} {list(getattr(known, 'shape', []))}"
             )
-        self._check_labels(y, x.shape[0])
+        c = self._condition(c, y, x.shape[0])
         options = SampleOptions.make(options, **overrides)
-        out = self._decode(x.long(), known, y, options, generator, orders)[0]
+        out = self._decode(x.long(), known, c, options, generator, orders)[0]
         return torch.where(known, x.long(), out)
 
     @torch.no_grad()
     def stepwise_log_prob(
         self,
         x: Tensor,
-        y: Tensor | None = None,
+        c: Any = None,
         *,
+        y: Tensor | None = None,
         orders: OrderSpec | Sequence[OrderSpec] = "identity",
         kv_cache: bool = True,
     ) -> Tensor:
@@ -440,10 +502,10 @@ class Fractal(nn.Module):
         independent path to :meth:`log_prob` with the same ``orders``; tests check both agree.
         """
         self.root.check_x(x)
-        self._check_labels(y, x.shape[0])
+        c = self._condition(c, y, x.shape[0])
         options = SampleOptions(kv_cache=kv_cache)
         known = torch.ones_like(x, dtype=torch.bool)
-        return self._decode(x.long(), known, y, options, None, orders, force=True)[1]
+        return self._decode(x.long(), known, c, options, None, orders, force=True)[1]
 
     # ---- speed -------------------------------------------------------------------------------
 

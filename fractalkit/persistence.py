@@ -1,13 +1,18 @@
 """Persistence of a :class:`fractalkit.Fractal`: its versioned JSON config, and safetensors files.
 
 A model is described by a JSON-serialisable dict (:func:`model_config`): the format name, its
-version, each level's partitioner and level config, the leaf config, the class count, label
-dropout and value normalisation. :func:`save` writes the weights as safetensors with that dict in
+version, each level's partitioner and level config, the leaf config, what it is conditioned on
+(the class count and label dropout, or a conditioner's config) and value normalisation. :func:`save` writes the weights as safetensors with that dict in
 the file's metadata; :func:`load` rebuilds the model from it. The training checkpoints
 (:mod:`fractalkit.training.checkpoint`) store their models through the same two functions.
 
-Versions: 1 (fractalkit 0.1); 2 adds ``guide_input`` to MAR level configs. Version-1 configs
-load unchanged (the new field takes its default).
+Versions: 1 (fractalkit 0.1); 2 adds ``guide_input`` to MAR level configs; 3 replaces
+``num_classes`` and ``label_drop`` by a ``conditioner`` entry (a registered
+:class:`fractalkit.conditioners.ConditionerConfig`'s dict). Version-1 and -2 configs load
+unchanged (new fields take their defaults). A model is written in the oldest version that
+holds it: class-conditional and unconditional models still write version 2 (so files they
+write stay readable by fractalkit versions before conditioners), models with any other
+conditioner write version 3.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fractalkit.conditioners import ClassLabel, Unconditional
 from fractalkit.config import config_from_dict
 from fractalkit.filemodes import apply_umask
 from fractalkit.partition import partitioner_from_config
@@ -28,10 +34,18 @@ if TYPE_CHECKING:
     from fractalkit.fractal import Fractal
 
 FORMAT = "fractalkit.Fractal"
-FORMAT_VERSION = 2
+#: the newest version this fractalkit writes (for models with a non-class-label conditioner)
+FORMAT_VERSION = 3
+#: the version written for class-conditional and unconditional models
+LABEL_FORMAT_VERSION = 2
 #: versions this fractalkit reads
-READABLE_VERSIONS = (1, 2)
-_KEYS = {"format", "version", "levels", "leaf", "num_classes", "label_drop", "value_mean", "value_std"}
+READABLE_VERSIONS = (1, 2, 3)
+_COMMON_KEYS = {"format", "version", "levels", "leaf", "value_mean", "value_std"}
+_KEYS = {
+    1: _COMMON_KEYS | {"num_classes", "label_drop"},
+    2: _COMMON_KEYS | {"num_classes", "label_drop"},
+    3: _COMMON_KEYS | {"conditioner"},
+}
 
 
 def model_config(model: Fractal) -> dict[str, Any]:
@@ -41,13 +55,19 @@ def model_config(model: Fractal) -> dict[str, Any]:
     def plain(v):
         return v if isinstance(v, int | float) else [float(t) for t in v]
 
+    conditioner = spec["conditioner"]
+    labels = isinstance(conditioner, ClassLabel | Unconditional)
+    condition: dict[str, Any] = (
+        {"num_classes": model.num_classes, "label_drop": spec["label_drop"]}
+        if labels
+        else {"conditioner": conditioner.to_dict()}
+    )
     return {
         "format": FORMAT,
-        "version": FORMAT_VERSION,
+        "version": LABEL_FORMAT_VERSION if labels else FORMAT_VERSION,
         "levels": [{"partitioner": p.config(), "level": c.to_dict()} for p, c in spec["levels"]],
         "leaf": spec["leaf"].to_dict(),
-        "num_classes": spec["num_classes"],
-        "label_drop": spec["label_drop"],
+        **condition,
         "value_mean": plain(spec["value_mean"]),
         "value_std": plain(spec["value_std"]),
     }
@@ -69,20 +89,27 @@ def model_from_config(cls: type[Fractal], config: dict[str, Any]) -> Fractal:
             f"Fractal.from_config: config version {config.get('version')} is not supported "
             f"(this fractalkit reads versions {list(READABLE_VERSIONS)})"
         )
-    unknown = sorted(set(config) - _KEYS)
-    if unknown:
-        raise ValueError(f"Fractal.from_config: unknown keys {unknown}")
+    keys = _KEYS[config["version"]]
+    unknown, missing = sorted(set(config) - keys), sorted(keys - set(config))
+    if unknown or missing:
+        raise ValueError(
+            f"Fractal.from_config: a version-{config['version']} config has unknown keys "
+            f"{unknown} and lacks {missing}"
+        )
     levels = [
         (partitioner_from_config(entry["partitioner"]), config_from_dict(entry["level"]))
         for entry in config["levels"]
     ]
+    if config["version"] >= 3:
+        condition: dict[str, Any] = {"conditioner": config_from_dict(config["conditioner"])}
+    else:
+        condition = {"num_classes": config["num_classes"], "label_drop": config["label_drop"]}
     return cls(
         levels,
         config_from_dict(config["leaf"]),
-        num_classes=config["num_classes"],
-        label_drop=config["label_drop"],
         value_mean=config["value_mean"],
         value_std=config["value_std"],
+        **condition,
     )
 
 

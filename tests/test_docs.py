@@ -72,6 +72,7 @@ def test_snippets_are_found() -> None:
         "docs/tutorials/completion.md",
         "docs/tutorials/sampling.md",
         "docs/tutorials/testing.md",
+        "docs/tutorials/conditioning.md",
     ):
         assert required in pages, f"{required} has no runnable snippet"
 

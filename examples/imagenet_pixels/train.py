@@ -158,9 +158,10 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, y, generator):
-        """Returns ``(total, nll)`` scalars; see :meth:`fractalkit.Fractal.loss`."""
-        out = self.model.loss(x, y, generator=generator)
+    def forward(self, x, c, generator):
+        """Returns ``(total, nll)`` scalars; ``c`` is any condition the model's conditioner
+        takes (class labels here); see :meth:`fractalkit.Fractal.loss`."""
+        out = self.model.loss(x, c, generator=generator)
         return out.total, out.nll
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, cli
+from fractalkit import ARLevelConfig, CategoricalLeafConfig, ConditionerConfig, Fractal, cli
 from fractalkit.partition import Graph, GraphEncoding, SequenceChunks, bfs_order
 from fractalkit.training import budget
 
@@ -182,8 +182,9 @@ def sample_metrics(smiles: list[str | None], training: set[str]) -> dict[str, fl
     }
 
 
-def build_model(kind: str, *, small: bool = False) -> Fractal:
-    """The graph fractal (``"fractal"``) or the flat baseline (``"flat"``), unconditional.
+def build_model(kind: str, *, small: bool = False, conditioner: ConditionerConfig | None = None) -> Fractal:
+    """The graph fractal (``"fractal"``) or the flat baseline (``"flat"``), unconditional
+    unless a ``conditioner`` is given (``conditional.py`` gives a :class:`fractalkit.Vector`).
 
     Raises:
         ValueError: for an unknown ``kind``.
@@ -201,7 +202,7 @@ def build_model(kind: str, *, small: bool = False) -> Fractal:
         levels = [(SequenceChunks(ENCODING.event_shape[0], 1), level(128, 4))]
     else:
         raise ValueError(f"build_model: kind must be 'fractal' or 'flat', got {kind!r}")
-    return Fractal(levels, leaf=leaf, num_classes=0)
+    return Fractal(levels, leaf=leaf, conditioner=conditioner)
 
 
 def train(model: Fractal, x: torch.Tensor, *, budget_s: float, batch: int = 64, lr: float = 1e-3,

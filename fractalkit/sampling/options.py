@@ -36,7 +36,8 @@ class SampleOptions:
     """Everything that shapes a draw, passed down every level as one object.
 
     Attributes:
-        guidance: classifier-free guidance scale w (1.0 = none); needs a class-conditional model.
+        guidance: classifier-free guidance scale w (1.0 = none); needs a conditional model
+            (any conditioner with a null condition) and a condition.
         guidance_schedule: ``"constant"``, or ``"linear"`` in the top level's progress (lower
             levels use the value the top level set, as the original does).
         temperature: T > 0; logits are *divided* by T (below 1 sharpens). The original FractalGen

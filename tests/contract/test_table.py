@@ -41,7 +41,9 @@ def _library_config_kinds() -> set[str]:
     for package in (fractalkit.levels, fractalkit.leaves):
         for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
             importlib.import_module(info.name)
-    return {kind for kind, cls in CONFIG_REGISTRY.items() if cls.__module__.startswith("fractalkit.")}
+    # conditioners have their own table: tests/test_conditioners.py
+    packages = ("fractalkit.levels.", "fractalkit.leaves.")
+    return {kind for kind, cls in CONFIG_REGISTRY.items() if cls.__module__.startswith(packages)}
 
 
 def test_every_registered_component_has_a_row() -> None:

@@ -94,3 +94,43 @@ def test_one_training_step_nll_and_samples(qm9_slice, kind):
     metrics = M.sample_metrics(samples, set(smiles))
     assert 0 <= metrics["validity"] <= 1
     assert M.flops_per_example(model, x) > 0
+
+
+def load_conditional():
+    spec = importlib.util.spec_from_file_location(
+        "molecules_conditional", ROOT / "examples" / "molecules" / "conditional.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_conditional_properties_grid_and_metrics():
+    C = load_conditional()
+    props = C.properties(["CCO", "c1ccccc1", None])
+    assert props.shape == (3, 2) and props[1, 1] == 1 and props[0, 1] == 0
+    assert props[0, 0] < props[1, 0]  # ethanol is less lipophilic than benzene
+    assert bool(props[2].isnan().all())
+    grid = C.request_grid(torch.tensor([[float(i), float(i % 3)] for i in range(100)], dtype=torch.float64), 4)
+    (j0, logp), (j1, rings) = grid
+    assert (j0, j1) == (0, 1) and len(logp) == 4 and logp == sorted(logp) and rings == [0.0, 1.0, 2.0]
+    (_, missing), requested = C.conditions(1, rings, 2)
+    assert requested.tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+    assert bool(missing[:, 0].all()) and not bool(missing[:, 1].any())
+    assert math.isclose(C.spearman(torch.arange(5.0), torch.arange(5.0) ** 3), 1.0)
+
+
+def test_conditional_model_trains_and_samples_on_requests(qm9_slice):
+    C = load_conditional()
+    x, smiles = qm9_slice
+    props = C.properties(smiles).float()
+    torch.manual_seed(0)
+    model = M.build_model("fractal", small=True, conditioner=C.Vector.fitted(props, feature_drop=0.3))
+    log = C.budget.train_for_budget(model, lambda g: (x[:16], props[:16]), budget_s=60, max_steps=1,
+                                    generator=torch.Generator().manual_seed(0))
+    assert log["steps"] == 1
+    model.eval()
+    c, requested = C.conditions(0, [0.0, 1.0], 3)
+    out = model.sample(c=c, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    metrics = C.evaluate(out, 0, requested, set(smiles))
+    assert out.shape == (6, 81) and 0 <= metrics["validity"] <= 1 and "mae" in metrics

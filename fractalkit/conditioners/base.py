@@ -1,0 +1,148 @@
+"""The conditioner contract: a user condition ``c`` for N instances -> the top level's condition.
+
+Shape letters: N instances, T the condition tokens the top level reads (its ``out_tokens``),
+D its width.
+
+A conditioner is described by a :class:`ConditionerConfig` (a frozen dataclass with a ``kind``,
+registered with :func:`fractalkit.register_config`, so it saves and loads with the model) whose
+``build(width, tokens)`` returns a :class:`Conditioner` module. The module
+
+- checks a condition (:meth:`Conditioner.check`: clear errors for a wrong N, wrong shapes or
+  dtypes, non-finite values) and returns N;
+- embeds it (:meth:`Conditioner.embed`) as ``[N, D]`` (one vector read by every token) or
+  ``[N, T, D]``;
+- owns a learned *null* condition (``null_embedding``, ``[1, D]`` or ``[T, D]``): what
+  ``c=None`` means, what the unconditional half of classifier-free guidance reads, and what
+  whole-condition dropout (probability ``drop``, training mode only) substitutes.
+
+:meth:`Conditioner.forward` puts these together; :class:`fractalkit.Fractal` only calls it.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from fractalkit.config import ComponentConfig
+from fractalkit.sampling.rng import uniform
+
+
+class Conditioner(nn.Module, abc.ABC):
+    """Maps a user condition for N instances to the top level's condition ``[N, T, D]``.
+
+    Subclasses implement :meth:`check` and :meth:`embed`, and create ``null_embedding``
+    (``[1, D]`` or ``[T, D]``; or set it to None for a conditioner without a null condition,
+    which then needs a condition on every call and cannot guide).
+
+    Args:
+        width: D, the top level's width.
+        tokens: T, the condition tokens the top level reads.
+        drop: probability of replacing a whole condition by the null one in training mode
+            (classifier-free guidance needs it); in [0, 1).
+    """
+
+    null_embedding: nn.Parameter | None
+    #: True for the built-ins whose parameters keep the names files used before conditioners
+    #: (``null_embedding``, ``class_embedding.weight``): the Fractal adopts them as its own.
+    LEGACY_NAMES: ClassVar[bool] = False
+
+    def __init__(self, width: int, tokens: int, *, drop: float = 0.0) -> None:
+        super().__init__()
+        if not 0 <= drop < 1:
+            raise ValueError(f"{type(self).__name__}: drop must lie in [0, 1), got {drop}")
+        self.width, self.tokens, self.drop = int(width), int(tokens), float(drop)
+
+    @property
+    def has_null(self) -> bool:
+        """Whether ``c=None`` (and so guidance and condition dropout) is possible."""
+        return getattr(self, "null_embedding", None) is not None
+
+    @abc.abstractmethod
+    def check(self, c: Any, n: int | None) -> int:
+        """Validate ``c`` for ``n`` instances (None: any N) and return N.
+
+        Raises:
+            TypeError, ValueError: saying what is wrong with ``c`` and what is expected.
+        """
+
+    @abc.abstractmethod
+    def embed(self, c: Any, *, drop: bool, generator: torch.Generator | None) -> Tensor:
+        """The embedded (checked) condition, ``[N, D]`` or ``[N, T, D]``.
+
+        Args:
+            c: a condition :meth:`check` accepted.
+            drop: training mode: apply the conditioner's own per-part dropout, if any.
+            generator: random stream for that dropout.
+        """
+
+    def null(self, n: int) -> Tensor:
+        """The null condition for ``n`` instances, ``[N, D]`` (a ``[1, D]`` null) or ``[N, T, D]``."""
+        if not self.has_null:
+            raise ValueError(
+                f"{type(self).__name__} has no null condition: pass a condition c for every "
+                "instance (guidance and condition dropout need a null condition)"
+            )
+        null = self.null_embedding
+        if null.shape[0] == 1:
+            return null.expand(n, -1)
+        return null[None].expand(n, *null.shape)
+
+    def forward(
+        self,
+        c: Any,
+        n: int,
+        *,
+        drop: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The top condition ``[N, T, D]`` for a checked ``c`` (None: the null condition).
+
+        Args:
+            c: the condition, or None.
+            n: N.
+            drop: training mode: replace each instance's condition by the null one with
+                probability ``self.drop`` (and apply :meth:`embed`'s per-part dropout).
+            generator: random stream for the dropout.
+        """
+        if c is None:
+            e = self.null(n)
+        else:
+            e = self.embed(c, drop=drop, generator=generator)
+            if drop and self.drop > 0 and self.has_null:
+                null = self.null(n)
+                dropped = uniform((n,), generator=generator, device=e.device) < self.drop
+                if e.dim() == 3 and null.dim() == 2:
+                    null = null[:, None].expand_as(e)
+                keep_shape = (n,) + (1,) * (e.dim() - 1)
+                e = torch.where(dropped.view(keep_shape), null.to(e.dtype), e)
+        if e.dim() == 2:  # one vector read by every token
+            return e[:, None].expand(n, self.tokens, e.shape[-1])
+        return e
+
+
+class ConditionerConfig(ComponentConfig, abc.ABC):
+    """The contract of a conditioner's config: a registered frozen dataclass with ``build``.
+
+    Subclasses set a unique ``kind``, define their fields (JSON values only) and are
+    decorated with :func:`fractalkit.register_config`; the model's config stores them, so a
+    saved model rebuilds its conditioner.
+    """
+
+    @abc.abstractmethod
+    def build(self, width: int, tokens: int) -> Conditioner:
+        """The conditioner for a top level of width ``D = width`` reading ``T = tokens`` tokens."""
+
+
+def check_instances(c: Tensor, n: int | None, what: str) -> int:
+    """N of a condition whose leading axis is N, checked against ``n`` (None: any)."""
+    if c.dim() == 0:
+        raise ValueError(f"{what}: expected a leading axis of N instances, got a scalar")
+    if n is not None and c.shape[0] != n:
+        raise ValueError(
+            f"{what}: the condition is for {c.shape[0]} instances but {n} were given "
+            f"(shape {list(c.shape)}); give one condition per instance"
+        )
+    return int(c.shape[0])

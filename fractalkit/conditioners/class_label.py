@@ -1,0 +1,129 @@
+"""Class labels (``ClassLabel``) and no condition at all (``Unconditional``).
+
+Shape letters: N instances, K classes, D the top level's width.
+
+Both keep the names today's files use: a :class:`fractalkit.Fractal` adopts their parameters
+as its own ``null_embedding`` ``[1, D]`` and ``class_embedding.weight`` ``[K, D]``
+(``LEGACY_NAMES``), so models and files from before conditioners existed load unchanged and
+give the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from fractalkit.conditioners.base import Conditioner, ConditionerConfig
+from fractalkit.config import register_config
+
+
+class ClassLabelConditioner(Conditioner):
+    """Integer labels in ``[0, K)`` -> a learned embedding each; the null one is separate.
+
+    Args:
+        width: D.
+        tokens: T (every token reads the same vector).
+        num_classes: K > 0.
+        drop: whole-label dropout probability in training mode.
+    """
+
+    LEGACY_NAMES: ClassVar[bool] = True
+
+    def __init__(self, width: int, tokens: int, num_classes: int, *, drop: float = 0.1) -> None:
+        super().__init__(width, tokens, drop=drop)
+        self.num_classes = num_classes
+        # Creation and initialisation order as before conditioners: same weights from a seed.
+        self.null_embedding = nn.Parameter(torch.zeros(1, width))
+        self.class_embedding = nn.Embedding(num_classes, width)
+        nn.init.normal_(self.null_embedding, std=0.02)
+        nn.init.normal_(self.class_embedding.weight, std=0.02)
+
+    def check(self, c: Any, n: int | None) -> int:
+        """``c``: an integer tensor ``[N]`` of labels in ``[0, K)``."""
+        if not isinstance(c, Tensor) or c.dtype.is_floating_point or c.dtype == torch.bool:
+            raise TypeError(
+                f"ClassLabel: y must be an integer tensor of class labels (the condition), got {c!r:.80}"
+            )
+        if c.dim() != 1 or (n is not None and c.shape[0] != n):
+            raise ValueError(
+                f"ClassLabel: y must have shape [{n if n is not None else 'N'}] (one label per "
+                f"instance), got {list(c.shape)}"
+            )
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
+            raise ValueError(
+                f"ClassLabel: labels must lie in [0, {self.num_classes}), got min {int(c.min())} "
+                f"and max {int(c.max())}"
+            )
+        return int(c.shape[0])
+
+    def embed(self, c: Tensor, *, drop: bool, generator: torch.Generator | None) -> Tensor:
+        """``[N, D]`` label embeddings."""
+        return self.class_embedding(c.to(self.null_embedding.device).long())
+
+
+class UnconditionalConditioner(Conditioner):
+    """No condition: every instance reads the learned ``null_embedding`` ``[1, D]``.
+
+    Args:
+        width: D.
+        tokens: T.
+    """
+
+    LEGACY_NAMES: ClassVar[bool] = True
+
+    def __init__(self, width: int, tokens: int) -> None:
+        super().__init__(width, tokens)
+        self.null_embedding = nn.Parameter(torch.zeros(1, width))
+        nn.init.normal_(self.null_embedding, std=0.02)
+
+    def check(self, c: Any, n: int | None) -> int:
+        """Refuses every condition: the model is unconditional."""
+        raise ValueError(
+            "Fractal: this model is unconditional (no conditioner, num_classes=0); pass no "
+            "condition (c=None, y=None)"
+        )
+
+    def embed(self, c: Any, *, drop: bool, generator: torch.Generator | None) -> Tensor:
+        """Never called: :meth:`check` refuses every condition."""
+        raise AssertionError("unreachable")
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class ClassLabel(ConditionerConfig):
+    """Condition on an integer class label (what ``Fractal(num_classes=K)`` builds).
+
+    ``c`` (or ``y=``) is an integer tensor ``[N]`` in ``[0, K)``.
+
+    Attributes:
+        num_classes: K > 0.
+        drop: probability of replacing a label by the null embedding in training mode.
+    """
+
+    kind: ClassVar[str] = "class_label"
+    num_classes: int
+    drop: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"ClassLabel: num_classes must be an integer >= 1, got {self.num_classes}")
+
+    def build(self, width: int, tokens: int) -> ClassLabelConditioner:
+        """A :class:`ClassLabelConditioner`."""
+        return ClassLabelConditioner(width, tokens, self.num_classes, drop=self.drop)
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class Unconditional(ConditionerConfig):
+    """No condition (what ``Fractal(num_classes=0)`` builds): ``c`` must be None."""
+
+    kind: ClassVar[str] = "unconditional"
+
+    def build(self, width: int, tokens: int) -> UnconditionalConditioner:
+        """An :class:`UnconditionalConditioner`."""
+        return UnconditionalConditioner(width, tokens)
+
