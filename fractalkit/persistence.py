@@ -77,7 +77,7 @@ def model_from_config(cls: type[Fractal], config: dict[str, Any]) -> Fractal:
     """A freshly initialised ``cls`` from :func:`model_config` output (any readable version).
 
     Raises:
-        ValueError: not a fractalkit config, an unreadable version, or unknown keys.
+        ValueError: not a fractalkit config, an unreadable version, missing or unknown keys.
     """
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(
@@ -91,10 +91,15 @@ def model_from_config(cls: type[Fractal], config: dict[str, Any]) -> Fractal:
         )
     keys = _KEYS[config["version"]]
     unknown, missing = sorted(set(config) - keys), sorted(keys - set(config))
-    if unknown or missing:
+    if missing:
+        names = ", ".join(repr(k) for k in missing)
         raise ValueError(
-            f"Fractal.from_config: a version-{config['version']} config has unknown keys "
-            f"{unknown} and lacks {missing}"
+            f"Fractal.from_config: a version-{config['version']} config lacks the required "
+            f"key{'s' if len(missing) > 1 else ''} {names}"
+        )
+    if unknown:
+        raise ValueError(
+            f"Fractal.from_config: unknown keys {unknown} for a version-{config['version']} config"
         )
     levels = [
         (partitioner_from_config(entry["partitioner"]), config_from_dict(entry["level"]))

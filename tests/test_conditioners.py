@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 import pytest
 import torch
 from contract.examples import roughen
-from contract.stats import chi_square
 from torch import nn
 
 from fractalkit import (
@@ -34,6 +33,7 @@ from fractalkit import (
 from fractalkit.conditioners import Padded, check_instances
 from fractalkit.data import all_configurations, configuration_index
 from fractalkit.sampling.guidance import guided_logits
+from fractalkit.testing import chi_square
 
 E, V = 3, 3  # three elements of three values: 27 configurations
 

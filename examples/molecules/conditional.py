@@ -34,14 +34,13 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
-from fractalkit import Vector
+from fractalkit import Vector, cli
 from fractalkit.training import budget
 
 HERE = Path(__file__).resolve().parent
@@ -126,16 +125,16 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train the conditional fractal, sample on the request grid, print and write the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     budget.add_budget_arguments(ap, batch=64, out=HERE / "results_conditional", budget_s=180.0,
                                 models="fractal", device_help="torch device")
-    ap.add_argument("--limit", type=int, default=40_000, help="QM9 rows read (the first ones)")
-    ap.add_argument("--points", type=int, default=6, help="requested values per property")
-    ap.add_argument("--per-value", type=int, default=100, help="samples per requested value")
-    ap.add_argument("--guidance", type=float, nargs=2, default=(1.0, 3.0), help="two guidance scales")
-    ap.add_argument("--max-steps", type=int, default=None,
+    ap.add_argument("--limit", type=cli.positive_int, default=40_000, help="QM9 rows read (the first ones)")
+    ap.add_argument("--points", type=cli.positive_int, default=6, help="requested values per property")
+    ap.add_argument("--per-value", type=cli.positive_int, default=100, help="samples per requested value")
+    ap.add_argument("--guidance", type=cli.non_negative_float, nargs=2, default=(1.0, 3.0), help="two guidance scales")
+    ap.add_argument("--max-steps", type=cli.positive_int, default=None,
                     help="stop training after this many steps as well (a step count that does not "
                          "depend on how loaded the machine is)")
     ap.add_argument("--train-reference", action="store_true",
@@ -143,10 +142,8 @@ def main() -> None:
                          "second reference")
     ap.add_argument("--cache", type=Path, default=None,
                     help="a .pt file caching the preprocessed QM9 slice (none by default)")
-    args = ap.parse_args()
-    for name in ("budget_s", "limit", "points", "per_value"):
-        if not getattr(args, name) > 0:
-            ap.error(f"--{name.replace('_', '-')} must be positive")
+    cli.add_debug_argument(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -220,4 +217,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
