@@ -85,3 +85,25 @@ def test_bf16_likelihoods_within_the_stated_tolerance(kind: str) -> None:
         assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
         assert float((got - ref).abs().max()) <= BF16_NATS_PER_DIM * dims, (got, ref)
     assert float((steps - teacher).abs().max()) <= BF16_NATS_PER_DIM * dims
+
+
+def test_leaf_decodes_in_its_weights_dtype_under_cpu_autocast() -> None:
+    """The leaf's decoding is overhead-bound: under autocast it runs as in float32, bit for bit."""
+    from fractalkit import SampleOptions
+    from fractalkit.sampling.options import DecodeContext
+
+    torch.manual_seed(0)
+    leaf = RGBLeafConfig(width=32, depth=1, heads=4).build((3,), cond_dim=16, cond_tokens=5).eval()
+    cond = torch.randn(6, 5, 16)
+    x = torch.zeros(6, 3, dtype=torch.long)
+    known = torch.zeros(6, 3, dtype=torch.bool)
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = DecodeContext(SampleOptions(), torch.Generator().manual_seed(3), guided=False, scale=1.0)
+        with torch.no_grad():
+            return leaf.decode(x, known, cond, ctx)
+
+    want = draw()
+    with autocast:
+        got = draw()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -7,6 +7,8 @@ These are what any fractalkit training script needs (the ImageNet example uses t
 - :func:`save_checkpoint` / :func:`load_checkpoint`: a checkpoint folder with the model in the
   library's safetensors format (:meth:`fractalkit.Fractal.save`), the optimizer, schedule, step,
   random-stream states and the full config, written atomically and verified on load.
+- :class:`OptimizerInBackward`: optimizer steps inside the backward pass, so the gradients of the
+  whole model never exist at once (less peak memory).
 """
 
 from fractalkit.training.budget import (
@@ -25,12 +27,14 @@ from fractalkit.training.checkpoint import (
     save_checkpoint,
 )
 from fractalkit.training.ema import EMA
+from fractalkit.training.in_backward import OptimizerInBackward
 from fractalkit.training.schedule import WarmupCosine, warmup_cosine
 
 __all__ = [
     "EMA",
     "Checkpoint",
     "CheckpointError",
+    "OptimizerInBackward",
     "Stopwatch",
     "WarmupCosine",
     "add_budget_arguments",
