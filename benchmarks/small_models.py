@@ -5,8 +5,9 @@ leaf, widths 256 / 128 / 64 (the last is the leaf), blocks 4 / 2 / 1, 5 conditio
 child (MAR neighbours), mask ratio fixed at 0.8 (``ceil(0.8 k)`` children masked per instance),
 no dropout, batch 32, fp32. AR levels use the paper's AR blocks (LLaMA, 2-D RoPE).
 
-For each model it times whole training steps (forward, backward, AdamW), then one more step
-split level by level: each level's transformer forward (module hooks on its ``backbone``, the
+The models' training steps (forward, backward, AdamW) are timed in turn, one step each per
+round, so the MAR/AR ratio is taken pair by pair (a shared machine drifts); then one more step
+of each is split level by level: each level's transformer forward (module hooks on its ``backbone``, the
 leaf's included) and the rest of the forward pass (embeddings, masking, gathering and scattering
 children, condition assembly, the loss), and the backward pass as a whole.
 
@@ -62,52 +63,74 @@ def fixed_mask_counts(n: int, length: int, *, generator, device) -> torch.Tensor
     return torch.full((n,), math.ceil(MASK_RATIO * length), dtype=torch.long, device=device)
 
 
-def measure(kind: str, batch: int, steps: int) -> dict:
-    """Median training-step seconds and one step split by level (see the module docstring)."""
-    torch.manual_seed(0)
-    model = Fractal.from_config(small_config(kind)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (batch, 3, 32, 32), generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+class Trainer:
+    """One model of :func:`small_config`, its optimizer and a fixed batch."""
 
-    def step() -> tuple[float, float, float]:
+    def __init__(self, kind: str, batch: int) -> None:
+        torch.manual_seed(0)
+        self.kind = kind
+        self.model = Fractal.from_config(small_config(kind)).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
+        self.g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, 256, (batch, 3, 32, 32), generator=self.g)
+        self.y = torch.randint(0, 10, (batch,), generator=self.g)
+
+    def step(self) -> tuple[float, float, float]:
+        """One training step: forward, backward and optimizer seconds."""
         t0 = time.perf_counter()
-        loss = model.loss(x, y, generator=g)
+        loss = self.model.loss(self.x, self.y, generator=self.g)
         t1 = time.perf_counter()
         loss.total.backward()
         t2 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
-    step()  # warm-up
-    times = [step() for _ in range(steps)]
-    timed = [getattr(gen, "backbone", None) for gen in model.levels]
-    spent = [0.0] * len(timed)
-    starts: dict[int, float] = {}
-    hooks = []
-    for i, module in enumerate(timed):
-        hooks.append(module.register_forward_pre_hook(
-            lambda m, a, i=i: starts.__setitem__(i, time.perf_counter())))
-        hooks.append(module.register_forward_hook(
-            lambda m, a, o, i=i: spent.__setitem__(i, spent[i] + time.perf_counter() - starts[i])))
-    fwd, bwd, opt_s = step()
-    for h in hooks:
-        h.remove()
-    return {
-        "kind": kind, "batch": batch, "steps_timed": steps,
-        "step_s_median": statistics.median(sum(t) for t in times),
-        "forward_s_median": statistics.median(t[0] for t in times),
-        "backward_s_median": statistics.median(t[1] for t in times),
-        "optimizer_s_median": statistics.median(t[2] for t in times),
-        "split_step": {
-            "transformer_forward_s": {f"g{i + 1}": s for i, s in enumerate(spent)},
-            "other_forward_s": fwd - sum(spent), "forward_s": fwd, "backward_s": bwd,
-            "optimizer_s": opt_s,
-        },
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    def split_step(self) -> dict:
+        """One more step with each level's transformer forward timed by module hooks."""
+        timed = [getattr(gen, "backbone", None) for gen in self.model.levels]
+        spent = [0.0] * len(timed)
+        starts: dict[int, float] = {}
+        hooks = []
+        for i, module in enumerate(timed):
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, a, i=i: starts.__setitem__(i, time.perf_counter())))
+            hooks.append(module.register_forward_hook(
+                lambda m, a, o, i=i: spent.__setitem__(i, spent[i] + time.perf_counter() - starts[i])))
+        fwd, bwd, opt_s = self.step()
+        for h in hooks:
+            h.remove()
+        return {"transformer_forward_s": {f"g{i + 1}": t for i, t in enumerate(spent)},
+                "other_forward_s": fwd - sum(spent), "forward_s": fwd, "backward_s": bwd,
+                "optimizer_s": opt_s}
+
+
+def measure(kinds: list[str], batch: int, steps: int) -> dict:
+    """Steps of the models in turn (one step each per round), then one split step each."""
+    trainers = [Trainer(kind, batch) for kind in kinds]
+    for t in trainers:
+        t.step()  # warm-up
+    times: dict[str, list] = {t.kind: [] for t in trainers}
+    for _ in range(steps):
+        for t in trainers:
+            times[t.kind].append(t.step())
+    runs = {}
+    for t in trainers:
+        ts = times[t.kind]
+        runs[t.kind] = {
+            "step_s": [sum(x) for x in ts],
+            "step_s_median": statistics.median(sum(x) for x in ts),
+            "forward_s_median": statistics.median(x[0] for x in ts),
+            "backward_s_median": statistics.median(x[1] for x in ts),
+            "optimizer_s_median": statistics.median(x[2] for x in ts),
+            "split_step": t.split_step(),
+            "parameters": sum(p.numel() for p in t.model.parameters()),
+        }
+    out = {"batch": batch, "steps_per_model": steps, "runs": runs}
+    if set(times) == {"mar", "ar"}:
+        ratios = [sum(m) / sum(a) for m, a in zip(times["mar"], times["ar"], strict=True)]
+        out["mar_over_ar_step"] = {"per_round": ratios, "median": statistics.median(ratios)}
+    return out
 
 
 def main() -> None:
@@ -119,17 +142,14 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs = []
     with mock.patch("fractalkit.levels.mar.training_mask_counts", fixed_mask_counts):
-        for kind in args.models:
-            r = measure(kind, args.batch, args.steps)
-            print(json.dumps(r), flush=True)
-            runs.append(r)
+        result = measure(args.models, args.batch, args.steps)
+    print(json.dumps(result, indent=1), flush=True)
     machine = {"cpu_flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
                "load_average": list(__import__("os").getloadavg())}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"small_models{'_' + args.tag if args.tag else ''}.json"
-    out.write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))
+    out.write_text(json.dumps({"machine": machine, **result}, indent=2))
     print(f"wrote {out}")
 
 
