@@ -123,7 +123,7 @@ class Leaf(AbstractGenerator):
 
         On the CPU under autocast the leaf decodes in its weights' dtype with autocast off: it
         runs a few rows through tiny products per call, bound by per-operation overhead that
-        autocast's casts only add to (bf16 autocast made FractalAR-64's leaf 1.4-1.6x slower).
+        autocast's casts only add to (bf16 autocast made FractalAR-64's leaf 1.3-1.6x slower).
         """
         device = cond.device.type
         if device == "cpu" and torch.is_autocast_enabled(device):
