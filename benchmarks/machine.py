@@ -46,6 +46,20 @@ def memory_bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> flo
     return 2 * n * 4 / t
 
 
+#: the CPU flags that decide which matrix kernels run (bf16 arithmetic: avx512_bf16, amx_bf16)
+FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> dict:
+    """Which of :data:`FLAGS_OF_INTEREST` this CPU reports (``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return {}
+    return {name: name in flags for name in FLAGS_OF_INTEREST}
+
+
 def describe(device: str | None = None) -> dict:
     """A description of the machine plus its measured rates (FLOP/s, bytes/s)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,6 +70,9 @@ def describe(device: str | None = None) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "cpu_flags": cpu_flags(),
+        # Other jobs on a shared machine slow every figure: recorded beside them.
+        "load_average_1_5_15_min": list(os.getloadavg()),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()

@@ -9,6 +9,10 @@ a warm-up (one step; three with ``--compile``), and splits each top-level step's
 generator's own share (its time minus its child's). For AR levels it also gives the weight
 bytes streamed per top-level step and the achieved GB/s, for a MAR top level its GFLOP/s.
 
+``--bf16`` draws under bf16 autocast; ``--alternate R`` times R pairs of fp32 and bf16 draws of
+one model in turn in one process and reports the pair-by-pair speed-ups, level by level (what
+to quote on a shared machine, where separate runs drift by 2x).
+
 Run: ``python benchmarks/profile_levels.py --preset fractalmar-in64 --batch 1``
 (writes benchmarks/results/profile_<preset>_b<batch>.json) or
 ``python benchmarks/profile_levels.py --preset fractalar-in64 --batch 1 --sampling --steps 6``
@@ -20,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_table import level_flops, mean_mask_ratio
+from machine import cpu_flags
 
 from fractalkit import cli
 from fractalkit.levels.base import Level
@@ -40,19 +47,26 @@ class _Stop(Exception):
     """Ends a profiled draw after the requested number of top-level steps."""
 
 
-def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False) -> dict:
-    """Each generator's own seconds per top-level step of a draw (see the module docstring)."""
+def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False,
+                     bf16: bool = False, model=None) -> dict:
+    """Each generator's own seconds per top-level step of a draw (see the module docstring).
+
+    ``model``: the preset's model, already built (eval mode), to time several draws of one
+    model in one process (``--alternate``); None builds it from seed 0.
+    """
     with torch.device("meta"):
         meta = build_preset(preset)
     forward = level_flops(meta, executed=True, ratio=1.0)
-    torch.manual_seed(0)
-    model = build_preset(preset).eval()
-    if compile:
-        model.compile()
+    if model is None:
+        torch.manual_seed(0)
+        model = build_preset(preset).eval()
+        if compile:
+            model.compile()
     options = PRESETS[preset].sampling
     guided = 2 if options.guidance != 1.0 else 1
     gens = model.levels
     inclusive = [0.0] * len(gens)
+    patched = []
     for i, gen in enumerate(gens[1:], start=1):  # the top level is timed by the callback
         def timed(*args, _decode=gen.decode, _i=i, **kwargs):
             start = time.perf_counter()
@@ -61,6 +75,7 @@ def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False)
             return out
 
         gen.decode = timed  # instance attribute: shadows the method for this model only
+        patched.append(gen)
     marks: list[float] = []
 
     # Warm-up: one top-level step; compiled, three (the second and third retrace with a
@@ -77,8 +92,12 @@ def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False)
 
     y = torch.arange(batch) % max(model.num_classes, 1)
     g = torch.Generator().manual_seed(0)
-    with contextlib.suppress(_Stop):
-        model.sample(y=y, options=dataclasses.replace(options, callback=callback), generator=g)
+    try:
+        with contextlib.suppress(_Stop), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model.sample(y=y, options=dataclasses.replace(options, callback=callback), generator=g)
+    finally:
+        for gen in patched:
+            del gen.decode
     counted = len(marks) - 1
     inclusive[0] = marks[-1] - marks[0]
     own = [inclusive[i] - (inclusive[i + 1] if i + 1 < len(gens) else 0.0) for i in range(len(gens))]
@@ -90,7 +109,9 @@ def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False)
         row = {"level": f"g{i + 1}", "own_s_per_top_step": per_step,
                "share": own[i] / inclusive[0]}
         if isinstance(gen, Level) and not gen.uses_orders:  # AR: weights streamed per step
-            nbytes = sum(p.numel() * p.element_size() for n, p in gen.named_parameters()
+            # Under bf16 autocast the products read bf16 copies: half the bytes.
+            width = 2 if bf16 else None
+            nbytes = sum(p.numel() * (width or p.element_size()) for n, p in gen.named_parameters()
                          if not n.startswith("child."))
             sequential = 1 if i == 0 else calls * gen.num_children  # one token each
             gb = sequential * nbytes / 1e9
@@ -102,11 +123,39 @@ def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False)
             calls *= gen.num_children
         rows.append(row)
         extra = "".join(f"  {k} {v:.2f}" for k, v in row.items() if k not in ("level", "own_s_per_top_step", "share"))
-        print(f"{row['level']}: {per_step:.4f} s per top-level step ({100 * row['share']:.0f}%){extra}")
+        print(f"{'bf16' if bf16 else 'fp32'} {row['level']}: {per_step:.4f} s per top-level step "
+              f"({100 * row['share']:.0f}%){extra}")
     per_image = inclusive[0] / counted * top_steps / batch
     print(f"top-level step {inclusive[0] / counted:.3f} s; extrapolated {per_image:.1f} s per image")
-    return {"preset": preset, "batch": batch, "compile": compile, "steps_timed": counted, "levels": rows,
-            "top_step_s": inclusive[0] / counted, "extrapolated_s_per_image": per_image}
+    return {"preset": preset, "batch": batch, "compile": compile, "bf16": bf16, "steps_timed": counted,
+            "levels": rows, "top_step_s": inclusive[0] / counted, "extrapolated_s_per_image": per_image}
+
+
+def alternate_precisions(preset: str, batch: int, steps: int, rounds: int) -> dict:
+    """fp32 and bf16-autocast draws of one model in turn (fp32, bf16, fp32, ...), ``rounds``
+    pairs: on a shared machine the pair-by-pair ratios drift less than separate runs."""
+    torch.manual_seed(0)
+    model = build_preset(preset).eval()
+    pairs = []
+    for _ in range(rounds):
+        fp32 = profile_sampling(preset, batch, steps, model=model)
+        bf16 = profile_sampling(preset, batch, steps, bf16=True, model=model)
+        pairs.append({"fp32": fp32, "bf16": bf16})
+
+    def ratio(level: int | None) -> list[float]:
+        if level is None:
+            return [p["fp32"]["top_step_s"] / p["bf16"]["top_step_s"] for p in pairs]
+        return [p["fp32"]["levels"][level]["own_s_per_top_step"]
+                / p["bf16"]["levels"][level]["own_s_per_top_step"] for p in pairs]
+
+    summary = {"speedup_bf16_over_fp32_top_step": ratio(None)}
+    for i in range(len(model.levels)):
+        summary[f"speedup_bf16_over_fp32_g{i + 1}"] = ratio(i)
+    summary = {k: {"per_pair": v, "median": statistics.median(v)} for k, v in summary.items()}
+    for k, v in summary.items():
+        print(f"{k}: median {v['median']:.2f} (pairs: {', '.join(f'{r:.2f}' for r in v['per_pair'])})")
+    return {"preset": preset, "batch": batch, "steps_per_draw": steps, "rounds": rounds,
+            "summary": summary, "pairs": pairs}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,12 +165,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampling", action="store_true", help="profile sampling, not training")
     parser.add_argument("--steps", type=cli.positive_int, default=4, help="top-level steps timed (sampling)")
     parser.add_argument("--compile", action="store_true", help="opt in to Fractal.compile()")
+    parser.add_argument("--bf16", action="store_true", help="under bf16 autocast")
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
+    parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--alternate", type=cli.non_negative_int, default=0, metavar="ROUNDS",
+                        help="sampling: ROUNDS pairs of fp32 and bf16-autocast draws of one model, in turn")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
-    if args.sampling:
-        result = profile_sampling(args.preset, args.batch, args.steps, args.compile)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tag = f"_{args.tag}" if args.tag else ""
+    if args.alternate:
+        result = alternate_precisions(args.preset, args.batch, args.steps, args.alternate)
+        result["machine"] = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
+                             "load_average_1_5_15_min": list(os.getloadavg()), "torch": torch.__version__}
         RESULTS.mkdir(exist_ok=True)
-        tag = "_compiled" if args.compile else ""
+        out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}_fp32_vs_bf16{tag}.json"
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return
+    if args.sampling:
+        result = profile_sampling(args.preset, args.batch, args.steps, args.compile, args.bf16)
+        RESULTS.mkdir(exist_ok=True)
+        tag = ("_compiled" if args.compile else "") + ("_bf16" if args.bf16 else "") + tag
         out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}{tag}.json"
         out.write_text(json.dumps(result, indent=2))
         print(f"wrote {out}")

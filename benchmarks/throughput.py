@@ -9,7 +9,8 @@ Sampling is set against its two bounds (:func:`sampling_cost`): the FLOPs it exe
 matmul rate, and the weight bytes its sequential AR steps stream at the copy bandwidth;
 ``x_of_bound`` is seconds over the larger bound (1.0 = at the machine's limit).
 
-``--compile`` opts in to ``Fractal.compile()`` (the first training step, or a draw stopped
+``--optimizer`` picks what holds the optimizer state (AdamW, AdamW stepped inside the backward
+pass, Adafactor: the memory options a user can choose). ``--compile`` opts in to ``Fractal.compile()`` (the first training step, or a draw stopped
 after one top-level step, warms up and is reported apart); ``--checkpointing`` turns on
 gradient checkpointing in every level.
 
@@ -90,14 +91,46 @@ def sampling_cost(name: str) -> dict:
             "sampling_weight_gb_per_batch": weight_bytes / 1e9}
 
 
-def train_step(name, batch, device, bf16, *, compile=False, checkpointing=False, steps=3) -> dict:
+OPTIMIZERS = ("adamw", "adamw-in-backward", "adafactor")
+
+
+def make_optimizer(kind: str, model: torch.nn.Module):
+    """The training step's optimizer; ``step()`` and ``zero_grad()`` are no-ops in backward mode.
+
+    ``adamw``: fused AdamW (no full-size temporaries); ``adamw-in-backward``: the same AdamW
+    stepped parameter by parameter inside the backward pass (:class:`OptimizerInBackward`: no
+    full set of gradients); ``adafactor``: ``torch.optim.Adafactor`` (factored second moments,
+    no first moment: a different optimizer, a fraction of AdamW's state).
+    """
+    hyper = {"lr": 1e-4, "weight_decay": 0.05}
+    if kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), betas=(0.9, 0.95), fused=True, **hyper)
+    if kind == "adamw-in-backward":
+        from fractalkit.training import OptimizerInBackward
+
+        inner = OptimizerInBackward(
+            model.parameters(),
+            lambda ps: torch.optim.AdamW(ps, betas=(0.9, 0.95), fused=True, **hyper),
+        )
+
+        class _Stepped:  # the hooks already stepped and freed every gradient
+            def step(self) -> None: ...
+            def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+        _Stepped.inner = inner  # keep the hooks' optimizers alive
+        return _Stepped()
+    if kind == "adafactor":
+        return torch.optim.Adafactor(model.parameters(), **hyper)
+    raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {kind!r}")
+
+
+def train_step(name, batch, device, bf16, *, compile=False, checkpointing=False, steps=3,
+               optimizer="adamw") -> dict:
     torch.manual_seed(0)
     model = build_preset(name, checkpointing=checkpointing).to(device).train()
     if compile:
         model.compile()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True
-    )  # fused: no full-size temporaries
+    opt = make_optimizer(optimizer, model)
     size = PRESETS[name].image_size
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randint(0, 256, (batch, 3, size, size), generator=g, device=device)
@@ -116,7 +149,7 @@ def train_step(name, batch, device, bf16, *, compile=False, checkpointing=False,
     step = sorted(times[1:])[len(times[1:]) // 2]  # the first step warms up (and compiles)
     peak = peak_memory_gib(device)
     return {"kind": "train", "preset": name, "batch": batch, "bf16": bf16, "compile": compile,
-            "checkpointing": checkpointing, "step_s": step, "first_step_s": times[0],
+            "checkpointing": checkpointing, "optimizer": optimizer, "step_s": step, "first_step_s": times[0],
             "images_per_s": batch / step, "peak_memory_GiB": peak, "peak_memory_GB": peak * 2**30 / 1e9}
 
 
@@ -168,9 +201,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="opt in to Fractal.compile()")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     parser.add_argument("--bf16-weights", action="store_true", help="sample with bf16 weights")
+    parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
+                        help="training: what holds the optimizer state (see make_optimizer)")
+    parser.add_argument("--train-steps", type=cli.positive_int, default=3, help="timed training steps (after one)")
+    parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = describe(device.type)
     # glibc keeps freed blocks for reuse (counted in RSS) unless this fixes its mmap threshold.
@@ -183,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             for bf16 in [False, True] if args.bf16 else [False]:
                 if not args.no_train:
                     r = train_step(name, batch, device, bf16, compile=args.compile,
-                                   checkpointing=args.checkpointing)
+                                   checkpointing=args.checkpointing, steps=args.train_steps,
+                                   optimizer=args.optimizer)
                     rate = rate_of(machine, bf16)
                     r["executed_gflops_per_image"] = flops / 1e9
                     r["fraction_of_matmul_rate"] = flops * r["images_per_s"] / rate
@@ -211,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     tag += "_compiled" if args.compile else ""
     tag += "_checkpointing" if args.checkpointing else ""
     tag += "_bf16weights" if args.bf16_weights else ""
+    tag += f"_{args.optimizer}" if args.optimizer != "adamw" else ""
     tag += f"_{args.tag}" if args.tag else ""
     out = RESULTS / f"throughput_{device.type}_{tag}.json"
     out.write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))

@@ -96,3 +96,40 @@ def test_longer_training_run_lowers_heldout_bits_per_dim_by_30_percent() -> None
     before, after = train(steps=200)
     assert after < 0.7 * before, (before, after)
     assert math.isfinite(after)
+
+
+# ---- optimizer steps inside the backward pass (peak memory) -----------------------------------
+
+
+def test_optimizer_in_backward_matches_one_optimizer_and_frees_gradients() -> None:
+    import copy
+
+    from fractalkit.training import OptimizerInBackward
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    b = copy.deepcopy(a)
+    make = {"lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.05}
+    whole = torch.optim.AdamW(a.parameters(), **make)
+    split = OptimizerInBackward(b.parameters(), lambda ps: torch.optim.AdamW(ps, **make))
+    x = torch.randn(5, 6)
+    seen = []
+    for _ in range(3):
+        a(x).square().mean().backward()
+        whole.step()
+        whole.zero_grad(set_to_none=True)
+        b(x).square().mean().backward()
+        seen.append([p.grad for p in b.parameters()])
+    assert all(g is None for grads in seen for g in grads)  # freed inside backward
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)  # AdamW is element-wise: the same update
+    split.set_lr(0.0)
+    before = [p.detach().clone() for p in b.parameters()]
+    state = split.state_dict()
+    split.load_state_dict(state)
+    with pytest.raises(ValueError, match="one per parameter"):
+        split.load_state_dict({"optimizers": state["optimizers"][:1]})
+    split.remove()
+    b(x).sum().backward()  # hooks removed: gradients accumulate, nothing steps
+    assert all(p.grad is not None for p in b.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(b.parameters(), before, strict=True))

@@ -192,15 +192,26 @@ class MARLevel(Level):
         h = self.backbone(self.patch_emb_ln(h), causal=False)
         return h[:, self.num_prefix :]
 
-    def child_conditions(self, h: Tensor) -> Tensor:
-        """``[N, k, D]`` outputs to ``[N, k, out_tokens, D]``: own, then top, right, bottom, left."""
+    def child_conditions(self, h: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """The condition tokens of children ``(rows, cols)``: own output, then top, right,
+        bottom and left neighbours' (zeros off the grid).
+
+        Args:
+            h: ``[N, k, D]`` outputs at the children's positions.
+            rows, cols: int64 ``[M]``, which children.
+
+        Returns:
+            ``[M, out_tokens, D]``.
+        """
         if not self.config.neighbours:
-            return h[:, :, None]
+            return h[rows, cols][:, None]
+        # One gather of the M children's tokens only (training masks ~80% of the children):
+        # forming every child's tokens first and then selecting was a second full-size copy.
         n, k, d = h.shape
         padded = torch.cat([h, h.new_zeros(n, 1, d)], dim=1)  # index k holds zeros
         own = torch.arange(k, device=h.device)[:, None]
         index = torch.cat([own, self.neighbours.where(self.neighbours >= 0, k)], dim=1)  # [k, 5]
-        return padded[:, index]  # [N, k, 5, D]
+        return padded[rows[:, None], index[cols]]  # [M, 5, D]
 
     # ---- scoring ---------------------------------------------------------------------------
 
@@ -238,9 +249,9 @@ class MARLevel(Level):
                 raise ValueError(f"MARLevel: unknown scoring mode {ctx.mode!r}")
             masked = masked_subset(orders, count)
         h = self.hidden(children, masked, prefix)
-        conds = self.child_conditions(h)  # [N, k, T', D]
         rows, cols = masked.nonzero(as_tuple=True)  # (instance, child) in lexicographic order
-        result = self.score_rows(children, rows, cols, conds[rows, cols], ctx, weight)
+        conds = self.child_conditions(h, rows, cols)  # [M, T', D]
+        result = self.score_rows(children, rows, cols, conds, ctx, weight)
         if ctx.mode == "estimate":
             result.kind = "estimate"
         return result
@@ -261,8 +272,9 @@ class MARLevel(Level):
         # Child c is predicted in pass ranks[n, c]: take that pass's outputs for child c.
         d = h.shape[-1]
         per_child = h.gather(1, ranks[:, :, None, None].expand(n, k, k, d))  # [N, c, k, D]
-        conds = self.child_conditions(per_child.reshape(n * k, k, d))  # [N*k, k, T', D]
-        conds = conds[torch.arange(n * k, device=device), step.repeat(n)]  # [N*k, T', D]
+        conds = self.child_conditions(
+            per_child.reshape(n * k, k, d), torch.arange(n * k, device=device), step.repeat(n)
+        )  # [N*k, T', D]
         rows = torch.arange(n, device=device).repeat_interleave(k)
         return self.score_rows(children, rows, step.repeat(n), conds, ctx)
 
@@ -292,6 +304,5 @@ class MARLevel(Level):
 
     def step_conditions(self, state: Tensor, children: Tensor, decided: Tensor, step: Step) -> Tensor:
         """One bidirectional pass with the undecided children masked."""
-        conds = self.child_conditions(self.hidden(children, ~decided, state))  # [R, k, T', D]
         rows, cols = step.pick.nonzero(as_tuple=True)
-        return conds[rows, cols]
+        return self.child_conditions(self.hidden(children, ~decided, state), rows, cols)

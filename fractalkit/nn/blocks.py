@@ -190,10 +190,16 @@ class Backbone(nn.Module):
         self.fixed_shape_caches = False
 
     def new_caches(self, batch: int, capacity: int, like: Tensor) -> list[KVCache]:
-        """One empty :class:`KVCache` per block for ``batch`` sequences of up to ``capacity``."""
+        """One empty :class:`KVCache` per block for ``batch`` sequences of up to ``capacity``,
+        in ``like``'s dtype (under autocast from float32: autocast's dtype) and device."""
         attn = self.blocks[0].attn if len(self.blocks) else None
         if attn is None:
             return []
+        dtype = like.dtype
+        if dtype == torch.float32 and torch.is_autocast_enabled(like.device.type):
+            # Keys and values come out of autocast's products in its dtype: stored so, they are
+            # kept exactly, and attention no longer casts the whole cache back at every step.
+            dtype = torch.get_autocast_dtype(like.device.type)
         return [
             KVCache(
                 batch,
@@ -201,7 +207,7 @@ class Backbone(nn.Module):
                 attn.head_dim,
                 capacity,
                 like.device,
-                like.dtype,
+                dtype,
                 fixed_shape=self.fixed_shape_caches,
             )
             for _ in self.blocks

@@ -15,6 +15,12 @@ reaches. Measured on an AVX2 EPYC, 2 threads, weights out of cache:
 and from 24 to 96 rows ``x @ W^T`` takes 0.99-1.35x as long as ``W @ x^T`` over the weights of
 the paper's levels (1.13-1.35x at 32-64 rows for 1024-wide ones). So the other form is used for
 at most 64 rows and weights of at least 2^18 entries; the result is the same up to rounding.
+
+In bfloat16 (bf16 weights, or under CPU autocast, whose bf16 copies of the weights autocast
+casts once per context and caches) the ranking flips: oneDNN's ``x @ W^T`` takes 1.0-1.7x less
+time than ``W @ x^T`` for 2 rows over 1024-wide weights (measured interleaved on an AVX-512
+BF16 EPYC, one thread, a loaded machine; ``benchmarks/README.md``), so reduced-precision
+products always take the usual form.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ SKINNY_ROWS = 64
 LARGE_WEIGHT = 2**18
 
 
+def computes_reduced(weight: Tensor) -> bool:
+    """Whether a CPU product with ``weight`` runs in a 16-bit float: the weight is one, or CPU
+    autocast is on (it casts float32 weights to its bfloat16/float16 dtype)."""
+    if weight.dtype in (torch.bfloat16, torch.float16):
+        return True
+    return weight.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` with a CPU fast path for skinny inputs.
 
@@ -41,9 +55,8 @@ class Linear(nn.Linear):
         """``[..., in_features] -> [..., out_features]``."""
         rows = x.numel() // max(self.in_features, 1)
         skinny = 0 < rows <= SKINNY_ROWS and self.weight.numel() >= LARGE_WEIGHT
-        if x.device.type != "cpu" or not skinny:
+        if x.device.type != "cpu" or not skinny or computes_reduced(self.weight):
             return F.linear(x, self.weight, self.bias)
-        # mm is on autocast's list, so under autocast it casts as F.linear would.
         out = torch.mm(self.weight, x.reshape(rows, self.in_features).T).T.contiguous()
         if self.bias is not None:
             out += self.bias

@@ -9,6 +9,8 @@ These are what any fractalkit training script needs (the ImageNet example uses t
   random-stream states and the full config, written atomically (crash-consistent at every
   filesystem step: :func:`resolve_checkpoint` finds the newest complete copy) and verified on load.
 - :class:`NonFiniteLoss`: what a training loop raises on a NaN/inf loss or gradient.
+- :class:`OptimizerInBackward`: optimizer steps inside the backward pass, so the gradients of the
+  whole model never exist at once (less peak memory).
 """
 
 from fractalkit.training.budget import (
@@ -28,6 +30,7 @@ from fractalkit.training.checkpoint import (
     save_checkpoint,
 )
 from fractalkit.training.ema import EMA
+from fractalkit.training.in_backward import OptimizerInBackward
 from fractalkit.training.nonfinite import NonFiniteLoss
 from fractalkit.training.schedule import WarmupCosine, warmup_cosine
 
@@ -36,6 +39,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "NonFiniteLoss",
+    "OptimizerInBackward",
     "Stopwatch",
     "WarmupCosine",
     "add_budget_arguments",
