@@ -142,7 +142,9 @@ def sampling_law(
     """
     c = one_condition(model, c, y, "sampling_law")
     if guidance != 1.0 and c is None:
-        raise ValueError("sampling_law: guidance needs a condition c (the conditional half)")
+        raise ValueError(
+            "sampling_law: guidance needs a class label y or a condition c (the conditional half)"
+        )
     if guidance_schedule not in ("constant", "linear"):
         raise ValueError(f"sampling_law: unknown guidance_schedule {guidance_schedule!r}")
     v = model.num_values
