@@ -34,8 +34,8 @@ from fractalkit.fractal import Fractal
 __all__ = [
     "batch_condition",
     "conditional",
-    "describe",
     "default_conditions",
+    "describe",
     "example_conditions",
     "join_conditions",
     "one_condition",
