@@ -87,6 +87,10 @@ def test_kit_runs_over_conditioners_with_an_order_taking_level(name: str) -> Non
     results = check_component(
         level=MARLevelConfig(width=16, depth=1, heads=2), conditioner=config,
         conditions=conditions, num_samples=8000, scale=0.2, guidance=2.0,
+        # Sampling seed 0 drew a p-value of 3e-4 for the vector row's guided law under the MAR
+        # level (chi-square, 8000 draws); 40000 draws from seeds 10 and 11 gave p = 0.33 and
+        # 0.31, so it was the 1-in-a-thousand unlucky seed: the kit's advice is to change it.
+        seed=1,
     )
     assert {"top", "below"} <= set(results)
     assert "orders_reach_levels" in results["top"]
