@@ -9,8 +9,10 @@ and conditions ``cond [N, T, D]``:
 - ``decode``: sampling / completion / forced decoding, step by step, returning values and the
   log-probability of what was decided.
 
-:class:`AbstractGenerator` turns those two into the user-facing ``log_prob``, ``loss``,
-``sample`` and ``complete``.
+:class:`AbstractGenerator` turns those two into ``log_prob``, ``sample`` and ``complete`` on
+a bare generator, given ``cond [N, T, D]`` directly (exact scoring with identity orders, no
+guidance). Training (``loss``: MAR masks, condition dropout), conditioners, random orders,
+estimates and guidance are :class:`fractalkit.Fractal`'s, which composes generators.
 """
 
 from __future__ import annotations
@@ -268,7 +270,7 @@ class AbstractGenerator(nn.Module, abc.ABC):
                 f"got min {int(x.min())} and max {int(x.max())}"
             )
 
-    # ---- user-facing API on a bare generator (Fractal adds class conditions) -----------------
+    # ---- user-facing API on a bare generator (Fractal adds conditioners, loss, guidance) -----
 
     def log_prob(self, x: Tensor, cond: Tensor) -> LogProb:
         """Exact teacher-forced log-likelihood ``[N]`` (nats) given ``cond [N, T, D]``.
@@ -297,3 +299,35 @@ class AbstractGenerator(nn.Module, abc.ABC):
         known = torch.zeros_like(x, dtype=torch.bool)
         ctx = DecodeContext(options, generator, guided=False, scale=1.0)
         return self.decode(x, known, cond, ctx)[0]
+
+    def complete(
+        self,
+        x: Tensor,
+        known: Tensor,
+        cond: Tensor,
+        *,
+        options: SampleOptions | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Fill in the unknown elements of ``x`` given ``cond [N, T, D]`` (no guidance).
+
+        Args:
+            x: integer ``[N, *event_shape]``; unknown entries may hold anything in range.
+            known: bool ``[N, *event_shape]``, True where ``x`` is given.
+            cond: ``[N, T, D]``.
+            options, generator: as in :meth:`sample`.
+
+        Returns:
+            int64 ``[N, *event_shape]`` equal to ``x`` wherever ``known``.
+        """
+        self.check_x(x)
+        self.check_cond(cond, x.shape[0])
+        if not isinstance(known, Tensor) or known.dtype != torch.bool or known.shape != x.shape:
+            raise ValueError(
+                f"{type(self).__name__}.complete: known must be a bool tensor of x's shape "
+                f"{list(x.shape)}, got {getattr(known, 'dtype', type(known))} "
+                f"{list(getattr(known, 'shape', []))}"
+            )
+        ctx = DecodeContext(options or SampleOptions(), generator, guided=False, scale=1.0)
+        out = self.decode(x.long(), known, cond, ctx)[0]
+        return torch.where(known, x.long(), out)

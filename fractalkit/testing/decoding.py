@@ -16,13 +16,9 @@ from torch import Tensor
 
 from fractalkit.fractal import Fractal
 from fractalkit.sampling.options import Progress
+from fractalkit.testing.conditions import batch_condition, random_conditions
 from fractalkit.testing.report import CheckResult, ContractError, fail
-from fractalkit.testing.support import (
-    check_model,
-    float64_copy,
-    random_data,
-    random_labels,
-)
+from fractalkit.testing.support import check_model, float64_copy, random_data
 
 __all__ = ["check_callback", "check_completion", "check_kv_cache", "check_seeded_sampling"]
 
@@ -45,8 +41,10 @@ def _record_leaf_logits(model: Fractal) -> list[Tensor]:
 def check_kv_cache(
     model: Fractal,
     x: Tensor | None = None,
-    y: Tensor | None = None,
+    c: Any = None,
     *,
+    y: Tensor | None = None,
+    conditions: Sequence[Any] | None = None,
     orders: object = "identity",
     atol: float = 1e-6,
     num_instances: int = 6,
@@ -59,7 +57,11 @@ def check_kv_cache(
 
     Args:
         model: any :class:`fractalkit.Fractal`; likelihoods in float64, samples as given.
-        x, y: data (default: random, from ``seed``).
+        x: data (default: random, from ``seed``).
+        c: the condition for the N instances (any the conditioner takes); default: random
+            example conditions for a conditional model (see
+            :func:`~fractalkit.testing.check_normalisation` for ``conditions``).
+        y: int64 ``[N]`` labels, the class-label spelling of ``c``.
         orders: the order spec for the step-by-step path.
         atol: bound on the logits' and totals' difference.
         num_instances, seed, sample_seed: default data and the sampling seed.
@@ -71,14 +73,16 @@ def check_kv_cache(
         ContractError: the paths differ, or the samples do.
     """
     check_model(model, "check_kv_cache")
+    c = batch_condition(c, y, "check_kv_cache")
     if x is None:
         x = random_data(model, num_instances, seed=seed)
-        y = random_labels(model, num_instances, seed=seed + 1) if y is None else y
+        if c is None:
+            c = random_conditions(model, num_instances, seed=seed + 1, conditions=conditions)
     results = {}
     for kv in (True, False):
         model64 = float64_copy(model)
         calls = _record_leaf_logits(model64)
-        total = model64.stepwise_log_prob(x, y, orders=orders, kv_cache=kv)
+        total = model64.stepwise_log_prob(x, c, orders=orders, kv_cache=kv)
         results[kv] = (total, calls)
     (cached, cached_calls), (plain, plain_calls) = results[True], results[False]
     if len(cached_calls) != len(plain_calls) or not cached_calls:
@@ -104,21 +108,19 @@ def check_kv_cache(
         raise fail("check_kv_cache", "largest |cached - uncached| step-by-step log_prob", diff,
                     f"{atol:g}", "the cache drifts")
     with torch.no_grad():
-        lp = float64_copy(model).log_prob(x, y, orders=orders).value
+        lp = float64_copy(model).log_prob(x, c, orders=orders).value
     diff = float((lp - cached).abs().max()) if lp.numel() else 0.0
     if not diff <= 1e-9:
         raise fail("check_kv_cache", "largest |log_prob - cached step-by-step log_prob|", diff,
                     "1e-09", "the cached decoding path scores differently from log_prob")
-    _same_samples_without_cache(model, y, x.shape[0], sample_seed, "check_kv_cache")
+    _same_samples_without_cache(model, c, x.shape[0], sample_seed, "check_kv_cache")
     return CheckResult("check_kv_cache", worst, atol)
 
 
-def _same_samples_without_cache(
-    model: Fractal, y: Tensor | None, n: int, seed: int, check: str
-) -> None:
+def _same_samples_without_cache(model: Fractal, c: Any, n: int, seed: int, check: str) -> None:
     """Raise unless ``kv_cache=True`` and ``False`` draw the same samples from one seed."""
-    a = model.sample(n, y, generator=torch.Generator().manual_seed(seed), kv_cache=True)
-    b = model.sample(n, y, generator=torch.Generator().manual_seed(seed), kv_cache=False)
+    a = model.sample(n, c, generator=torch.Generator().manual_seed(seed), kv_cache=True)
+    b = model.sample(n, c, generator=torch.Generator().manual_seed(seed), kv_cache=False)
     if not torch.equal(a, b):
         raise fail(
             check, "fraction of sampled elements that differ between kv_cache=True and False "
@@ -128,14 +130,23 @@ def _same_samples_without_cache(
 
 
 def check_seeded_sampling(
-    model: Fractal, y: Tensor | None = None, *, num_samples: int = 8, seed: int = 5
+    model: Fractal,
+    c: Any = None,
+    *,
+    y: Tensor | None = None,
+    conditions: Sequence[Any] | None = None,
+    num_samples: int = 8,
+    seed: int = 5,
 ) -> CheckResult:
     """Samples are int64 ``[N, *event_shape]`` in ``[0, V)``; the same seed gives the same
     samples, another seed other samples, and ``kv_cache=False`` the same samples again.
 
     Args:
         model: any :class:`fractalkit.Fractal`.
-        y: labels ``[num_samples]`` (default: random labels for a conditional model).
+        c: the condition for ``num_samples`` instances (default: random example conditions
+            for a conditional model).
+        y: int64 labels ``[num_samples]``, the class-label spelling of ``c``.
+        conditions: the example conditions the default draws from.
         num_samples, seed: the draw.
 
     Returns:
@@ -145,13 +156,14 @@ def check_seeded_sampling(
         ContractError: wrong dtype, shape or range, or sampling not reproducible from a seed.
     """
     check_model(model, "check_seeded_sampling")
-    if y is None:
-        y = random_labels(model, num_samples, seed=1)
+    c = batch_condition(c, y, "check_seeded_sampling")
+    if c is None:
+        c = random_conditions(model, num_samples, seed=1, conditions=conditions)
 
     def draw(s: int) -> Tensor:
-        return model.sample(num_samples, y, generator=torch.Generator().manual_seed(s))
+        return model.sample(num_samples, c, generator=torch.Generator().manual_seed(s))
 
-    a, b, c = draw(seed), draw(seed), draw(seed + 1)
+    a, b, other = draw(seed), draw(seed), draw(seed + 1)
     if a.dtype != torch.int64 or a.shape != (num_samples, *model.event_shape):
         raise ContractError(
             f"check_seeded_sampling failed: samples are {a.dtype} {list(a.shape)}, expected "
@@ -169,25 +181,32 @@ def check_seeded_sampling(
             "a component draws from torch's global random state instead of the generator passed "
             "down (use fractalkit.sampling.rng helpers with ctx.generator)",
         )
-    changed = float((a != c).double().mean())
+    changed = float((a != other).double().mean())
     if changed == 0:
         raise fail(
             "check_seeded_sampling", "fraction of elements that differ between two seeds",
             changed, "> 0", "sampling ignores its generator (or the model is deterministic)",
         )
-    _same_samples_without_cache(model, y, num_samples, seed, "check_seeded_sampling")
+    _same_samples_without_cache(model, c, num_samples, seed, "check_seeded_sampling")
     return CheckResult("check_seeded_sampling", changed, 0.0)
 
 
 def check_callback(
-    model: Fractal, y: Tensor | None = None, *, num_samples: int = 4, seed: int = 0, **options: Any
+    model: Fractal,
+    c: Any = None,
+    *,
+    y: Tensor | None = None,
+    conditions: Sequence[Any] | None = None,
+    num_samples: int = 4,
+    seed: int = 0,
+    **options: Any,
 ) -> CheckResult:
     """The sampling callback runs after every top-level step with a growing canvas.
 
     Checks: at least one call; steps numbered ``1..num_steps``; ``decided`` never shrinks and
     is all True at the end; decided elements never change afterwards; the last canvas is the
     returned sample. ``options`` (e.g. ``guidance=2.0, guidance_schedule="linear"``) go to
-    ``sample``.
+    ``sample``; ``c``, ``y`` and ``conditions`` as in :func:`check_seeded_sampling`.
 
     Returns:
         :class:`CheckResult` (figure: number of calls).
@@ -196,11 +215,12 @@ def check_callback(
         ContractError: the callback is never called or reports an inconsistent progress.
     """
     check_model(model, "check_callback")
-    if y is None:
-        y = random_labels(model, num_samples, seed=1)
+    c = batch_condition(c, y, "check_callback")
+    if c is None:
+        c = random_conditions(model, num_samples, seed=1, conditions=conditions)
     seen: list[Progress] = []
     out = model.sample(
-        num_samples, y, generator=torch.Generator().manual_seed(seed),
+        num_samples, c, generator=torch.Generator().manual_seed(seed),
         callback=lambda p: seen.append(copy.deepcopy(p)), **options,
     )
     if not seen:
@@ -235,8 +255,10 @@ def check_callback(
 def check_completion(
     model: Fractal,
     x: Tensor | None = None,
-    y: Tensor | None = None,
+    c: Any = None,
     *,
+    y: Tensor | None = None,
+    conditions: Sequence[Any] | None = None,
     fractions: Sequence[float] = (0.3, 0.8),
     num_instances: int = 6,
     seed: int = 8,
@@ -246,7 +268,11 @@ def check_completion(
 
     Args:
         model: any :class:`fractalkit.Fractal`.
-        x, y: data (default: random, from ``seed``).
+        x: data (default: random, from ``seed``).
+        c: the condition for the N instances (any the conditioner takes); default: random
+            example conditions for a conditional model (see
+            :func:`~fractalkit.testing.check_normalisation` for ``conditions``).
+        y: int64 ``[N]`` labels, the class-label spelling of ``c``.
         fractions: fractions of known elements tried (random masks, seed + 2).
 
     Returns:
@@ -256,13 +282,15 @@ def check_completion(
         ContractError: a known element changed, or a wrong dtype, shape or range.
     """
     check_model(model, "check_completion")
+    c = batch_condition(c, y, "check_completion")
     if x is None:
         x = random_data(model, num_instances, seed=seed)
-        y = random_labels(model, num_instances, seed=seed + 1) if y is None else y
+        if c is None:
+            c = random_conditions(model, num_instances, seed=seed + 1, conditions=conditions)
     g = torch.Generator().manual_seed(seed + 2)
     for p in fractions:
         known = torch.rand(x.shape, generator=g) < p
-        out = model.complete(x, known, y, generator=torch.Generator().manual_seed(seed + 3))
+        out = model.complete(x, known, c, generator=torch.Generator().manual_seed(seed + 3))
         if out.shape != x.shape or out.dtype != torch.int64:
             raise ContractError(
                 f"check_completion failed: got {out.dtype} {list(out.shape)}, expected int64 "
@@ -277,7 +305,7 @@ def check_completion(
             )
         if out.numel() and (int(out.min()) < 0 or int(out.max()) >= model.num_values):
             raise ContractError(f"check_completion failed: values outside [0, {model.num_values})")
-    everything = model.complete(x, torch.ones_like(x, dtype=torch.bool), y)
+    everything = model.complete(x, torch.ones_like(x, dtype=torch.bool), c)
     if not torch.equal(everything, x):
         raise ContractError("check_completion failed: with every element known, x came back changed")
     return CheckResult("check_completion", float(len(fractions) + 1), 0.0)

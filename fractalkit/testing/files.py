@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
+from fractalkit.testing.conditions import batch_condition, random_conditions
 from fractalkit.testing.report import CheckResult, ContractError, fail
-from fractalkit.testing.support import (
-    check_model,
-    random_data,
-    random_labels,
-)
+from fractalkit.testing.support import check_model, random_data
 
 __all__ = ["check_config_round_trip", "check_save_load"]
 
@@ -73,8 +72,10 @@ def check_config_round_trip(model: Fractal) -> CheckResult:
 def check_save_load(
     model: Fractal,
     x: Tensor | None = None,
-    y: Tensor | None = None,
+    c: Any = None,
     *,
+    y: Tensor | None = None,
+    conditions: Sequence[Any] | None = None,
     directory: str | Path | None = None,
     num_instances: int = 4,
     seed: int = 0,
@@ -84,7 +85,10 @@ def check_save_load(
 
     Args:
         model: any :class:`fractalkit.Fractal` whose components are registered.
-        x, y: data (default: random, from ``seed``).
+        x: data (default: random, from ``seed``).
+        c: the condition for the N instances (default: random example conditions for a
+            conditional model; ``conditions`` as in :func:`~fractalkit.testing.check_normalisation`).
+        y: int64 ``[N]`` labels, the class-label spelling of ``c``.
         directory: where to write the file (default: a temporary directory, removed after).
 
     Returns:
@@ -94,9 +98,11 @@ def check_save_load(
         ContractError: loading fails or the loaded model differs.
     """
     check_model(model, "check_save_load")
+    c = batch_condition(c, y, "check_save_load")
     if x is None:
         x = random_data(model, num_instances, seed=seed)
-        y = random_labels(model, num_instances, seed=seed + 1) if y is None else y
+        if c is None:
+            c = random_conditions(model, num_instances, seed=seed + 1, conditions=conditions)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(directory or tmp) / "model.safetensors"
         model.save(path)
@@ -122,15 +128,15 @@ def check_save_load(
     model.eval()
     try:
         with torch.no_grad():
-            a = model.log_prob(x, y, orders="identity").value
-            b = loaded.log_prob(x, y, orders="identity").value
+            a = model.log_prob(x, c, orders="identity").value
+            b = loaded.log_prob(x, c, orders="identity").value
         diff = float((a - b).abs().max()) if a.numel() else 0.0
         if not diff == 0:
             raise fail("check_save_load", "largest |log_prob before - after save/load|", diff, "0",
                         "the loaded model is built differently (a config field not saved)")
         n = x.shape[0]
-        s1 = model.sample(n, y, generator=torch.Generator().manual_seed(seed))
-        s2 = loaded.sample(n, y, generator=torch.Generator().manual_seed(seed))
+        s1 = model.sample(n, c, generator=torch.Generator().manual_seed(seed))
+        s2 = loaded.sample(n, c, generator=torch.Generator().manual_seed(seed))
     finally:
         model.train(was_training)
     if not torch.equal(s1, s2):

@@ -18,16 +18,17 @@ Shape letters: C = V**E configurations, E elements, V values.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
+from fractalkit.testing.conditions import one_condition, repeat_condition
 from fractalkit.testing.support import (
     check_model,
     decoding_order,
     float64_copy,
-    labels_of,
     partitioners,
     support,
     top_level_steps,
@@ -36,27 +37,38 @@ from fractalkit.testing.support import (
 __all__ = ["likelihood_law", "log_likelihood_table", "sampling_law"]
 
 
-def log_likelihood_table(model: Fractal, y: int | None = None, orders: object = "identity") -> Tensor:
+def log_likelihood_table(
+    model: Fractal, c: Any = None, orders: object = "identity", *, y: int | None = None
+) -> Tensor:
     """``log_prob`` of every configuration of the support, in float64.
 
     Args:
         model: any :class:`fractalkit.Fractal` (a float64 copy is scored; the model is untouched).
-        y: a class label for all rows, or None for the unconditional model.
+        c: the condition of every row, given for one instance (see
+            :mod:`fractalkit.testing.conditions`; an int is a class label), or None for the
+            null (unconditional) condition.
         orders: passed to ``log_prob`` (fixed orders make a MAR model exact).
+        y: the class-label spelling of ``c`` (an int).
 
     Returns:
         float64 ``[C]`` in the row order of :func:`~fractalkit.testing.support.support`.
     """
     check_model(model, "log_likelihood_table")
+    c = one_condition(model, c, y, "log_likelihood_table")
     model64 = float64_copy(model)
     xs = support(model64)
     with torch.no_grad():
-        return model64.log_prob(xs, labels_of(y, len(xs)), orders=orders).value
+        return model64.log_prob(xs, repeat_condition(c, len(xs)), orders=orders).value
 
 
-def likelihood_law(model: Fractal, y: int | None = None, orders: object = "identity") -> Tensor:
-    """``exp(log_prob)`` over the support, float64 ``[C]`` (sums to 1 for an exact model)."""
-    return log_likelihood_table(model, y, orders).exp()
+def likelihood_law(
+    model: Fractal, c: Any = None, orders: object = "identity", *, y: int | None = None
+) -> Tensor:
+    """``exp(log_prob)`` over the support, float64 ``[C]`` (sums to 1 for an exact model).
+
+    Arguments as in :func:`log_likelihood_table`.
+    """
+    return log_likelihood_table(model, c, orders, y=y).exp()
 
 
 def _step_log_conditionals(joint: Tensor, shape: tuple[int, ...]) -> list[Tensor]:
@@ -95,8 +107,9 @@ def _shaped(lc: Tensor, lu: Tensor | None, scale: float, temperature: float, thr
 
 def sampling_law(
     model: Fractal,
-    y: int | None = None,
+    c: Any = None,
     *,
+    y: int | None = None,
     orders: object = "identity",
     temperature: float = 1.0,
     guidance: float = 1.0,
@@ -111,7 +124,9 @@ def sampling_law(
 
     Args:
         model: an exact model (not a guiding-pixel bound) with an enumerable support.
-        y: the label every sample is drawn for, or None; guidance needs a label.
+        c: the condition every sample is drawn for, given for one instance (an int is a class
+            label), or None (the null condition); guidance needs one.
+        y: the class-label spelling of ``c`` (an int).
         orders: one shared order per level (``"identity"`` or
             :func:`~fractalkit.testing.support.fixed_orders`); the same ``orders`` must be
             passed to ``sample``.
@@ -123,10 +138,13 @@ def sampling_law(
         :func:`~fractalkit.testing.support.support`.
 
     Raises:
-        ValueError: guidance without a label, or an unknown schedule.
+        ValueError: guidance without a condition, or an unknown schedule.
     """
-    if guidance != 1.0 and y is None:
-        raise ValueError("sampling_law: guidance needs a class label y (the conditional half)")
+    c = one_condition(model, c, y, "sampling_law")
+    if guidance != 1.0 and c is None:
+        raise ValueError(
+            "sampling_law: guidance needs a class label y or a condition c (the conditional half)"
+        )
     if guidance_schedule not in ("constant", "linear"):
         raise ValueError(f"sampling_law: unknown guidance_schedule {guidance_schedule!r}")
     v = model.num_values
@@ -135,11 +153,11 @@ def sampling_law(
     order = decoding_order(model, orders)  # [E]: flat element decided at step t
     inverse = order.argsort()
 
-    def conditionals(label: int | None) -> list[Tensor]:
-        joint = log_likelihood_table(model, label, orders).view(shape)
+    def conditionals(condition: Any) -> list[Tensor]:
+        joint = log_likelihood_table(model, condition, orders).view(shape)
         return _step_log_conditionals(joint.permute(*order.tolist()), shape)
 
-    cond = conditionals(y)
+    cond = conditionals(c)
     uncond = conditionals(None) if guidance != 1.0 else None
     # The top-level step each element is decided in sets the guidance scale (linear schedule).
     top = partitioners(model)[0]

@@ -7,32 +7,50 @@ Shape letters: N instances, E elements, V values, C = V**E configurations, k chi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
+from fractalkit.testing.conditions import (
+    batch_condition,
+    conditional,
+    describe,
+    example_conditions,
+    one_condition,
+    random_conditions,
+    repeat_condition,
+)
 from fractalkit.testing.report import CheckResult, ContractError, fail
 from fractalkit.testing.support import (
     check_model,
     fixed_orders,
     float64_copy,
-    labels_of,
     partitioners,
     random_data,
-    random_labels,
     support,
     uses_orders,
 )
 
-__all__ = ["check_decomposition", "check_normalisation", "check_orders_reach_levels", "is_bound"]
+__all__ = [
+    "check_condition_reaches_model",
+    "check_decomposition",
+    "check_normalisation",
+    "check_orders_reach_levels",
+    "is_bound",
+]
 
 
-def _labels(model: Fractal, labels: object) -> list[int | None]:
-    if labels == "all":
-        return [None, *range(model.num_classes)] if model.num_classes else [None]
-    return list(labels)  # type: ignore[call-overload]
+def _normalisation_conditions(
+    model: Fractal, labels: object, conditions: Sequence[Any] | None
+) -> list[Any]:
+    """The conditions (each for one instance; None: the null one) normalisation is checked for."""
+    if not (isinstance(labels, str) and labels == "all"):
+        return [one_condition(model, c, None, "check_normalisation") for c in labels]  # type: ignore[attr-defined]
+    examples = example_conditions(model, conditions, "check_normalisation")
+    return ([None] if model.conditioner.has_null else []) + examples
 
 
 def _order_specs(model: Fractal, orders: object, *, seed: int) -> dict[str, object]:
@@ -44,11 +62,17 @@ def _order_specs(model: Fractal, orders: object, *, seed: int) -> dict[str, obje
     return {"identity": "identity", "shared": fixed_orders(model, seed=seed)}
 
 
-def is_bound(model: Fractal) -> bool:
-    """Whether ``log_prob`` under fixed orders is a bound (e.g. a guiding pixel), not exact."""
+def is_bound(model: Fractal, c: Any = None) -> bool:
+    """Whether ``log_prob`` under fixed orders is a bound (e.g. a guiding pixel), not exact.
+
+    Scored for one random instance under ``c`` (a condition for one instance; default: the null
+    condition, or a default example condition for a conditioner without a null).
+    """
     x = random_data(model, 1)
+    if c is None and not model.conditioner.has_null:
+        c = random_conditions(model, 1)
     with torch.no_grad():
-        return model.log_prob(x, random_labels(model, 1), orders="identity").kind == "bound"
+        return model.log_prob(x, c, orders="identity").kind == "bound"
 
 
 def check_normalisation(
@@ -58,17 +82,22 @@ def check_normalisation(
     orders: object = None,
     atol: float = 1e-6,
     seed: int = 11,
+    conditions: Sequence[Any] | None = None,
 ) -> CheckResult:
     """The probabilities of every configuration sum to 1 (exact models) or to at most 1 (bounds).
 
     Enumerates the support (at most :data:`~fractalkit.testing.support.MAX_ENUMERABLE`
-    configurations) and sums ``exp(log_prob)`` in float64, for every label (and none) and every
-    order specification. For a class-conditional model it also checks that the label reaches
-    the model (classes 0 and 1 give different distributions).
+    configurations) and sums ``exp(log_prob)`` in float64, for the null condition, every
+    example condition and every order specification. For a conditional model with two or more
+    example conditions it also runs :func:`check_condition_reaches_model`.
 
     Args:
         model: any :class:`fractalkit.Fractal` with an enumerable support.
-        labels: ``"all"`` (None and every class) or a list of labels (None: unconditional).
+        labels: ``"all"`` (the null condition and every example condition) or a list of
+            conditions, each for one instance (an int is a class label; None: the null one).
+        conditions: example conditions, each for one instance (see
+            :mod:`fractalkit.testing.conditions`); default: every class label, or a few
+            vectors/sequences for the built-in conditioners (a user conditioner must give them).
         orders: None (``"identity"`` and :func:`fixed_orders` with ``seed``), one spec, or a
             ``{name: spec}`` mapping.
         atol: bound on ``|sum - 1|`` for exact models.
@@ -78,19 +107,19 @@ def check_normalisation(
         :class:`CheckResult` with the largest ``|sum - 1|`` (exact) or the largest sum (bound).
 
     Raises:
-        ContractError: a sum off 1 (exact), above 1 or vanishing (bound), or labels ignored.
+        ContractError: a sum off 1 (exact), above 1 or vanishing (bound), or conditions ignored.
     """
     check_model(model, "check_normalisation")
     model64 = float64_copy(model)
     xs = support(model64)
     worst, parts = 0.0, []
     bound = False
-    for y in _labels(model64, labels):
+    for c in _normalisation_conditions(model64, labels, conditions):
         for name, spec in _order_specs(model64, orders, seed=seed).items():
             with torch.no_grad():
-                lp = model64.log_prob(xs, labels_of(y, len(xs)), orders=spec)
+                lp = model64.log_prob(xs, repeat_condition(c, len(xs)), orders=spec)
             mass = float(lp.value.logsumexp(0).exp())
-            where = f"y={y}, orders={name}"
+            where = f"{describe(c)}, orders={name}"
             parts.append(f"{where}: sum={mass:.15g}")
             if lp.kind == "bound":
                 bound = True
@@ -118,19 +147,63 @@ def check_normalisation(
                     "leak the value being scored (future children or the child itself), or the "
                     "partitioner's split/merge is not a bijection",
                 )
-    if model64.num_classes >= 2 and not bound:  # the label reaches the model
-        with torch.no_grad():
-            per_class = [
-                model64.log_prob(xs, labels_of(c, len(xs)), orders="identity").value for c in (0, 1)
-            ]
-        gap = float((per_class[0] - per_class[1]).abs().max())
-        if not gap > 1e-3:
-            raise fail(
-                "check_normalisation", "largest |log p(x | y=0) - log p(x | y=1)|", gap, "> 1e-3",
-                "the class condition never reaches the model (a level drops its condition), or "
-                "the model is so close to uniform that no check has power (roughen it)",
-            )
+    if conditional(model64) and not bound and isinstance(labels, str) and labels == "all":
+        examples = example_conditions(model64, conditions, "check_normalisation")
+        if len(examples) >= 2:
+            check_condition_reaches_model(model64, conditions=examples)
     return CheckResult("check_normalisation", worst, 1e-9 if bound else atol, "; ".join(parts))
+
+
+def check_condition_reaches_model(
+    model: Fractal, *, conditions: Sequence[Any] | None = None, min_gap: float = 1e-3
+) -> CheckResult:
+    """The condition reaches the model: the law over the support changes with the condition.
+
+    Compares ``log_prob`` of every configuration (float64, identity orders) between every pair
+    of example conditions, and between each example and the null condition (when there is one).
+
+    Args:
+        model: a conditional :class:`fractalkit.Fractal` with an enumerable support.
+        conditions: two or more example conditions, each for one instance (default as in
+            :func:`check_normalisation`).
+        min_gap: every pair's largest ``|log p(x | a) - log p(x | b)|`` must exceed this.
+
+    Returns:
+        :class:`CheckResult` with the smallest such gap over the pairs.
+
+    Raises:
+        ContractError: two conditions (or a condition and the null) give the same law.
+        ValueError: an unconditional model, or fewer than two example conditions.
+    """
+    check_model(model, "check_condition_reaches_model")
+    if not conditional(model):
+        raise ValueError("check_condition_reaches_model: the model is unconditional")
+    examples = example_conditions(model, conditions, "check_condition_reaches_model")
+    if len(examples) < 2:
+        raise ValueError("check_condition_reaches_model: give at least two example conditions")
+    model64 = float64_copy(model)
+    xs = support(model64)
+    cases = ([None] if model64.conditioner.has_null else []) + examples
+    with torch.no_grad():
+        tables = [
+            model64.log_prob(xs, repeat_condition(c, len(xs)), orders="identity").value for c in cases
+        ]
+    smallest, parts = math.inf, []
+    for i in range(len(cases)):
+        for j in range(i + 1, len(cases)):
+            gap = float((tables[i] - tables[j]).abs().max())
+            smallest = min(smallest, gap)
+            parts.append(f"{describe(cases[i], 24)} vs {describe(cases[j], 24)}: {gap:.3g}")
+            if not gap > min_gap:
+                raise fail(
+                    "check_condition_reaches_model", f"largest |log p(x | {describe(cases[i])}) - "
+                    f"log p(x | {describe(cases[j])})| over the support", gap, f"> {min_gap:g}",
+                    "the condition never reaches the model (the conditioner ignores it, returns "
+                    "its null for every condition, or a level drops its condition), two example "
+                    "conditions are the same, or the model is so close to uniform that no check "
+                    "has power (roughen it)",
+                )
+    return CheckResult("check_condition_reaches_model", smallest, min_gap, "; ".join(parts))
 
 
 def _default_order_specs(model: Fractal, n: int) -> dict[str, object]:
@@ -147,8 +220,10 @@ def _default_order_specs(model: Fractal, n: int) -> dict[str, object]:
 def check_decomposition(
     model: Fractal,
     x: Tensor | None = None,
-    y: Tensor | None = None,
+    c: Any = None,
     *,
+    y: Tensor | None = None,
+    conditions: Sequence[Any] | None = None,
     orders: object = None,
     atol: float = 1e-9,
     kv_cache: bool = True,
@@ -162,7 +237,11 @@ def check_decomposition(
     Args:
         model: any :class:`fractalkit.Fractal` (checked in float64).
         x: int64 ``[N, *event_shape]``; default: ``num_instances`` random instances (``seed``).
-        y: int64 ``[N]`` labels; default: random labels (seed + 1) for a conditional model.
+        c: the condition for the N instances (any the conditioner takes); default: random
+            example conditions (seed + 1) for a conditional model.
+        y: int64 ``[N]`` labels, the class-label spelling of ``c``.
+        conditions: the example conditions the default draws from (see
+            :func:`check_normalisation`).
         orders: None (identity, shared random and, at an order-taking top level, per-instance
             orders), one spec, or a ``{name: spec}`` mapping.
         atol: bound on ``|log_prob - stepwise|`` in nats.
@@ -178,16 +257,18 @@ def check_decomposition(
     """
     check_model(model, "check_decomposition")
     model64 = float64_copy(model)
+    c = batch_condition(c, y, "check_decomposition")
     if x is None:
         x = random_data(model64, num_instances, seed=seed)
-        y = random_labels(model64, num_instances, seed=seed + 1) if y is None else y
+        if c is None:
+            c = random_conditions(model64, num_instances, seed=seed + 1, conditions=conditions)
     n = x.shape[0]
     specs = _default_order_specs(model64, n) if orders is None else _order_specs(model64, orders, seed=1)
     worst, parts = 0.0, []
     for name, spec in specs.items():
         with torch.no_grad():
-            lp = model64.log_prob(x, y, orders=spec)
-        steps = model64.stepwise_log_prob(x, y, orders=spec, kv_cache=kv_cache)
+            lp = model64.log_prob(x, c, orders=spec)
+        steps = model64.stepwise_log_prob(x, c, orders=spec, kv_cache=kv_cache)
         kinds = (expect_kind,) if expect_kind else ("exact", "bound")
         if lp.kind not in kinds:
             raise ContractError(
@@ -228,8 +309,10 @@ def check_decomposition(
 def check_orders_reach_levels(
     model: Fractal,
     x: Tensor | None = None,
-    y: Tensor | None = None,
+    c: Any = None,
     *,
+    y: Tensor | None = None,
+    conditions: Sequence[Any] | None = None,
     min_gap: float = 1e-6,
     num_instances: int = 6,
     seed: int = 4,
@@ -251,16 +334,18 @@ def check_orders_reach_levels(
             "check_orders_reach_levels failed: no level of this model takes an order "
             "(uses_orders is False everywhere)"
         )
+    c = batch_condition(c, y, "check_orders_reach_levels")
     if x is None:
         x = random_data(model64, num_instances, seed=seed)
-        y = random_labels(model64, num_instances, seed=seed + 1) if y is None else y
+        if c is None:
+            c = random_conditions(model64, num_instances, seed=seed + 1, conditions=conditions)
     shared = fixed_orders(model64, seed=1)
     reverse = [None if o is None else torch.arange(len(o)).flip(0) for o in shared]
     with torch.no_grad():
-        a = model64.log_prob(x, y, orders="identity").value
-        b = model64.log_prob(x, y, orders=shared).value
-        c = model64.log_prob(x, y, orders=reverse).value
-    gap = max(float((a - b).abs().max()), float((a - c).abs().max()))
+        a = model64.log_prob(x, c, orders="identity").value
+        b = model64.log_prob(x, c, orders=shared).value
+        r = model64.log_prob(x, c, orders=reverse).value
+    gap = max(float((a - b).abs().max()), float((a - r).abs().max()))
     if not gap > min_gap:
         raise fail(
             "check_orders_reach_levels", "largest change of log_prob across three orders", gap,

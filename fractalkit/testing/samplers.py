@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fractalkit.fractal import Fractal
 from fractalkit.sampling.options import SampleOptions
+from fractalkit.testing.conditions import describe, one_condition, repeat_condition
 from fractalkit.testing.laws import sampling_law
 from fractalkit.testing.likelihood import is_bound
 from fractalkit.testing.report import ALPHA, ContractError, fail
@@ -23,7 +24,6 @@ from fractalkit.testing.support import (
     check_model,
     decoding_order,
     fixed_orders,
-    labels_of,
     num_configurations,
     partitioners,
     support,
@@ -33,20 +33,20 @@ from fractalkit.testing.support import (
 __all__ = ["check_completion_law", "check_sampler", "completion_chi_square", "prefix_known", "sample_histogram", "sampler_chi_square"]
 
 
-def _sample_law(model: Fractal, y: int | None, orders: object, options: SampleOptions) -> Tensor:
+def _sample_law(model: Fractal, c: Any, orders: object, options: SampleOptions) -> Tensor:
     if options.steps is not None and any(s not in (None, 1) for s in options.steps):
         raise ValueError(
             "fractalkit.testing: the sampler's law is only known in exact mode (one child per "
             f"step, steps=None), got steps={options.steps}"
         )
-    if is_bound(model):
+    if is_bound(model, c):
         raise ValueError(
             "fractalkit.testing: this model's log_prob is a bound (a summary such as a guiding "
             "pixel is sampled, not scored exactly), so its sampling law is not exp(log_prob); "
             "pass the law yourself (law=...)"
         )
     return sampling_law(
-        model, y, orders=orders, temperature=options.temperature, guidance=options.guidance,
+        model, c, orders=orders, temperature=options.temperature, guidance=options.guidance,
         guidance_schedule=options.guidance_schedule, filter_threshold=options.filter_threshold,
     )
 
@@ -58,8 +58,9 @@ def _orders_or_default(model: Fractal, orders: object) -> object:
 
 def sampler_chi_square(
     model: Fractal,
-    y: int | None = None,
+    c: Any = None,
     *,
+    y: int | None = None,
     num_samples: int = 4000,
     seed: int = 0,
     orders: object = None,
@@ -70,7 +71,10 @@ def sampler_chi_square(
 
     Args:
         model: a model with an enumerable support; sampled as given (e.g. float32).
-        y: the label of every sample (None: unconditional).
+        c: the condition of every sample, given for one instance (see
+            :mod:`fractalkit.testing.conditions`; an int is a class label), or None (the null
+            condition).
+        y: the class-label spelling of ``c`` (an int).
         num_samples, seed: the draw.
         orders: shared orders for sampling and the law; default :func:`fixed_orders` (seed 21).
         law: float ``[C]``; default: :func:`~fractalkit.testing.laws.sampling_law` with the same
@@ -81,17 +85,19 @@ def sampler_chi_square(
         The :class:`~fractalkit.testing.stats.ChiSquare` (p-value included); asserts nothing.
     """
     check_model(model, "sampler_chi_square")
+    c = one_condition(model, c, y, "sampler_chi_square")
     orders = _orders_or_default(model, orders)
     if law is None:
-        law = _sample_law(model, y, orders, SampleOptions.make(None, **options))
-    counts = sample_histogram(model, y, num_samples=num_samples, seed=seed, orders=orders, **options)
+        law = _sample_law(model, c, orders, SampleOptions.make(None, **options))
+    counts = sample_histogram(model, c, num_samples=num_samples, seed=seed, orders=orders, **options)
     return chi_square(counts, law)
 
 
 def sample_histogram(
     model: Fractal,
-    y: int | None = None,
+    c: Any = None,
     *,
+    y: int | None = None,
     num_samples: int = 4000,
     seed: int = 0,
     orders: object = None,
@@ -103,16 +109,18 @@ def sample_histogram(
     :func:`~fractalkit.testing.stats.chi_square` without drawing again.
     """
     check_model(model, "sample_histogram")
+    c = one_condition(model, c, y, "sample_histogram")
     orders = _orders_or_default(model, orders)
     g = torch.Generator().manual_seed(seed)
-    samples = model.sample(num_samples, labels_of(y, num_samples), generator=g, orders=orders, **options)
+    samples = model.sample(num_samples, repeat_condition(c, num_samples), generator=g, orders=orders, **options)
     return torch.bincount(support_index(samples, model), minlength=num_configurations(model))
 
 
 def check_sampler(
     model: Fractal,
-    y: int | None = None,
+    c: Any = None,
     *,
+    y: int | None = None,
     num_samples: int = 4000,
     seed: int = 0,
     orders: object = None,
@@ -138,10 +146,11 @@ def check_sampler(
     Raises:
         ContractError: p-value at most ``alpha``, or too few cells for the test to mean anything.
     """
+    c = one_condition(model, c, y, "check_sampler")
     result = sampler_chi_square(
-        model, y, num_samples=num_samples, seed=seed, orders=orders, law=law, **options
+        model, c, num_samples=num_samples, seed=seed, orders=orders, law=law, **options
     )
-    what = f"y={y}, options={options or 'defaults'}"
+    what = f"{describe(c)}, options={options or 'defaults'}"
     if result.cells < min_cells:
         raise fail(
             "check_sampler", f"{what}: cells after pooling", result.cells, f">= {min_cells}",
@@ -177,8 +186,9 @@ def prefix_known(model: Fractal, orders: object = "identity", fraction: float = 
 def completion_chi_square(
     model: Fractal,
     known: Tensor | None = None,
-    y: int | None = None,
+    c: Any = None,
     *,
+    y: int | None = None,
     orders: object = None,
     law_orders: object = None,
     law: Tensor | None = None,
@@ -193,7 +203,8 @@ def completion_chi_square(
         model: a model with an enumerable support; sampled as given.
         known: bool ``[*event_shape]`` (default: :func:`prefix_known`); the instance is drawn
             uniformly from the support with ``seed``.
-        y: the label (None: unconditional).
+        c: the condition, for one instance (an int is a class label; None: the null one).
+        y: the class-label spelling of ``c`` (an int).
         orders: orders passed to ``complete`` (default :func:`fixed_orders`, seed 21).
         law_orders: orders of the law (default ``orders``); completion puts known MAR children
             first, so a non-prefix mask needs the reordered law.
@@ -207,12 +218,13 @@ def completion_chi_square(
         ContractError: a completion changed a known element.
     """
     check_model(model, "completion_chi_square")
+    c = one_condition(model, c, y, "completion_chi_square")
     orders = _orders_or_default(model, orders)
     law_orders = orders if law_orders is None else law_orders
     if known is None:
         known = prefix_known(model, orders)
     if law is None:
-        law = _sample_law(model, y, law_orders, SampleOptions.make(None, **options))
+        law = _sample_law(model, c, law_orders, SampleOptions.make(None, **options))
     xs = support(model)
     g = torch.Generator().manual_seed(seed)
     x = xs[torch.randint(len(xs), (1,), generator=g)]  # [1, *event]
@@ -220,7 +232,7 @@ def completion_chi_square(
     consistent = (xs[:, known[0]] == x[:, known[0]]).all(-1)  # [C]
     out = model.complete(
         x.expand(num_samples, *x.shape[1:]), known.expand(num_samples, *known.shape[1:]),
-        labels_of(y, num_samples), generator=torch.Generator().manual_seed(seed),
+        repeat_condition(c, num_samples), generator=torch.Generator().manual_seed(seed),
         orders=orders, **options,
     )
     index = support_index(out, model)
@@ -235,8 +247,9 @@ def completion_chi_square(
 def check_completion_law(
     model: Fractal,
     known: Tensor | None = None,
-    y: int | None = None,
+    c: Any = None,
     *,
+    y: int | None = None,
     alpha: float = ALPHA,
     **kwargs: Any,
 ) -> ChiSquare:
@@ -246,10 +259,11 @@ def check_completion_law(
     Raises:
         ContractError: p-value at most ``alpha``.
     """
-    result = completion_chi_square(model, known, y, **kwargs)
+    c = one_condition(model, c, y, "check_completion_law")
+    result = completion_chi_square(model, known, c, **kwargs)
     if not result.p_value > alpha:
         raise fail(
-            "check_completion_law", f"y={y}: chi-square p-value of completions against the "
+            "check_completion_law", f"{describe(c)}: chi-square p-value of completions against the "
             f"conditional law (statistic {result.statistic:.1f}, {result.dof} dof)",
             result.p_value, f"> {alpha:g}", "completion does not condition on the known "
             "elements the way the likelihood does (known children not teacher-forced, or not "

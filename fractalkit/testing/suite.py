@@ -11,19 +11,23 @@ from typing import Any
 
 import torch
 
+from fractalkit.conditioners import ConditionerConfig
 from fractalkit.config import ComponentConfig
 from fractalkit.fractal import Fractal
 from fractalkit.leaves import CategoricalLeafConfig
 from fractalkit.levels import ARLevelConfig
 from fractalkit.partition import Partitioner, SequenceChunks
+from fractalkit.testing.conditions import conditional, example_conditions, one_condition
 from fractalkit.testing.decoding import (
     check_callback,
     check_completion,
     check_kv_cache,
     check_seeded_sampling,
 )
+from fractalkit.testing.dropout import check_condition_dropout
 from fractalkit.testing.files import check_config_round_trip, check_save_load
 from fractalkit.testing.likelihood import (
+    check_condition_reaches_model,
     check_decomposition,
     check_normalisation,
     check_orders_reach_levels,
@@ -33,6 +37,9 @@ from fractalkit.testing.samplers import check_completion_law, check_sampler
 from fractalkit.testing.support import check_model, enumerable, roughen, uses_orders
 
 __all__ = ["check_component", "run_all", "tiny_fractal"]
+
+CONDITIONER_SHRINK = 0.5
+"""Factor on a (non class-label) conditioner's roughened parameters in :func:`tiny_fractal`."""
 
 
 def tiny_fractal(
@@ -45,6 +52,7 @@ def tiny_fractal(
     num_values: int = 3,
     seed: int = 0,
     scale: float = 0.4,
+    conditioner: ConditionerConfig | None = None,
 ) -> Fractal:
     """A small, roughened, enumerable :class:`fractalkit.Fractal` around your component(s).
 
@@ -59,9 +67,13 @@ def tiny_fractal(
         leaf: your leaf config (its ``num_values`` must keep V**E small).
         partitioner: your partitioner, at the top; its ``event_shape`` must be small.
         position: ``"top"`` or ``"below"`` (where ``level`` goes).
-        num_classes: K (2 by default, so guidance and class conditions are checked).
+        num_classes: K (2 by default, so guidance and class conditions are checked); ignored
+            when ``conditioner`` is given.
         num_values: V of the default leaf.
         seed, scale: the parameter noise of :func:`~fractalkit.testing.support.roughen`.
+        conditioner: your (or a built-in) conditioner config, e.g. :class:`fractalkit.Vector`
+            ``(2)``; its parameters are roughened with the rest (default: ``ClassLabel`` with
+            ``num_classes``).
 
     Returns:
         A float32 model in eval mode.
@@ -83,8 +95,20 @@ def tiny_fractal(
         levels = [(top, level if level is not None else default_level)]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Fractal(levels, leaf, num_classes=num_classes, label_drop=0.1)
-    return roughen(model, seed=seed, scale=scale).eval()
+        if conditioner is not None:
+            model = Fractal(levels, leaf, conditioner=conditioner)
+        else:
+            model = Fractal(levels, leaf, num_classes=num_classes, label_drop=0.1)
+    roughen(model, seed=seed, scale=scale)
+    own = model._modules.get("conditioner")
+    if own is not None:
+        # A roughened conditioner's network (an MLP, an encoder) amplifies the noise into
+        # condition vectors several times larger than a class embedding's, so guidance makes
+        # the law too peaked for the chi-square to have cells: shrink its weights back.
+        with torch.no_grad():
+            for p in own.parameters():
+                p.mul_(CONDITIONER_SHRINK)
+    return model.eval()
 
 
 def run_all(
@@ -94,22 +118,37 @@ def run_all(
     seed: int = 0,
     label: int | None = None,
     skip: Sequence[str] = (),
+    conditions: Sequence[Any] | None = None,
+    condition: Any = None,
+    guidance: float = 3.0,
 ) -> dict[str, Any]:
     """Run every check that applies to ``model``; raise on the first failure.
 
     Always: decomposition, KV-cache equivalence, seeded sampling, the callback (with a linear
     guidance schedule on a conditional model), completion keeps known elements, config and
-    save/load round trips. On an enumerable support (C <= 4096): normalisation, and for an exact
-    (not bound) model the sampler at temperature 1, at temperature 0.7, with guidance 3 on the
-    linear schedule (conditional models), and exact-prefix completion, each by chi-square.
-    With an order-taking level: ``log_prob`` depends on the order.
+    save/load round trips, each under random example conditions on a conditional model. On an
+    enumerable support (C <= 4096): normalisation (for the null and every example condition),
+    and for an exact (not bound) model the sampler at temperature 1, at temperature 0.7, with
+    guidance 3 on the linear schedule (conditional models), for the null condition, and
+    exact-prefix completion, each by chi-square. With an order-taking level: ``log_prob``
+    depends on the order. With a conditioner: the condition reaches the model (two or more
+    example conditions) and condition dropout substitutes the null condition at its rate.
 
     Args:
         model: any :class:`fractalkit.Fractal` (sampled as given, scored in float64).
         num_samples: draws per chi-square test.
         seed: sampling seed.
-        label: the class the chi-square tests sample (default: 1 if conditional, else None).
+        label: the class the chi-square tests sample (the class-label spelling of
+            ``condition``).
         skip: names of checks not to run (keys of the result).
+        conditions: example conditions, each for one instance in the conditioner's batched
+            form (see :mod:`fractalkit.testing.conditions`); default: every class label, or a
+            few vectors/sequences for :class:`fractalkit.Vector`/:class:`fractalkit.Sequence`.
+            A user conditioner must give them.
+        condition: the condition (for one instance) the chi-square tests sample; default: the
+            second example condition (label 1 for class labels), or the only one.
+        guidance: the scale of the guided checks (callback and sampler, linear schedule); a
+            smaller one keeps a peaked model's guided law testable.
 
     Returns:
         ``{check name: result}`` for the checks that ran, with a ``"skipped"`` entry naming
@@ -125,34 +164,49 @@ def run_all(
             "run_all: the model is in training mode; call model.eval() first (dropout would make "
             "the sampler's law differ from the likelihood's)"
         )
-    conditional = model.num_classes > 0
-    if label is None and conditional:
-        label = min(1, model.num_classes - 1)
+    cond = conditional(model)
+    examples = example_conditions(model, conditions, "run_all")
+    c = one_condition(model, condition, label, "run_all")
+    if c is None and cond:
+        c = examples[min(1, len(examples) - 1)]
+    has_null = cond and model.conditioner.has_null
+    ex = {"conditions": examples}
     small = enumerable(model)
-    bound = is_bound(model)
+    bound = is_bound(model, c)
+    exact = small and not bound
     chi = {"num_samples": num_samples, "seed": seed}
-    guided = {"guidance": 3.0, "guidance_schedule": "linear"} if conditional else {}
+    guided = {"guidance": guidance, "guidance_schedule": "linear"} if has_null else {}
     plan: dict[str, tuple[bool, str, Callable[[], Any]]] = {
-        "normalisation": (small, "support too large", lambda: check_normalisation(model)),
-        "decomposition": (True, "", lambda: check_decomposition(model)),
-        "orders_reach_levels": (
-            any(uses_orders(model)), "no order-taking level", lambda: check_orders_reach_levels(model)
+        "normalisation": (small, "support too large",
+                          lambda: check_normalisation(model, conditions=examples)),
+        "condition_reaches_model": (
+            cond and small and not bound and len(examples) >= 2,
+            "unconditional, support too large, a bound, or fewer than 2 example conditions",
+            lambda: check_condition_reaches_model(model, conditions=examples),
         ),
-        "kv_cache": (True, "", lambda: check_kv_cache(model)),
-        "seeded_sampling": (True, "", lambda: check_seeded_sampling(model)),
-        "callback": (True, "", lambda: check_callback(model, **guided)),
-        "completion": (True, "", lambda: check_completion(model)),
-        "sampler": (small and not bound, "support too large or a bound",
-                    lambda: check_sampler(model, label, **chi)),
-        "sampler_temperature": (small and not bound, "support too large or a bound",
-                                lambda: check_sampler(model, label, temperature=0.7, **chi)),
-        "sampler_guidance": (small and not bound and conditional,
-                             "support too large, a bound, or unconditional",
-                             lambda: check_sampler(model, label, **guided, **chi)),
-        "completion_law": (small and not bound, "support too large or a bound",
-                           lambda: check_completion_law(model, None, label, **chi)),
+        "condition_dropout": (has_null, "unconditional or no null condition",
+                              lambda: check_condition_dropout(model, conditions=examples, seed=seed)),
+        "decomposition": (True, "", lambda: check_decomposition(model, **ex)),
+        "orders_reach_levels": (
+            any(uses_orders(model)), "no order-taking level",
+            lambda: check_orders_reach_levels(model, **ex),
+        ),
+        "kv_cache": (True, "", lambda: check_kv_cache(model, **ex)),
+        "seeded_sampling": (True, "", lambda: check_seeded_sampling(model, **ex)),
+        "callback": (True, "", lambda: check_callback(model, **ex, **guided)),
+        "completion": (True, "", lambda: check_completion(model, **ex)),
+        "sampler": (exact, "support too large or a bound", lambda: check_sampler(model, c, **chi)),
+        "sampler_temperature": (exact, "support too large or a bound",
+                                lambda: check_sampler(model, c, temperature=0.7, **chi)),
+        "sampler_guidance": (exact and has_null,
+                             "support too large, a bound, or no null condition to guide with",
+                             lambda: check_sampler(model, c, **guided, **chi)),
+        "sampler_null": (exact and has_null, "support too large, a bound, or no null condition",
+                         lambda: check_sampler(model, None, **chi)),
+        "completion_law": (exact, "support too large or a bound",
+                           lambda: check_completion_law(model, None, c, **chi)),
         "config_round_trip": (True, "", lambda: check_config_round_trip(model)),
-        "save_load": (True, "", lambda: check_save_load(model)),
+        "save_load": (True, "", lambda: check_save_load(model, **ex)),
     }
     unknown = sorted(set(skip) - set(plan))
     if unknown:
@@ -174,14 +228,23 @@ def check_component(
     level: ComponentConfig | None = None,
     leaf: ComponentConfig | None = None,
     partitioner: Partitioner | None = None,
+    *,
+    conditioner: ConditionerConfig | None = None,
+    scale: float = 0.4,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """The whole contract for one component: :func:`run_all` on the small models of
     :func:`tiny_fractal` built around it (a level both at the top and below another level).
 
     Args:
-        level, leaf, partitioner: your component(s); at least one.
-        **kwargs: passed to :func:`run_all` (``num_samples``, ``seed``, ``skip``).
+        level, leaf, partitioner: your component(s).
+        conditioner: your conditioner config (the models are conditioned by it); give
+            ``conditions=[...]`` too for a conditioner the kit has no defaults for. At least
+            one of the four components.
+        scale: the parameter noise of :func:`tiny_fractal` (lower it when a peaked model leaves
+            the chi-square tests too few cells).
+        **kwargs: passed to :func:`run_all` (``num_samples``, ``seed``, ``skip``,
+            ``conditions``, ``condition``).
 
     Returns:
         ``{model name: run_all result}``.
@@ -189,11 +252,16 @@ def check_component(
     Raises:
         ContractError: from the first check that fails (the message names the model).
     """
-    if level is None and leaf is None and partitioner is None:
-        raise ValueError("check_component: give a level config, a leaf config or a partitioner")
-    models = {"top": tiny_fractal(level, leaf, partitioner)}
+    if level is None and leaf is None and partitioner is None and conditioner is None:
+        raise ValueError(
+            "check_component: give a level config, a leaf config, a partitioner or a conditioner"
+        )
+    models = {"top": tiny_fractal(level, leaf, partitioner, conditioner=conditioner, scale=scale)}
     if level is not None:
-        models["below"] = tiny_fractal(level, leaf, partitioner, position="below", seed=1)
+        models["below"] = tiny_fractal(
+            level, leaf, partitioner, position="below", seed=1, conditioner=conditioner,
+            scale=scale,
+        )
     out = {}
     for name, model in models.items():
         try:
