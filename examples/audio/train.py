@@ -391,6 +391,7 @@ def main() -> None:
         results["ngram"] = ngram_baseline(train_clips, {"eval": eval_clips, "test_all": subset(clips, test)},
                                           bits=args.bits, orders=(1, 2, 3, 4, 5, 6) if args.bits == 8 else (1, 2, 3))
         results["ngram"]["cpu_s"] = time.process_time() - t
+        path.write_text(json.dumps(results, indent=2))
         print("ngram", results["ngram"], flush=True)
     results["eval"] = {"clips": int(eval_clips["x"].shape[0]), "real_samples": int(eval_clips["lengths"].sum()),
                        "index": args.eval_index}
