@@ -244,7 +244,7 @@ def main() -> None:
                 results["runs"].append(run)
                 path.write_text(json.dumps(results, indent=2))
                 print(json.dumps(run), flush=True)
-                if seed == 0 and budget_s == budgets[-1]:
+                if seed == int(args.seeds.split(",")[0]) and budget_s == budgets[-1]:
                     x, _ = sample_seconds(model)
                     samples += [f"=== {kind} sample {i} ===\n{t}\n" for i, t in enumerate(decode_text(x, vocab))]
     if samples:

@@ -142,7 +142,9 @@ class DiscretizedLogisticLeaf(Leaf):
             bias = self.head.bias.view(e, 3, num_components)
             bias.zero_()
             bias[:, 1] = torch.linspace(-0.9, 0.9, num_components)
-            bias[:, 2] = math.log(8.0 / (num_values - 1))
+            # Scales of 8 bins, but never narrower than 8 bins of 8-bit audio: with V = 65,536
+            # a component 8 bins wide gives the observed value almost no mass at first.
+            bias[:, 2] = math.log(max(8.0 / (num_values - 1), 8.0 / 255))
 
     def element_logits(self, x: Tensor, cond: Tensor) -> Tensor:
         """Bin log-probabilities of every element.
