@@ -9,9 +9,9 @@ guided on the linear schedule), the callback, completion, config and save/load r
 from __future__ import annotations
 
 import pytest
+from own_level import CachedGRULevelConfig, GRULevelConfig
 
 from fractalkit.testing import check_component
-from tests.own_level import CachedGRULevelConfig, GRULevelConfig
 
 
 @pytest.mark.parametrize(
