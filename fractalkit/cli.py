@@ -123,6 +123,20 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def positive_float_list(text: str) -> tuple[float, ...]:
+    """Comma-separated positive finite numbers, e.g. budgets in seconds ``30,90``."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 30,90, got {text!r}"
+        ) from None
+    if any(not (math.isfinite(v) and v > 0) for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {text!r}")
+    return values
+
+
 def steps_list(text: str) -> tuple[int, ...] | None:
     """Decoding steps per level: ``exact`` (None: one child per step) or e.g. ``64,16``."""
     if text.strip() == "exact":

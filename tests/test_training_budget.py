@@ -136,3 +136,16 @@ def test_cli_options_stopwatch_and_device_label() -> None:
     with Stopwatch("cpu") as clock:
         time.sleep(0.01)
     assert clock.seconds >= 0.01
+
+
+def test_budget_is_measured_on_the_given_clock() -> None:
+    # a clock that ticks one "second" per reading: the start (0), one reading per loop test
+    # (1, 2, 3 step; 4 stops) and the end (5): exactly 3 steps whatever the machine's speed
+    ticks = iter(range(1000))
+    log = train_for_budget(tiny_fractal(), draw, budget_s=3.5, generator=torch.Generator().manual_seed(0),
+                           clock=lambda: float(next(ticks)))
+    assert log["steps"] == 3 and log["seconds"] == 5.0
+    # CPU time of this process is a valid clock too
+    log = train_for_budget(tiny_fractal(), draw, budget_s=math.inf, max_steps=2,
+                           generator=torch.Generator().manual_seed(0), clock=time.process_time)
+    assert log["steps"] == 2 and log["seconds"] > 0

@@ -1,23 +1,41 @@
-"""Class-conditional waveform fractal vs a flat AR model on the Free Spoken Digit Dataset.
+"""Variable-length spoken digits: a waveform fractal, a WaveNet, a flat transformer and count
+n-grams, scored in bits per *real* sample on the Free Spoken Digit Dataset.
 
-Shape letters: N clips, L = 4096 samples per clip (0.512 s at 8 kHz), V = 256 mu-law values.
+Shape letters: N clips, L = 4096 samples per padded clip (0.512 s at 8 kHz), V values (256
+mu-law values for 8-bit, 65,536 PCM values for 16-bit).
 
-Data: every 8 kHz 16-bit recording is converted to floats in [-1, 1), then **centre-cropped or
-zero-padded (equally on both sides) to a fixed length of 4,096 samples**, then 8-bit mu-law
-encoded (mu = 255, V = 256; digital silence is value 128). Test split: ``index`` 0-4 (300
-clips); training: the other 2,700. The condition is the spoken digit (10 classes).
+Data: every 8 kHz 16-bit recording is converted to floats in [-1, 1); a clip longer than L is
+**centre-cropped** to L (24.5% of the clips); a shorter one keeps its length n and is padded
+*after its end* to L (the padding is never scored). Values: 8-bit mu-law (mu = 255) or the raw
+16-bit PCM shifted to ``[0, 65536)``. Test split: ``index`` 0-4 (300 clips; the tables use
+``index`` 0, 60 clips, one per digit and speaker, to keep CPU evaluation short); training: the
+other 2,700 (``index`` 5-9 is the n-gram's validation split for choosing its order).
 
-The fractal: ``SequenceChunks(4096, 256)`` -> ``SequenceChunks(256, 16)`` ->
-``SequenceChunks(16, 1)`` (three AR levels) -> a discretised mixture of 10 logistics over the
-256 mu-law values (:class:`fractalkit.leaves.DiscretizedLogisticLeaf`, the plug-in leaf). The
-flat baseline: one AR level over all 4,096 samples with the same leaf. Both are exact AR
-models: bits per sample are exact (over the 4,096 samples, padding included).
+Likelihood of a clip: every model here is causal in time, so the sum of its first n
+conditionals is exactly log p(x_1..x_n), the probability of the real samples whatever would
+follow. Bits per real sample = -sum over clips of log2 p(real samples) / (number of real
+samples). The length is not modelled: coding it with a uniform code over 1..L adds 12 bits
+per clip (about 0.004 bits per sample) to every model alike. Training uses the same masked
+objective (padding contributes no gradient).
+
+Models (all with the discretised-logistic leaf, 10 components, except the n-grams):
+
+- ``fractal``: ``SequenceChunks(L, 256)`` -> ``SequenceChunks(256, 16)`` -> ``SequenceChunks(16, 1)``,
+  three AR levels;
+- ``wavenet``: one :class:`wavenet.WaveNetLevel` (gated dilated causal convolutions, the field's
+  flat raw-audio model) over all L samples, a plug-in level;
+- ``flat``: one AR transformer level over all L samples;
+- n-grams: interpolated Kneser-Ney (:mod:`fractalkit.baselines.ngram`), order chosen on the
+  validation split.
+
+Budgets are CPU time of the training process (``time.process_time``), one thread, not
+wall-clock: the development machine is shared.
 
 Usage (from the repository root)::
 
-    python examples/audio/train.py --budget-s 240 --out examples/audio/results
+    PYTHONPATH=. python examples/audio/train.py --budgets 60,180 --seeds 0,1,2
 
-writes ``results.json``, ``samples/*.wav``, ``samples.png`` and prints a Markdown table.
+writes ``results.json``, ``samples/*.wav``, ``samples.png`` and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -25,16 +43,22 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
+import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from fractalkit import ARLevelConfig, Fractal, SequenceChunks, cli
+from fractalkit.baselines import NGramModel, choose_order
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
+from fractalkit.sampling.options import ScoreContext
 from fractalkit.training import budget
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wavenet import WaveNetLevelConfig
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fsdd-8k" / "recordings.parquet"
 RATE = 8000
@@ -54,14 +78,34 @@ def mu_law_decode(values: np.ndarray) -> np.ndarray:
     return np.sign(y) * ((1 + MU) ** np.abs(y) - 1) / MU
 
 
-def fix_length(audio: np.ndarray, length: int = LENGTH) -> np.ndarray:
-    """Centre-crop a longer clip, or zero-pad a shorter one equally on both sides, to ``length``."""
+def crop(audio: np.ndarray, length: int = LENGTH) -> np.ndarray:
+    """Centre-crop a clip longer than ``length``; a shorter one is returned unchanged."""
     n = audio.shape[0]
-    if n >= length:
-        start = (n - length) // 2
-        return audio[start : start + length]
-    left = (length - n) // 2
-    return np.pad(audio, (left, length - n - left))
+    if n <= length:
+        return audio
+    start = (n - length) // 2
+    return audio[start : start + length]
+
+
+def quantise(audio: np.ndarray, bits: int) -> np.ndarray:
+    """Floats in ``[-1, 1)`` to int64 values: 8-bit mu-law, or 16-bit PCM + 32768."""
+    if bits == 8:
+        return mu_law_encode(audio)
+    if bits == 16:
+        return np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int64) + 32768
+    raise ValueError(f"quantise: bits must be 8 or 16, got {bits}")
+
+
+def dequantise(values: np.ndarray, bits: int) -> np.ndarray:
+    """The inverse of :func:`quantise`: int values to floats in ``[-1, 1]``."""
+    if bits == 8:
+        return mu_law_decode(values)
+    return (np.asarray(values, dtype=np.float64) - 32768) / 32768
+
+
+def silence(bits: int) -> int:
+    """The value of digital silence (the padding value): 128 (mu-law) or 32768 (PCM)."""
+    return 128 if bits == 8 else 32768
 
 
 def read_wav(data: bytes) -> np.ndarray:
@@ -73,17 +117,19 @@ def read_wav(data: bytes) -> np.ndarray:
     return np.frombuffer(frames, dtype="<i2").astype(np.float64) / 32768.0
 
 
-def load_clips(path: Path = DATA, *, limit: int | None = None, length: int = LENGTH):
-    """All clips as mu-law tensors with their digits, split by ``index`` (0-4: test).
+def load_clips(path: Path = DATA, *, limit: int | None = None, length: int = LENGTH,
+               bits: int = 8) -> dict[str, torch.Tensor]:
+    """Every clip, cropped to at most ``length`` samples, padded after its end, with its metadata.
 
     Args:
         path: the ``recordings.parquet`` file.
         limit: read only the first ``limit`` rows (for quick tests).
         length: L.
+        bits: 8 (mu-law) or 16 (PCM).
 
     Returns:
-        ``(train_x, train_y, test_x, test_y)``: int64 ``[N, L]`` mu-law clips, int64 ``[N]``
-        digits.
+        ``{"x": int64 [N, L] values (padding: silence), "lengths": int64 [N] real samples,
+        "digit", "speaker", "index": int64 [N]}`` (speakers numbered in sorted name order).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -91,29 +137,52 @@ def load_clips(path: Path = DATA, *, limit: int | None = None, length: int = LEN
     import pyarrow.parquet as pq
 
     if not Path(path).exists():
-        raise FileNotFoundError(path)
-    table = pq.read_table(path, columns=["audio_wav", "digit", "index"])
+        raise FileNotFoundError(f"{path}: the FSDD recordings (see ../shared/data/README.md)")
+    table = pq.read_table(path, columns=["audio_wav", "digit", "speaker", "index"])
     if limit is not None:
         table = table.slice(0, limit)
-    wavs = table.column("audio_wav").to_pylist()
-    x = torch.from_numpy(np.stack([mu_law_encode(fix_length(read_wav(b), length)) for b in wavs]))
-    y = torch.tensor(table.column("digit").to_pylist(), dtype=torch.int64)
-    test = torch.tensor(table.column("index").to_pylist()) < 5
-    return x[~test], y[~test], x[test], y[test]
+    clips = [quantise(crop(read_wav(b), length), bits) for b in table.column("audio_wav").to_pylist()]
+    x = torch.full((len(clips), length), silence(bits), dtype=torch.int64)
+    for i, c in enumerate(clips):
+        x[i, : c.size] = torch.from_numpy(c)
+    speakers = table.column("speaker").to_pylist()
+    names = sorted(set(speakers))
+    return {
+        "x": x,
+        "lengths": torch.tensor([c.size for c in clips], dtype=torch.int64),
+        "digit": torch.tensor(table.column("digit").to_pylist(), dtype=torch.int64),
+        "speaker": torch.tensor([names.index(s) for s in speakers], dtype=torch.int64),
+        "index": torch.tensor(table.column("index").to_pylist(), dtype=torch.int64),
+    }
 
 
-def build_model(kind: str, *, length: int = LENGTH, small: bool = False) -> Fractal:
-    """The fractal (``"fractal"``) or the flat baseline (``"flat"``), conditional on 10 digits.
+def subset(clips: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The clips where the bool ``[N]`` ``keep`` is True."""
+    return {k: v[keep] for k, v in clips.items()}
+
+
+def real_samples(clips: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """Each clip's real samples (its first ``lengths[i]`` values), as numpy arrays."""
+    return [x[:n].numpy() for x, n in zip(clips["x"], clips["lengths"].tolist())]
+
+
+def build_model(kind: str, *, bits: int = 8, conditional: bool = True, length: int = LENGTH,
+                small: bool = False) -> Fractal:
+    """One of the compared models over ``length`` samples, with the logistic-mixture leaf.
 
     Args:
-        kind: ``"fractal"`` (levels 16 x 256 -> 16 x 16 -> 16 x 1) or ``"flat"``.
-        length: L; must be a multiple of 256 for the fractal.
+        kind: ``"fractal"`` (levels 16 x 256 -> 16 x 16 -> 16 x 1), ``"wavenet"`` (a
+            :class:`wavenet.WaveNetLevel`, receptive field 1,024 samples) or ``"flat"`` (one AR
+            transformer level over all samples).
+        bits: 8 (V = 256) or 16 (V = 65,536).
+        conditional: condition on the spoken digit (10 classes, label dropout 0.1).
+        length: L; a multiple of 256 for the fractal.
         small: tiny widths for tests.
 
     Raises:
         ValueError: for an unknown ``kind``.
     """
-    leaf = DiscretizedLogisticLeafConfig(num_values=256, num_components=10)
+    leaf = DiscretizedLogisticLeafConfig(num_values=2**bits, num_components=10)
 
     def level(width: int, depth: int, heads: int) -> ARLevelConfig:
         if small:
@@ -126,70 +195,128 @@ def build_model(kind: str, *, length: int = LENGTH, small: bool = False) -> Frac
             (SequenceChunks(256, 16), level(96, 2, 4)),
             (SequenceChunks(16, 1), level(64, 1, 4)),
         ]
+    elif kind == "wavenet":
+        cfg = WaveNetLevelConfig(width=16, layers=3, cycle=3) if small else WaveNetLevelConfig(
+            width=48, layers=10, cycle=10)
+        levels = [(SequenceChunks(length, 1), cfg)]
     elif kind == "flat":
         levels = [(SequenceChunks(length, 1), level(96, 4, 4))]
     else:
-        raise ValueError(f"build_model: kind must be 'fractal' or 'flat', got {kind!r}")
-    return Fractal(levels, leaf=leaf, num_classes=10, label_drop=0.1)
+        raise ValueError(f"build_model: kind must be 'fractal', 'wavenet' or 'flat', got {kind!r}")
+    return Fractal(levels, leaf=leaf, num_classes=10 if conditional else 0,
+                   label_drop=0.1 if conditional else 0.0)
 
 
-def train(model: Fractal, x: torch.Tensor, y: torch.Tensor, *, budget_s: float, batch: int = 8,
-          lr: float = 1e-3, max_steps: int | None = None, seed: int = 0) -> dict[str, float]:
-    """AdamW for ``budget_s`` seconds of wall-clock (or ``max_steps``): 20 warm-up steps, then a
-    cosine in elapsed time / budget (:func:`fractalkit.training.train_for_budget`); batches of
-    ``(clips, digits)`` drawn uniformly from the clips.
+def sample_log_probs(model: Fractal, x: torch.Tensor, y: torch.Tensor | None, *,
+                     generator: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
+    """Every sample's log-probability (nats) given the samples before it: ``[N, L]``.
+
+    The leaf records its per-element scores (:meth:`fractalkit.Leaf.recording`); with nested
+    ``SequenceChunks`` AR levels (or one flat level) its rows are the samples in time order.
+    With ``train`` the scores keep their graph and the labels are dropped with ``label_drop``.
+    """
+    model.root.check_x(x)
+    cond = model.top_condition(y, x.shape[0], drop=train and model.training, generator=generator)
+    ctx = ScoreContext("train" if train else "exact", generator=generator)
+    with model.leaf.recording(keep_graph=train) as records:
+        score = model.root.score(x.long(), cond, ctx)
+    per_sample = torch.cat(records).reshape(x.shape)  # [N, L]
+    if not train:  # the records must be the whole likelihood, in order
+        assert torch.allclose(per_sample.sum(1), score.logp.to(per_sample.dtype), rtol=1e-4, atol=1e-2)
+    return per_sample
+
+
+def real_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """bool ``[N, L]``: True on each clip's real samples."""
+    return torch.arange(length, device=lengths.device) < lengths[:, None]
+
+
+class RealSampleLoss(torch.nn.Module):
+    """Wraps a model so that ``loss(x, lengths, y)`` is the mean nats per *real* sample (the
+    objective :func:`fractalkit.training.train_for_budget` minimises)."""
+
+    def __init__(self, model: Fractal) -> None:
+        super().__init__()
+        self.model = model
+
+    def loss(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor | None = None, *,
+             generator: torch.Generator | None = None):
+        """``[N, L]`` padded clips, ``[N]`` lengths, ``[N]`` labels or None -> ``.total``, ``.nll``."""
+        from fractalkit import TrainingLoss
+
+        lp = sample_log_probs(self.model, x, y, generator=generator, train=True)
+        nll = -(lp * real_mask(lengths, x.shape[1])).sum() / lengths.sum()
+        return TrainingLoss(nll, nll.detach(), {})
+
+
+def train(model: Fractal, clips: dict[str, torch.Tensor], *, budget_s: float, batch: int = 8,
+          lr: float = 1e-3, max_steps: int | None = None, seed: int = 0,
+          clock=time.process_time) -> dict[str, float]:
+    """AdamW on the masked objective for ``budget_s`` seconds of ``clock`` (default: this
+    process's CPU time) or ``max_steps``: 20 warm-up steps, then a cosine in elapsed / budget
+    (:func:`fractalkit.training.train_for_budget`); clips drawn uniformly, with their digits
+    when the model is conditional.
 
     Returns:
         ``{"steps", "seconds", "s_per_step", "last_loss_bps"}``.
     """
+    conditional = model.num_classes > 0
+    x, lengths, y = clips["x"], clips["lengths"], clips["digit"]
 
-    def next_batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(g: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        return x[idx], y[idx]
+        return x[idx], lengths[idx], (y[idx] if conditional else None)
 
-    log = budget.train_for_budget(model, next_batch, budget_s=budget_s, lr=lr, max_steps=max_steps,
-                                  generator=torch.Generator().manual_seed(seed))
+    log = budget.train_for_budget(RealSampleLoss(model), next_batch, budget_s=budget_s, lr=lr,
+                                  max_steps=max_steps, generator=torch.Generator().manual_seed(seed),
+                                  clock=clock)
     log["last_loss_bps"] = log.pop("last_loss_nats") / math.log(2)
     return log
 
 
 @torch.no_grad()
-def bits_per_sample(model: Fractal, x: torch.Tensor, y: torch.Tensor, *, batch: int = 16) -> float:
-    """Exact class-conditional bits per sample over the clips (all L samples of each)."""
+def bits_per_real_sample(model: Fractal, clips: dict[str, torch.Tensor], *, batch: int = 10) -> float:
+    """Exact bits per real sample (digit-conditional when the model is): padding not scored."""
     model.eval()
-    device = next(model.parameters()).device
     total = 0.0
-    for i in range(0, x.shape[0], batch):
-        lp = model.log_prob(x[i : i + batch].to(device), y[i : i + batch].to(device))
-        assert lp.kind == "exact"
-        total += float(lp.value.sum())
-    return -total / (x.numel() * math.log(2))
+    for i in range(0, clips["x"].shape[0], batch):
+        x, n = clips["x"][i : i + batch], clips["lengths"][i : i + batch]
+        y = clips["digit"][i : i + batch] if model.num_classes > 0 else None
+        lp = sample_log_probs(model, x, y)
+        total += float((lp.double() * real_mask(n, x.shape[1])).sum())
+    return -total / (float(clips["lengths"].sum()) * math.log(2))
 
 
-def flops_per_example(model: Fractal, x: torch.Tensor, y: torch.Tensor) -> int:
-    """FLOPs of one teacher-forced ``log_prob`` on one clip (FlopCounterMode; autograd on,
-    because its module tracker fails under ``torch.no_grad``)."""
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    device = next(model.parameters()).device
-    with counter:
-        model.log_prob(x[:1].to(device), y[:1].to(device))
-    return int(counter.get_total_flops())
+def ngram_baseline(train_clips: dict[str, torch.Tensor], eval_sets: dict[str, dict[str, torch.Tensor]],
+                   *, bits: int = 8, orders=(1, 2, 3, 4, 5, 6)) -> dict[str, object]:
+    """Kneser-Ney n-grams on the real samples: the order with the fewest bits on the training
+    clips of ``index`` 5-9 (fit on the others), refit on all training clips, then bits per real
+    sample on each of ``eval_sets``."""
+    v = 2**bits
+    valid = (train_clips["index"] >= 5) & (train_clips["index"] < 10)
+    order, scores = choose_order(real_samples(subset(train_clips, ~valid)),
+                                 real_samples(subset(train_clips, valid)), v, orders)
+    model = NGramModel(order, v).fit(real_samples(train_clips))
+    return {"order": order, "validation_bits": scores,
+            **{name: model.bits(real_samples(c)) for name, c in eval_sets.items()}}
 
 
 @torch.no_grad()
 def sample_clips(model: Fractal, digits: torch.Tensor, *, seed: int = 0) -> tuple[torch.Tensor, float]:
-    """``(mu-law clips [N, L], seconds per clip)``: one clip per digit, KV cache, no guidance."""
+    """``(clips [N, L], seconds per clip)``: one clip per digit (or unconditional), temperature 1."""
     model.eval()
-    device = next(model.parameters()).device
-    with budget.Stopwatch(device) as clock:
-        x = model.sample(y=digits.to(device), generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    with budget.Stopwatch("cpu") as clock:
+        if model.num_classes > 0:
+            x = model.sample(y=digits, generator=g)
+        else:
+            x = model.sample(num_samples=digits.numel(), generator=g)
     return x.cpu(), clock.seconds / digits.numel()
 
 
-def write_wav(path: Path, values: np.ndarray) -> None:
-    """Write mu-law values as a 16-bit 8 kHz mono WAV file."""
-    pcm = np.clip(np.round(mu_law_decode(values) * 32767), -32768, 32767).astype("<i2")
+def write_wav(path: Path, values: np.ndarray, bits: int = 8) -> None:
+    """Write quantised values (see :func:`quantise`) as a 16-bit 8 kHz mono WAV file."""
+    pcm = np.clip(np.round(dequantise(values, bits) * 32767), -32768, 32767).astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -197,8 +324,9 @@ def write_wav(path: Path, values: np.ndarray) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int]) -> None:
-    """Waveforms and spectrograms, one column per clip, one pair of rows per source."""
+def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int], bits: int = 8) -> None:
+    """Waveforms and spectrograms, one column per clip, one pair of rows per source (clips:
+    ``{source: quantised values [columns, <= L]}``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,7 +337,7 @@ def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int]) -> None:
     fig, axes = plt.subplots(2 * len(names), cols, figsize=(2.2 * cols, 2.6 * len(names)), squeeze=False)
     for r, name in enumerate(names):
         for c in range(cols):
-            audio = mu_law_decode(clips[name][c])
+            audio = dequantise(clips[name][c], bits)
             axes[2 * r, c].plot(np.arange(audio.size) / RATE, audio, lw=0.4)
             axes[2 * r, c].set_ylim(-1, 1)
             axes[2 * r, c].set_title(f"{name}: digit {digits[c]}", fontsize=7)
@@ -219,54 +347,102 @@ def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int]) -> None:
             for ax in (axes[2 * r, c], axes[2 * r + 1, c]):
                 ax.tick_params(labelsize=5)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
+def summarise(values: list[float]) -> str:
+    """``mean ± sample std (n)`` of a list of figures."""
+    a = np.asarray(values, dtype=np.float64)
+    std = a.std(ddof=1) if a.size > 1 else float("nan")
+    return f"{a.mean():.3f} ± {std:.3f} ({a.size})"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Train both models for the same wall-clock budget; write the table, WAVs and a PNG."""
+    """Train every model for each CPU-time budget and seed; write the tables, WAVs and a PNG."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
-    budget.add_budget_arguments(ap, batch=8, out=Path(__file__).parent / "results")
     ap.add_argument("--data", type=Path, default=DATA, help="the FSDD recordings.parquet")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--bits", type=cli.positive_int, default=8, choices=(8, 16))
+    ap.add_argument("--models", default="fractal,wavenet,fractal-uncond",
+                    help="comma-separated: fractal, wavenet, flat; '-uncond' for no digit condition")
+    ap.add_argument("--budgets", type=cli.positive_float_list, default=(60.0, 180.0), help="CPU seconds of training per run")
+    ap.add_argument("--seeds", type=cli.int_list, default=(0, 1, 2), help="comma-separated seeds")
+    ap.add_argument("--batch", type=cli.positive_int, default=8)
+    ap.add_argument("--eval-index", type=cli.int_list, default=(0,), help="test clips with these `index` values")
+    ap.add_argument("--sample", default="", help="models to draw 10 clips from after the last run")
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    train_x, train_y, test_x, test_y = load_clips(args.data)
-    (args.out / "samples").mkdir(parents=True, exist_ok=True)
-    digits = torch.arange(10)
-    results, clips = {}, {"data (test)": np.stack([test_x[test_y == d][0].numpy() for d in range(10)])}
-    for kind in args.models.split(","):
-        torch.manual_seed(0)
-        model = build_model(kind).to(device)
-        log = train(model, train_x, train_y, budget_s=args.budget_s, batch=args.batch)
-        bps = bits_per_sample(model, test_x, test_y)
-        x, s_per_clip = sample_clips(model, digits)
-        clips[kind] = x.numpy()
-        for d in range(10):
-            write_wav(args.out / "samples" / f"{kind}_digit{d}.wav", clips[kind][d])
-        results[kind] = {
-            "test_bits_per_sample": bps,
-            "params": sum(p.numel() for p in model.parameters()),
-            "flops_per_example": flops_per_example(model, test_x, test_y),
-            "train_s_per_step": log["s_per_step"],
-            "train_steps": log["steps"],
-            "train_seconds": log["seconds"],
-            "sample_s_per_example": s_per_clip,
-            "batch": args.batch,
-            "device": budget.device_description(device, args.threads),
-        }
-        (args.out / "results.json").write_text(json.dumps(results, indent=2))
-        print(kind, json.dumps(results[kind]), flush=True)
-    plot(args.out / "samples.png", clips, digits.tolist())
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"| model | test bits/sample (exact) | params | GFLOPs / clip (log_prob) | "
-          f"train s / step (batch {args.batch}) | steps | sample s / clip |")
-    print("|---|---|---|---|---|---|---|")
-    for kind, r in results.items():
-        print(f"| {kind} | {r['test_bits_per_sample']:.3f} | {r['params'] / 1e6:.2f}M | "
-              f"{r['flops_per_example'] / 1e9:.3f} | {r['train_s_per_step']:.3f} | "
-              f"{r['train_steps']} | {r['sample_s_per_example']:.2f} |")
+    torch.set_num_threads(1)  # the budget is CPU time: one thread keeps it comparable
+    clips = load_clips(args.data, bits=args.bits)
+    test = clips["index"] < 5
+    train_clips = subset(clips, ~test)
+    keep = torch.zeros_like(clips["index"], dtype=torch.bool)
+    for i in args.eval_index:
+        keep |= clips["index"] == i
+    eval_clips = subset(clips, test & keep)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "results.json" if args.bits == 8 else "results_16bit.json"
+    path = args.out / name
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.setdefault("runs", [])
+    if "ngram" not in results:
+        t = time.process_time()
+        results["ngram"] = ngram_baseline(train_clips, {"eval": eval_clips, "test_all": subset(clips, test)},
+                                          bits=args.bits, orders=(1, 2, 3, 4, 5, 6) if args.bits == 8 else (1, 2, 3))
+        results["ngram"]["cpu_s"] = time.process_time() - t
+        path.write_text(json.dumps(results, indent=2))
+        print("ngram", results["ngram"], flush=True)
+    results["eval"] = {"clips": int(eval_clips["x"].shape[0]), "real_samples": int(eval_clips["lengths"].sum()),
+                       "index": ",".join(map(str, args.eval_index))}
+    done = {(r["model"], r["budget_s"], r["seed"]) for r in results["runs"]}
+    models = {}
+    for budget_s in args.budgets:
+        for seed in args.seeds:
+            for spec in args.models.split(","):
+                kind, conditional = spec.removesuffix("-uncond"), not spec.endswith("-uncond")
+                if (spec, budget_s, seed) in done:
+                    continue
+                torch.manual_seed(seed)
+                model = build_model(kind, bits=args.bits, conditional=conditional)
+                log = train(model, train_clips, budget_s=budget_s, batch=args.batch, seed=seed)
+                t = time.process_time()
+                bps = bits_per_real_sample(model, eval_clips)
+                run = {"model": spec, "budget_s": budget_s, "seed": seed, "bits_per_real_sample": bps,
+                       "params": sum(p.numel() for p in model.parameters()), "steps": log["steps"],
+                       "cpu_s_per_step": log["s_per_step"], "eval_cpu_s": time.process_time() - t,
+                       "batch": args.batch}
+                results["runs"].append(run)
+                path.write_text(json.dumps(results, indent=2))
+                print(json.dumps(run), flush=True)
+                models[spec] = model
+    if args.sample:
+        (args.out / "samples").mkdir(exist_ok=True)
+        digits = torch.arange(10)
+        shown = {"data (test)": [eval_clips["x"][eval_clips["digit"] == d][0][: int(
+            eval_clips["lengths"][eval_clips["digit"] == d][0])].numpy() for d in range(10)]}
+        for spec in args.sample.split(","):
+            model = models.get(spec)
+            if model is None:
+                continue
+            x, s_per_clip = sample_clips(model, digits)
+            shown[spec] = list(x.numpy())
+            results.setdefault("sample_s_per_clip", {})[spec] = s_per_clip
+            for d in range(10):
+                write_wav(args.out / "samples" / f"{spec}_{args.bits}bit_digit{d}.wav", x[d].numpy(), args.bits)
+        plot(args.out / f"samples_{args.bits}bit.png", shown, digits.tolist(), args.bits)
+        path.write_text(json.dumps(results, indent=2))
+    print("| model | CPU budget (s) | bits / real sample (mean ± std, seeds) | params | steps | CPU s / step |")
+    print("|---|---|---|---|---|---|")
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in results["runs"]:
+        groups.setdefault((r["model"], r["budget_s"]), []).append(r)
+    for (spec, budget_s), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"| {spec} | {budget_s:.0f} | {summarise([r['bits_per_real_sample'] for r in runs])} | "
+              f"{runs[0]['params'] / 1e6:.2f}M | {np.mean([r['steps'] for r in runs]):.0f} | "
+              f"{np.mean([r['cpu_s_per_step'] for r in runs]):.2f} |")
+    ng = results["ngram"]
+    print(f"| {ng['order']}-gram (Kneser-Ney) | counts | {ng['eval']:.3f} | | | |")
 
 
 if __name__ == "__main__":

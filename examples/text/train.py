@@ -1,4 +1,5 @@
-"""Character-level fractal vs a flat AR model on Tiny Shakespeare, trained for equal wall-clock.
+"""Character-level fractal vs a flat AR transformer of matched parameters and a Kneser-Ney
+n-gram on Tiny Shakespeare, trained for equal CPU time (or wall-clock on a GPU).
 
 Shape letters: N sequences, L = 256 characters per sequence, c = 16 characters per chunk,
 V = 65 distinct characters.
@@ -11,23 +12,32 @@ table (one-hot), both are exact autoregressive models, so their bits per charact
 The held-out set is the last 10% of the text, cut into non-overlapping 256-character windows;
 each window is scored from its own start (no context from before it).
 
+The n-gram baseline (:mod:`fractalkit.baselines.ngram`, interpolated Kneser-Ney) chooses its
+order on a validation split (the last 10% of the training part), is refit on the whole training
+part, and is scored on the same held-out windows, each from its start.
+
 Usage (from the repository root)::
 
-    python examples/text/train.py --budget-s 240 --out examples/text/results
+    PYTHONPATH=. python examples/text/train.py --cpu-budgets 30,90 --seeds 0,1,2 --width 64
 
-writes ``results.json``, ``samples.txt`` and prints a Markdown table.
+(budgets in CPU seconds of this process, one thread) or, on a GPU,
+``--device cuda --budget-s 70 --batch 64`` (wall-clock, one seed, the model sizes of the GPU
+table); writes ``results.json``, ``samples.txt`` and prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, SequenceChunks, cli
+from fractalkit.baselines import NGramModel, choose_order
 from fractalkit.training import budget
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -61,10 +71,12 @@ def split_corpus(data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_model(kind: str, vocab_size: int, *, seq_len: int = SEQ_LEN, chunk: int = CHUNK,
-                width: int = 128, depth: int = 4, heads: int = 4) -> Fractal:
+                width: int = 128, depth: int = 4, heads: int = 4, flat_depth: int | None = None) -> Fractal:
     """The fractal (``"fractal"``) or the flat baseline (``"flat"``) over ``seq_len`` characters.
 
-    Both use ``depth`` transformer blocks in all: the fractal splits them between its two levels.
+    The fractal splits ``depth`` transformer blocks between its two levels; the flat model has
+    ``flat_depth`` blocks (default ``depth``; one more matches the fractal's parameter count
+    within a few percent, as the fractal's second level has its own embeddings).
 
     Args:
         kind: ``"fractal"`` or ``"flat"``.
@@ -87,7 +99,8 @@ def build_model(kind: str, vocab_size: int, *, seq_len: int = SEQ_LEN, chunk: in
             (SequenceChunks(chunk, 1), ARLevelConfig(width=width, depth=half, heads=heads, embed="table")),
         ]
     elif kind == "flat":
-        levels = [(SequenceChunks(seq_len, 1), ARLevelConfig(width=width, depth=depth, heads=heads, embed="table"))]
+        levels = [(SequenceChunks(seq_len, 1), ARLevelConfig(width=width, depth=flat_depth or depth, heads=heads,
+                                                             embed="table"))]
     else:
         raise ValueError(f"build_model: kind must be 'fractal' or 'flat', got {kind!r}")
     return Fractal(levels, leaf=leaf, num_classes=0)
@@ -100,10 +113,12 @@ def random_windows(data: torch.Tensor, n: int, seq_len: int, generator: torch.Ge
 
 
 def train(model: Fractal, data: torch.Tensor, *, budget_s: float, batch: int = 16,
-          lr: float = 1e-3, max_steps: int | None = None, seed: int = 0) -> dict[str, float]:
-    """Train with AdamW for ``budget_s`` seconds of wall-clock (or ``max_steps``) on random
-    windows of ``data`` (:func:`fractalkit.training.train_for_budget`: 20 warm-up steps, then a
-    cosine in elapsed time / budget).
+          lr: float = 1e-3, max_steps: int | None = None, seed: int = 0,
+          clock=time.perf_counter) -> dict[str, float]:
+    """Train with AdamW for ``budget_s`` seconds of ``clock`` (wall-clock by default;
+    ``time.process_time`` for CPU time) or ``max_steps`` on random windows of ``data``
+    (:func:`fractalkit.training.train_for_budget`: 20 warm-up steps, then a cosine in elapsed
+    time / budget).
 
     Returns:
         ``{"steps", "seconds", "s_per_step", "last_loss_bpc"}``.
@@ -111,7 +126,7 @@ def train(model: Fractal, data: torch.Tensor, *, budget_s: float, batch: int = 1
     seq_len = model.event_shape[0]
     log = budget.train_for_budget(model, lambda g: random_windows(data, batch, seq_len, g),
                                   budget_s=budget_s, lr=lr, max_steps=max_steps,
-                                  generator=torch.Generator().manual_seed(seed))
+                                  generator=torch.Generator().manual_seed(seed), clock=clock)
     log["last_loss_bpc"] = log.pop("last_loss_nats") / math.log(2)
     return log
 
@@ -160,48 +175,90 @@ def decode_text(x: torch.Tensor, vocab: str) -> list[str]:
     return ["".join(vocab[i] for i in row.tolist()) for row in x]
 
 
+def windows(data: torch.Tensor, seq_len: int = SEQ_LEN) -> list[np.ndarray]:
+    """The non-overlapping ``seq_len`` windows of ``data`` that the models score, as numpy rows."""
+    return list(data[: data.numel() // seq_len * seq_len].view(-1, seq_len).numpy())
+
+
+def ngram_baseline(train_data: torch.Tensor, held_out: torch.Tensor, vocab_size: int,
+                   orders=(1, 2, 3, 4, 5, 6, 7, 8)) -> dict[str, object]:
+    """Kneser-Ney n-grams: the order chosen on the last 10% of ``train_data`` (fit on the rest),
+    refit on all of it, scored on the held-out windows and on the held-out text as one stream."""
+    inner, valid = split_corpus(train_data)
+    order, scores = choose_order(inner.numpy(), valid.numpy(), vocab_size, orders)
+    model = NGramModel(order, vocab_size).fit(train_data.numpy())
+    return {"order": order, "validation_bpc": scores, "held_out_windows_bpc": model.bits(windows(held_out)),
+            "held_out_stream_bpc": model.bits(held_out.numpy())}
+
+
+def summarise(values: list[float]) -> str:
+    """``mean ± sample std (n)`` of a list of figures."""
+    a = np.asarray(values, dtype=np.float64)
+    std = a.std(ddof=1) if a.size > 1 else float("nan")
+    return f"{a.mean():.3f} ± {std:.3f} ({a.size})"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Train both models for the same wall-clock budget and write the table."""
+    """Train both models for each budget and seed, fit the n-gram, and write the table."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     budget.add_budget_arguments(ap, batch=16, out=Path(__file__).parent / "results")
     ap.add_argument("--data", type=Path, default=DATA, help="the Tiny Shakespeare input.txt")
+    ap.add_argument("--cpu-budgets", type=cli.positive_float_list, default=None, help="CPU-second budgets (comma-separated); "
+                    "overrides --budget-s and uses one thread")
+    ap.add_argument("--seeds", type=cli.int_list, default=(0,), help="comma-separated seeds")
+    ap.add_argument("--width", type=cli.positive_int, default=128)
+    ap.add_argument("--flat-depth", type=cli.positive_int, default=5, help="blocks of the flat model (5: matched params)")
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    cpu = bool(args.cpu_budgets)
+    torch.set_num_threads(1 if cpu else args.threads)
     device = torch.device(args.device)
     data, vocab = load_corpus(args.data)
     train_data, held_out = split_corpus(data)
     args.out.mkdir(parents=True, exist_ok=True)
-    results, samples = {}, []
-    for kind in args.models.split(","):
-        torch.manual_seed(0)
-        model = build_model(kind, len(vocab)).to(device)
-        log = train(model, train_data, budget_s=args.budget_s, batch=args.batch)
-        bpc = bits_per_char(model, held_out)
-        x, s_per_ex = sample_seconds(model)
-        results[kind] = {
-            "held_out_bpc": bpc,
-            "params": sum(p.numel() for p in model.parameters()),
-            "flops_per_example": flops_per_example(model, held_out[:SEQ_LEN][None]),
-            "train_s_per_step": log["s_per_step"],
-            "train_steps": log["steps"],
-            "train_seconds": log["seconds"],
-            "sample_s_per_example": s_per_ex,
-            "batch": args.batch,
-            "device": budget.device_description(device, args.threads),
-        }
-        (args.out / "results.json").write_text(json.dumps(results, indent=2))
-        samples += [f"=== {kind} sample {i} ===\n{t}\n" for i, t in enumerate(decode_text(x, vocab))]
-        print(kind, json.dumps(results[kind]), flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    (args.out / "samples.txt").write_text("\n".join(samples))
-    print("| model | held-out bits/char (exact) | params | GFLOPs / example (log_prob) | "
-          f"train s / step (batch {args.batch}) | steps | sample s / example |")
-    print("|---|---|---|---|---|---|---|")
-    for kind, r in results.items():
-        print(f"| {kind} | {r['held_out_bpc']:.3f} | {r['params'] / 1e6:.2f}M | "
-              f"{r['flops_per_example'] / 1e9:.3f} | {r['train_s_per_step']:.3f} | "
-              f"{r['train_steps']} | {r['sample_s_per_example']:.2f} |")
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.setdefault("runs", [])
+    if "ngram" not in results:
+        t = time.process_time()
+        results["ngram"] = ngram_baseline(train_data, held_out, len(vocab))
+        results["ngram"]["cpu_s"] = time.process_time() - t
+        print("ngram", results["ngram"], flush=True)
+    budgets = list(args.cpu_budgets or (args.budget_s,))
+    done = {(r["model"], r["budget_s"], r["seed"]) for r in results["runs"]}
+    samples = []
+    for budget_s in budgets:
+        for seed in args.seeds:
+            for kind in args.models.split(","):
+                if (kind, budget_s, seed) in done:
+                    continue
+                torch.manual_seed(seed)
+                model = build_model(kind, len(vocab), width=args.width, flat_depth=args.flat_depth).to(device)
+                log = train(model, train_data, budget_s=budget_s, batch=args.batch, seed=seed,
+                            clock=time.process_time if cpu else time.perf_counter)
+                bpc = bits_per_char(model, held_out)
+                run = {"model": kind, "budget_s": budget_s, "clock": "cpu" if cpu else "wall", "seed": seed,
+                       "held_out_bpc": bpc, "params": sum(p.numel() for p in model.parameters()),
+                       "train_steps": log["steps"], "s_per_step": log["s_per_step"], "batch": args.batch,
+                       "width": args.width, "device": budget.device_description(device, 1 if cpu else args.threads)}
+                results["runs"].append(run)
+                path.write_text(json.dumps(results, indent=2))
+                print(json.dumps(run), flush=True)
+                if seed == args.seeds[0] and budget_s == budgets[-1]:
+                    x, _ = sample_seconds(model)
+                    samples += [f"=== {kind} sample {i} ===\n{t}\n" for i, t in enumerate(decode_text(x, vocab))]
+    if samples:
+        (args.out / "samples.txt").write_text("\n".join(samples))
+    print(f"| model | budget (s, {'CPU' if cpu else 'wall'}) | held-out bits/char (mean ± std, seeds) | params | steps |")
+    print("|---|---|---|---|---|")
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in results["runs"]:
+        groups.setdefault((r["model"], r["budget_s"]), []).append(r)
+    for (kind, budget_s), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"| {kind} | {budget_s:.0f} | {summarise([r['held_out_bpc'] for r in runs])} | "
+              f"{runs[0]['params'] / 1e6:.2f}M | {np.mean([r['train_steps'] for r in runs]):.0f} |")
+    ng = results["ngram"]
+    print(f"| {ng['order']}-gram (Kneser-Ney) | counts | {ng['held_out_windows_bpc']:.3f} | | |")
 
 
 if __name__ == "__main__":

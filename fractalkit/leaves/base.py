@@ -66,25 +66,31 @@ class Leaf(AbstractGenerator):
         self.channel_weights = None if channel_weights is None else tuple(channel_weights)
         #: while :meth:`recording` is active: the per-element log-probabilities of every score
         self._records: list[Tensor] | None = None
+        self._keep_graph = False
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator[list[Tensor]]:
+    def recording(self, *, keep_graph: bool = False) -> Iterator[list[Tensor]]:
         """Collect the per-element log-probabilities of every :meth:`score` call in the block.
 
-        Each call appends a detached float ``[M, E]`` tensor (natural log of each element's
+        Each call appends a float ``[M, E]`` tensor (detached unless ``keep_graph``: then a
+        loss built from them, e.g. one masked to the real samples of padded clips, trains) (natural log of each element's
         probability, in the rows and element order the leaf saw). With exact teacher forcing
         (AR levels, or MAR levels under given orders) the rows are every pixel in the levels'
         split order, so merging them back up through the partitioners gives a per-element
         log-likelihood map whose sum is ``log_prob``.
 
+        Args:
+            keep_graph: keep the autograd graph of the recorded tensors.
+
         Yields:
             The list the tensors are appended to.
         """
         previous, self._records = self._records, []
+        previous_keep, self._keep_graph = self._keep_graph, keep_graph
         try:
             yield self._records
         finally:
-            self._records = previous
+            self._records, self._keep_graph = previous, previous_keep
 
     @property
     def num_values(self) -> int:
@@ -103,14 +109,31 @@ class Leaf(AbstractGenerator):
             ``[M, E, V]``; row e depends on ``x[:, :e]`` only (or on nothing but ``cond``).
         """
 
+    def observed_log_probs(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Teacher-forced log-probability of each element's observed value.
+
+        The default normalises all V logits of :meth:`element_logits`; a leaf whose
+        probability of one value is cheaper than all V of them (a discretised logistic over
+        65,536 values) overrides it.
+
+        Args:
+            x: int64 ``[M, E]`` flattened instance values.
+            cond: ``[M, T, D]``.
+
+        Returns:
+            ``[M, E]`` natural-log probabilities in the accumulation dtype of the logits.
+        """
+        logits = self.element_logits(x, cond)  # [M, E, V]
+        acc = accumulation_dtype(logits.dtype)
+        return logits.to(acc).log_softmax(-1).gather(-1, x[..., None]).squeeze(-1)
+
     def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
         """Exact log-probabilities of ``x [M, *event]``; see :meth:`AbstractGenerator.score`."""
         flat = x.reshape(x.shape[0], self.num_elements)  # [M, E] (explicit E: M may be 0)
-        logits = self.element_logits(flat, cond)  # [M, E, V]
-        acc = accumulation_dtype(logits.dtype)
-        lp = logits.to(acc).log_softmax(-1).gather(-1, flat[..., None]).squeeze(-1)  # [M, E]
+        lp = self.observed_log_probs(flat, cond)  # [M, E]
+        acc = lp.dtype
         if self._records is not None:
-            self._records.append(lp.detach())
+            self._records.append(lp if self._keep_graph else lp.detach())
         logp = lp.sum(-1)
         e = flat.shape[1]
         objective = -logp

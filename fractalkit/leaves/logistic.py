@@ -3,8 +3,9 @@
 Shape letters: M instances, T condition tokens, D condition width, E elements, K mixture
 components, V values.
 
-A plug-in leaf: it only implements :meth:`Leaf.element_logits` and registers its config, and the
-rest of fractalkit (scoring, sampling, guidance, completion) works with it unchanged. Value
+A plug-in leaf: it implements :meth:`Leaf.element_logits` (all V bins: sampling) and
+:meth:`Leaf.observed_log_probs` (the observed bin only: scoring and training, whose cost does not
+grow with V), and registers its config; the rest of fractalkit (scoring, sampling, guidance, completion) works with it unchanged. Value
 ``v`` in ``[0, V)`` is the bin ``[c_v - h, c_v + h]`` around ``c_v = 2 v / (V - 1) - 1`` with
 ``h = 1 / (V - 1)``; the first and last bins extend to -inf and +inf, so the bin probabilities
 of each logistic telescope to exactly 1:
@@ -27,11 +28,50 @@ from torch import Tensor, nn
 
 from fractalkit.config import LeafConfig, register_config
 from fractalkit.leaves.base import Leaf
+from fractalkit.protocol import accumulation_dtype
 
-__all__ = ["DiscretizedLogisticLeaf", "DiscretizedLogisticLeafConfig"]
+__all__ = [
+    "DiscretizedLogisticLeaf",
+    "DiscretizedLogisticLeafConfig",
+    "discretized_logistic_log_prob_at",
+    "discretized_logistic_log_probs",
+]
 
 #: smallest log-scale of a component: keeps bins of a sharp component representable
 MIN_LOG_SCALE = -7.0
+
+
+def discretized_logistic_log_prob_at(
+    logit_weights: Tensor, means: Tensor, log_scales: Tensor, values: Tensor, num_values: int
+) -> Tensor:
+    """Log-probability of given values under a discretised mixture of logistics.
+
+    Only the bins asked for are evaluated (one CDF difference per value and component), so the
+    cost does not grow with V: 16-bit audio (V = 65,536) costs what 8-bit audio costs.
+
+    Args:
+        logit_weights: ``[..., K]`` unnormalised mixture weights (log pi_k up to a constant).
+        means: ``[..., K]`` component means mu_k on the value scale ``[-1, 1]``.
+        log_scales: ``[..., K]`` log s_k (clamped below at ``MIN_LOG_SCALE``).
+        values: int64 ``[...]`` in ``[0, V)`` (broadcast against the parameters' leading dims).
+        num_values: V >= 2.
+
+    Returns:
+        ``[...]`` log P(value), in the dtype of the parameters.
+    """
+    h = 1.0 / (num_values - 1)
+    v = values[..., None]  # [..., 1]
+    centres = v.to(means.dtype) * (2 * h) - 1  # [..., 1]: c_v = 2 v / (V - 1) - 1
+    inv_s = torch.exp(-log_scales.clamp(min=MIN_LOG_SCALE))  # [..., K]
+    a = (centres + h - means) * inv_s  # [..., K]: upper edge
+    b = (centres - h - means) * inv_s  # [..., K]: lower edge
+    # log(sigmoid(a) - sigmoid(b)) = logsig(a) + logsig(-b) + log(1 - exp(b - a)), b - a = -2h/s
+    inner = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(-(2 * h) * inv_s))
+    per_component = torch.where(
+        v == 0, F.logsigmoid(a),  # v = 0: (-inf, c_0 + h]
+        torch.where(v == num_values - 1, F.logsigmoid(-b), inner),  # v = V - 1: [c - h, inf)
+    )
+    return torch.logsumexp(logit_weights.log_softmax(-1) + per_component, dim=-1)
 
 
 def discretized_logistic_log_probs(
@@ -49,19 +89,10 @@ def discretized_logistic_log_probs(
         ``[..., V]`` log P(v), in the dtype of the inputs; ``logsumexp`` over V is 0 up to
         rounding (exactly 1 in exact arithmetic: no approximation is made).
     """
-    h = 1.0 / (num_values - 1)
-    centres = torch.linspace(-1.0, 1.0, num_values, dtype=means.dtype, device=means.device)  # [V]
-    inv_s = torch.exp(-log_scales.clamp(min=MIN_LOG_SCALE))[..., None]  # [..., K, 1]
-    a = (centres + h - means[..., None]) * inv_s  # [..., K, V]: upper edge
-    b = (centres - h - means[..., None]) * inv_s  # [..., K, V]: lower edge
-    # log(sigmoid(a) - sigmoid(b)) = logsig(a) + logsig(-b) + log(1 - exp(b - a)), b - a = -2h/s
-    width = (2 * h) * inv_s  # [..., K, 1]
-    inner = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(-width))
-    lower = F.logsigmoid(a[..., :1])  # v = 0: (-inf, c_0 + h]
-    upper = F.logsigmoid(-b[..., -1:])  # v = V - 1: [c_{V-1} - h, inf)
-    per_component = torch.cat([lower, inner[..., 1:-1], upper], -1)  # [..., K, V]
-    log_pi = logit_weights.log_softmax(-1)[..., None]  # [..., K, 1]
-    return torch.logsumexp(log_pi + per_component, dim=-2)  # [..., V]
+    values = torch.arange(num_values, device=means.device)  # [V]
+    return discretized_logistic_log_prob_at(
+        logit_weights[..., None, :], means[..., None, :], log_scales[..., None, :], values, num_values
+    )
 
 
 class DiscretizedLogisticLeaf(Leaf):
@@ -111,7 +142,9 @@ class DiscretizedLogisticLeaf(Leaf):
             bias = self.head.bias.view(e, 3, num_components)
             bias.zero_()
             bias[:, 1] = torch.linspace(-0.9, 0.9, num_components)
-            bias[:, 2] = math.log(8.0 / (num_values - 1))
+            # Scales of 8 bins, but never narrower than 8 bins of 8-bit audio: with V = 65,536
+            # a component 8 bins wide gives the observed value almost no mass at first.
+            bias[:, 2] = math.log(max(8.0 / (num_values - 1), 8.0 / 255))
 
     def element_logits(self, x: Tensor, cond: Tensor) -> Tensor:
         """Bin log-probabilities of every element.
@@ -128,6 +161,22 @@ class DiscretizedLogisticLeaf(Leaf):
         params = params.view(x.shape[0], x.shape[1], 3, self.num_components)  # [M, E, 3, K]
         weights, means, log_scales = params.unbind(2)  # each [M, E, K]
         return discretized_logistic_log_probs(weights, means, log_scales, self.num_values)
+
+    def observed_log_probs(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Log-probability of each observed value: one bin per element, never all V.
+
+        Args:
+            x: int64 ``[M, E]`` values.
+            cond: ``[M, T, D]``.
+
+        Returns:
+            ``[M, E]`` natural-log probabilities (float32 or wider, as the leaf base scores).
+        """
+        params = self.head(self.norm(cond[:, 0]))  # [M, E*3K]
+        params = params.view(x.shape[0], x.shape[1], 3, self.num_components)  # [M, E, 3, K]
+        acc = accumulation_dtype(params.dtype)
+        weights, means, log_scales = params.to(acc).unbind(2)  # each [M, E, K]
+        return discretized_logistic_log_prob_at(weights, means, log_scales, x, self.num_values)
 
 
 @register_config

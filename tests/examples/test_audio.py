@@ -1,11 +1,14 @@
-"""The plug-in discretised-logistic leaf (exact normalisation) and a smoke test of the audio
-example: data loading, one training step of both models, bits per sample, WAV and PNG output."""
+"""The plug-in discretised-logistic leaf (exact normalisation, observed-bin scoring), the
+WaveNet plug-in level (the contract kit), and the audio example on variable-length clips:
+data loading, the masked likelihood over real samples only, a training step of each model,
+the n-gram baseline, WAV and PNG output."""
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
 import math
+import sys
 import wave
 from pathlib import Path
 
@@ -15,8 +18,12 @@ import torch
 
 from fractalkit import ARLevelConfig, Fractal, SequenceChunks
 from fractalkit.config import config_from_dict
-from fractalkit.leaves import DiscretizedLogisticLeaf, DiscretizedLogisticLeafConfig
-from fractalkit.leaves.logistic import discretized_logistic_log_probs
+from fractalkit.leaves import DiscretizedLogisticLeaf, DiscretizedLogisticLeafConfig, Leaf
+from fractalkit.leaves.logistic import (
+    discretized_logistic_log_prob_at,
+    discretized_logistic_log_probs,
+)
+from fractalkit.testing import check_component
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +36,7 @@ def load_example():
 
 
 A = load_example()
+W = sys.modules["wavenet"]  # the plug-in level beside the script (imported by it)
 
 
 @pytest.mark.parametrize("num_values", [2, 5, 256])
@@ -80,13 +88,59 @@ def test_leaf_in_a_fractal_normalises_and_round_trips_its_config():
         DiscretizedLogisticLeaf((1,), 8, 1, 4, num_components=0)
 
 
-def test_mu_law_round_trip_and_fixed_length():
+@pytest.mark.parametrize("num_values", [2, 5, 300])
+def test_observed_bin_path_equals_the_all_bins_path_and_normalises(num_values):
+    g = torch.Generator().manual_seed(num_values)
+    shape = (40, 4)
+    weights, means = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    log_scales = torch.randn(shape, generator=g, dtype=torch.float64) * 4
+    every = torch.arange(num_values)
+    at = discretized_logistic_log_prob_at(weights[:, None], means[:, None], log_scales[:, None], every, num_values)
+    assert torch.allclose(at.logsumexp(-1), torch.zeros(40, dtype=torch.float64), atol=1e-12)
+    x = torch.randint(0, num_values, (40,), generator=g)
+    one = discretized_logistic_log_prob_at(weights, means, log_scales, x, num_values)
+    full = discretized_logistic_log_probs(weights, means, log_scales, num_values)
+    assert torch.allclose(one, full.gather(-1, x[:, None])[:, 0], atol=1e-12)
+
+
+def test_leaf_scores_the_observed_bin_as_the_generic_path_does():
+    torch.manual_seed(0)
+    leaf = DiscretizedLogisticLeafConfig(num_values=7, num_components=3).build((2,), 8, 1).double()
+    x, cond = torch.randint(0, 7, (5, 2)), torch.randn(5, 1, 8, dtype=torch.float64)
+    assert torch.allclose(leaf.observed_log_probs(x, cond), Leaf.observed_log_probs(leaf, x, cond), atol=1e-12)
+
+
+def test_wavenet_level_passes_the_contract_kit():
+    # receptive field 3 < the 4 children: the cached decoding path reads its history
+    check_component(level=W.WaveNetLevelConfig(width=8, layers=2, cycle=1))
+
+
+def test_wavenet_decoding_path_matches_teacher_forcing_past_its_receptive_field():
+    torch.manual_seed(0)
+    cfg = W.WaveNetLevelConfig(width=8, layers=4, cycle=3)  # dilations 1, 2, 4, 1: field 9
+    model = Fractal([(SequenceChunks(40, 1), cfg)], leaf=DiscretizedLogisticLeafConfig(num_values=16, num_components=3),
+                    num_classes=3).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        y = torch.tensor([0, 1, 2])
+        x = model.sample(y=y, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(model.log_prob(x, y).value, model.stepwise_log_prob(x, y), atol=1e-10)
+    assert model.levels[0].receptive_field == 9
+
+
+def test_mu_law_round_trip_crop_and_16_bit_values():
     values = np.arange(256)
     assert np.array_equal(A.mu_law_encode(A.mu_law_decode(values)), values)
-    assert A.mu_law_encode(np.zeros(1))[0] == 128
-    assert A.fix_length(np.ones(10), 4).tolist() == [1.0] * 4
-    padded = A.fix_length(np.ones(3), 8)
-    assert padded.tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    assert A.mu_law_encode(np.zeros(1))[0] == 128 == A.silence(8)
+    assert A.crop(np.arange(10.0), 4).tolist() == [3, 4, 5, 6]
+    assert A.crop(np.ones(3), 8).tolist() == [1, 1, 1]  # shorter clips keep their length
+    pcm = np.array([-32768, -1, 0, 1, 32767])
+    q = A.quantise(pcm / 32768, 16)
+    assert q.tolist() == [0, 32767, 32768, 32769, 65535] and A.silence(16) == 32768
+    assert np.allclose(A.dequantise(q, 16), pcm / 32768)
+    with pytest.raises(ValueError, match="bits"):
+        A.quantise(pcm / 32768, 12)
 
 
 @pytest.fixture(scope="module")
@@ -96,20 +150,63 @@ def clips():
     return A.load_clips(limit=60, length=256)
 
 
-@pytest.mark.parametrize("kind", ["fractal", "flat"])
-def test_one_training_step_bits_per_sample_and_outputs(clips, kind, tmp_path):
-    train_x, train_y, test_x, test_y = clips
-    assert train_x.shape[1] == 256 and test_x.shape[0] > 0 and int(train_x.max()) < 256
+def test_clips_keep_their_length_and_padding_is_never_scored(clips):
+    x, n = clips["x"], clips["lengths"]
+    assert x.shape == (60, 256) and int(n.max()) <= 256 and bool((x[A.real_mask(n, 256) == 0] == 128).all())
     torch.manual_seed(0)
-    model = A.build_model(kind, length=256, small=True)
-    log = A.train(model, train_x, train_y, budget_s=60, batch=2, max_steps=1)
+    model = A.build_model("fractal", length=256, small=True).eval()
+    short = A.subset(clips, torch.arange(60) < 4)
+    short["lengths"] = torch.tensor([100, 37, 256, 1])
+    before = A.bits_per_real_sample(model, short)
+    short["x"] = torch.where(A.real_mask(short["lengths"], 256), short["x"], torch.randint(0, 256, (4, 256)))
+    assert A.bits_per_real_sample(model, short) == pytest.approx(before, abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["fractal", "wavenet"])
+def test_per_sample_scores_are_causal_and_in_time_order(kind):
+    torch.manual_seed(0)
+    model = A.build_model(kind, length=256, small=True).eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 256, (2, 256), generator=g), torch.tensor([1, 2])
+    with torch.no_grad():
+        lp = A.sample_log_probs(model, x, y)
+        x2 = x.clone()
+        x2[:, 100] = (x2[:, 100] + 50) % 256  # change sample 100: scores from 100 on may change
+        lp2 = A.sample_log_probs(model, x2, y)
+    assert torch.equal(lp[:, :100], lp2[:, :100]) and not torch.equal(lp[:, 100:], lp2[:, 100:])
+
+
+@pytest.mark.parametrize("spec", ["fractal", "wavenet", "flat-uncond"])
+def test_one_masked_training_step_bits_and_outputs(clips, spec, tmp_path):
+    kind, conditional = spec.removesuffix("-uncond"), not spec.endswith("-uncond")
+    torch.manual_seed(0)
+    model = A.build_model(kind, length=256, small=True, conditional=conditional)
+    train_part = A.subset(clips, clips["index"] >= 5)
+    log = A.train(model, train_part, budget_s=60, batch=2, max_steps=1)
     assert log["steps"] == 1 and math.isfinite(log["last_loss_bps"])
-    bps = A.bits_per_sample(model, test_x[:2], test_y[:2])
+    test_part = A.subset(clips, clips["index"] < 5)
+    bps = A.bits_per_real_sample(model, A.subset(test_part, torch.arange(test_part["x"].shape[0]) < 2))
     assert math.isfinite(bps) and bps > 0  # an untrained mixture can be worse than 8 bits
     x, seconds = A.sample_clips(model, torch.tensor([3]))
     assert x.shape == (1, 256) and seconds > 0
     A.write_wav(tmp_path / "a.wav", x[0].numpy())
     with wave.open(str(tmp_path / "a.wav")) as w:
         assert (w.getframerate(), w.getnframes(), w.getsampwidth()) == (8000, 256, 2)
-    A.plot(tmp_path / "a.png", {"model": x.numpy()}, [3])
+    A.plot(tmp_path / "a.png", {"model": list(x.numpy())}, [3])
     assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_masked_loss_trains_through_the_recorded_scores():
+    torch.manual_seed(0)
+    model = A.build_model("fractal", length=256, small=True)
+    x, n = torch.randint(0, 256, (2, 256)), torch.tensor([256, 10])
+    loss = A.RealSampleLoss(model).loss(x, n, torch.tensor([0, 1]))
+    loss.total.backward()
+    assert model.leaf.head.weight.grad is not None and float(model.leaf.head.weight.grad.abs().sum()) > 0
+
+
+def test_ngram_baseline_on_real_samples(clips):
+    train_part = A.subset(clips, clips["index"] >= 5)
+    out = A.ngram_baseline(train_part, {"eval": A.subset(clips, clips["index"] < 5)}, orders=(1, 2, 3))
+    assert out["order"] in (1, 2, 3) and set(out["validation_bits"]) == {1, 2, 3}
+    assert 0 < out["eval"] < 8

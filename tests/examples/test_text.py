@@ -62,3 +62,22 @@ def test_one_training_step_bits_per_char_and_samples(corpus, kind):
 def test_unknown_kind_raises():
     with pytest.raises(ValueError, match="kind"):
         T.build_model("deep", 65)
+
+
+def test_flat_baseline_matches_the_fractals_parameters():
+    # the CPU comparison (width 64) is at matched parameters: 5 flat blocks, the closest count
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    fractal = count(T.build_model("fractal", 65, width=64))
+    gaps = {d: abs(count(T.build_model("flat", 65, width=64, flat_depth=d)) - fractal) / fractal for d in (3, 4, 5, 6)}
+    assert min(gaps, key=gaps.get) == 5 and gaps[5] < 0.05
+
+
+def test_ngram_baseline_picks_its_order_on_validation(corpus):
+    data, vocab = corpus
+    train, held_out = T.split_corpus(data[:200_000])
+    out = T.ngram_baseline(train, held_out, len(vocab), orders=(1, 2, 3, 4, 5))
+    scores = out["validation_bpc"]
+    assert out["order"] == min(scores, key=scores.get) and scores[3] < scores[1]
+    # a count model on 180k characters: far better than uniform, nowhere near perfect
+    assert 1.5 < out["held_out_windows_bpc"] < math.log2(65)
+    assert len(T.windows(held_out)) == held_out.numel() // 256
