@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from fractalkit import cli
 from fractalkit.leaves import CategoricalLeafConfig, DiscretizedLogisticLeafConfig, Leaf
 
 
@@ -42,12 +42,13 @@ def seconds_per_row(fn, leaf: Leaf, rows: int, num_values: int, repeats: int, di
     return statistics.median(times) / rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Time both paths for V = 256 and 65,536; print a table and write JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=cli.positive_int, default=5)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/logistic_leaf_scoring.json"))
-    args = ap.parse_args()
+    cli.add_debug_argument(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = []
     for v, rows_full in ((256, 4096), (65536, 64)):
@@ -73,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -163,7 +163,7 @@ def subset(clips: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torc
 
 def real_samples(clips: dict[str, torch.Tensor]) -> list[np.ndarray]:
     """Each clip's real samples (its first ``lengths[i]`` values), as numpy arrays."""
-    return [x[:n].numpy() for x, n in zip(clips["x"], clips["lengths"].tolist())]
+    return [x[:n].numpy() for x, n in zip(clips["x"], clips["lengths"].tolist(), strict=True)]
 
 
 def build_model(kind: str, *, bits: int = 8, conditional: bool = True, length: int = LENGTH,

@@ -68,7 +68,7 @@ class WaveNetLevel(Level):
         """``[N, D, t]`` inputs and ``[N, D]`` global condition to ``[N, t, 1, D]`` conditions."""
         skips = torch.zeros_like(h)
         for r, gate, glob, res, skip in zip(self.dilations, self.gates, self.global_cond,
-                                            self.residual, self.skip):
+                                            self.residual, self.skip, strict=True):
             z = gate(F.pad(h, (r, 0))) + glob(g)[..., None]  # [N, 2D, t]: causal (left pad)
             a, b = z.chunk(2, dim=1)
             z = torch.tanh(a) * torch.sigmoid(b)
@@ -99,7 +99,7 @@ class WaveNetLevel(Level):
         x = self.patch_emb_ln(x)[:, 0]  # [R, D]
         skips = torch.zeros_like(x)
         for r, gate, glob, res, skip, hist in zip(self.dilations, self.gates, self.global_cond,
-                                                  self.residual, self.skip, state["hist"]):
+                                                  self.residual, self.skip, state["hist"], strict=True):
             hist[:, :, j] = x
             prev = hist[:, :, j - r] if j >= r else torch.zeros_like(x)
             w = gate.weight  # [2D, D, 2]

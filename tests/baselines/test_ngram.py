@@ -13,7 +13,7 @@ from fractalkit.baselines import NGramModel, choose_order
 
 def next_symbol_probs(model: NGramModel, context: list[int]) -> np.ndarray:
     """``[V]``: P(w | context) for every w, the context at the start of a sequence."""
-    return np.exp([model.log_probs(np.array(context + [w]))[-1] for w in range(model.num_values)])
+    return np.exp([model.log_probs(np.array([*context, w]))[-1] for w in range(model.num_values)])
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
@@ -62,7 +62,7 @@ def test_order_is_chosen_on_validation_and_recovers_a_second_order_chain():
     x = np.array(x)
     order, scores = choose_order(x[:50_000], x[50_000:], v, orders=(1, 2, 3, 4, 5))
     assert order in (3, 4) and scores[3] < scores[2] - 0.05  # context of two symbols
-    entropy = -np.mean([math.log2(table[a, b, c]) for a, b, c in zip(x[50_000:-2], x[50_001:-1], x[50_002:])])
+    entropy = -np.mean([math.log2(table[a, b, c]) for a, b, c in zip(x[50_000:-2], x[50_001:-1], x[50_002:], strict=True)])
     assert abs(scores[3] - entropy) < 0.05
 
 
