@@ -149,3 +149,14 @@ def test_budget_is_measured_on_the_given_clock() -> None:
     log = train_for_budget(tiny_fractal(), draw, budget_s=math.inf, max_steps=2,
                            generator=torch.Generator().manual_seed(0), clock=time.process_time)
     assert log["steps"] == 2 and log["seconds"] > 0
+
+
+def test_summarise_runs_gives_mean_and_sample_std() -> None:
+    import numpy as np
+
+    from fractalkit.training import summarise_runs
+
+    runs = [2.80, 2.77, 2.79, 2.71]
+    mean, std = np.mean(runs), np.std(runs, ddof=1)
+    assert summarise_runs(runs) == f"{mean:.3f} ± {std:.3f} (4)"
+    assert summarise_runs([1.5]) == "1.500 ± nan (1)"

@@ -351,13 +351,6 @@ def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int], bits: int 
     plt.close(fig)
 
 
-def summarise(values: list[float]) -> str:
-    """``mean ± sample std (n)`` of a list of figures."""
-    a = np.asarray(values, dtype=np.float64)
-    std = a.std(ddof=1) if a.size > 1 else float("nan")
-    return f"{a.mean():.3f} ± {std:.3f} ({a.size})"
-
-
 def main(argv: list[str] | None = None) -> None:
     """Train every model for each CPU-time budget and seed; write the tables, WAVs and a PNG."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
@@ -438,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in results["runs"]:
         groups.setdefault((r["model"], r["budget_s"]), []).append(r)
     for (spec, budget_s), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        print(f"| {spec} | {budget_s:.0f} | {summarise([r['bits_per_real_sample'] for r in runs])} | "
+        print(f"| {spec} | {budget_s:.0f} | {budget.summarise_runs([r['bits_per_real_sample'] for r in runs])} | "
               f"{runs[0]['params'] / 1e6:.2f}M | {np.mean([r['steps'] for r in runs]):.0f} | "
               f"{np.mean([r['cpu_s_per_step'] for r in runs]):.2f} |")
     ng = results["ngram"]

@@ -191,13 +191,6 @@ def ngram_baseline(train_data: torch.Tensor, held_out: torch.Tensor, vocab_size:
             "held_out_stream_bpc": model.bits(held_out.numpy())}
 
 
-def summarise(values: list[float]) -> str:
-    """``mean ± sample std (n)`` of a list of figures."""
-    a = np.asarray(values, dtype=np.float64)
-    std = a.std(ddof=1) if a.size > 1 else float("nan")
-    return f"{a.mean():.3f} ± {std:.3f} ({a.size})"
-
-
 def main(argv: list[str] | None = None) -> None:
     """Train both models for each budget and seed, fit the n-gram, and write the table."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
@@ -255,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in results["runs"]:
         groups.setdefault((r["model"], r["budget_s"]), []).append(r)
     for (kind, budget_s), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        print(f"| {kind} | {budget_s:.0f} | {summarise([r['held_out_bpc'] for r in runs])} | "
+        print(f"| {kind} | {budget_s:.0f} | {budget.summarise_runs([r['held_out_bpc'] for r in runs])} | "
               f"{runs[0]['params'] / 1e6:.2f}M | {np.mean([r['train_steps'] for r in runs]):.0f} |")
     ng = results["ngram"]
     print(f"| {ng['order']}-gram (Kneser-Ney) | counts | {ng['held_out_windows_bpc']:.3f} | | |")

@@ -18,6 +18,7 @@ from fractalkit.training.budget import (
     add_budget_arguments,
     budget_lr,
     device_description,
+    summarise_runs,
     synchronize,
     train_for_budget,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "load_model",
     "resolve_checkpoint",
     "save_checkpoint",
+    "summarise_runs",
     "synchronize",
     "train_for_budget",
     "warmup_cosine",

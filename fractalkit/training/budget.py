@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -118,6 +118,21 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[Tensor | None, ...]:
             f"model.loss arguments, got {type(batch).__name__}"
         )
     return tuple(None if t is None else t.to(device) for t in batch)
+
+
+def summarise_runs(values: Sequence[float]) -> str:
+    """A figure over seeds as ``"mean ± sample std (n)"`` (std ``nan`` for one run).
+
+    Args:
+        values: one figure per run (e.g. bits/dim of each seed).
+
+    Returns:
+        e.g. ``"2.784 ± 0.016 (3)"``.
+    """
+    runs = [float(v) for v in values]
+    mean = sum(runs) / len(runs)
+    std = math.sqrt(sum((v - mean) ** 2 for v in runs) / (len(runs) - 1)) if len(runs) > 1 else math.nan
+    return f"{mean:.3f} ± {std:.3f} ({len(runs)})"
 
 
 def train_for_budget(
