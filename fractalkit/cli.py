@@ -54,59 +54,55 @@ class UserError(Exception):
     """A mistake in the command line or its inputs: reported in one line, exit code 2."""
 
 
+def _number(cast: Callable[[str], float], accepts: Callable[[float], bool], expected: str):
+    """An argparse type: ``cast`` the text, then refuse values ``accepts`` rejects."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
+
+
+def _finite(lo: float, inclusive: bool) -> Callable[[float], bool]:
+    return lambda v: math.isfinite(v) and (v >= lo if inclusive else v > lo)
+
+
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number(float, _finite(0.0, inclusive=False), "a finite number > 0")
+_non_negative_float = _number(float, _finite(0.0, inclusive=True), "a finite number >= 0")
+_probability = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1 (``--batch-size``, ``--steps``, ``--num-samples`` ...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _positive_int(text)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (``--workers``, ``--eval-every`` where 0 means off, ``--seed``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    return _non_negative_int(text)
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (``--lr``, ``--minutes``, ``--temperature`` ...)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+    return _positive_float(text)
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (``--guidance``, ``--grad-clip`` where 0 means off ...)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
+    return _non_negative_float(text)
 
 
 def probability(text: str) -> float:
     """A number in [0, 1) (``--holdout``, ``--filter``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return value
+    return _probability(text)
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -125,16 +121,12 @@ def int_list(text: str) -> tuple[int, ...]:
 
 def positive_float_list(text: str) -> tuple[float, ...]:
     """Comma-separated positive finite numbers, e.g. budgets in seconds ``30,90``."""
-    parts = [p.strip() for p in text.split(",")]
     try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
+        return tuple(positive_float(p.strip()) for p in text.split(","))
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers like 30,90, got {text!r}"
+            f"expected comma-separated positive numbers like 30,90, got {text!r}"
         ) from None
-    if any(not (math.isfinite(v) and v > 0) for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {text!r}")
-    return values
 
 
 def steps_list(text: str) -> tuple[int, ...] | None:
