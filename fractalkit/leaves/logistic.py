@@ -196,6 +196,8 @@ class DiscretizedLogisticLeaf(Leaf):
       ``"bins"``. Classifier-free guidance (and so the low-probability filter, which acts only
       with guidance) combines two distributions bin by bin, which no mixture of logistics
       represents: guided decoding falls back to the ``"bins"`` path, all V bins per value.
+      (:func:`fractalkit.testing.sampling_law` describes the ``"bins"`` path's temperature: to
+      check ``"direct"`` at T != 1, pass the tempered mixture's law as ``law=``.)
 
     Args:
         event_shape: shape of one instance (E = its number of elements).
