@@ -188,3 +188,18 @@ def test_non_finite_mixture_parameters_are_refused_when_sampling(bad):
 def test_tempering_needs_a_positive_temperature(bad):
     with pytest.raises(ValueError, match="temperature"):
         tempered_logistic_parameters(torch.zeros(1, 2), torch.zeros(1, 2), bad)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "num_values", "match"),
+    [
+        (((2, 3), (2, 3), (2, 3)), 1, "num_values"),
+        (((2, 3), (2, 3), (2, 3)), 2.0, "num_values"),
+        (((2, 3), (2, 4), (2, 3)), 16, "share one shape"),
+        (((), (), ()), 16, "share one shape"),
+    ],
+)
+def test_sampler_refuses_bad_arguments(shapes, num_values, match):
+    w, m, s = (torch.zeros(shape) for shape in shapes)
+    with pytest.raises(ValueError, match=match):
+        sample_discretized_logistic(w, m, s, num_values, generator=None)

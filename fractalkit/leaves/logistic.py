@@ -161,7 +161,17 @@ def sample_discretized_logistic(
 
     Returns:
         int64 ``[...]`` values in ``[0, V)``.
+
+    Raises:
+        ValueError: V is not an integer >= 2, or the three parameter tensors differ in shape.
     """
+    if isinstance(num_values, bool) or not isinstance(num_values, int) or num_values < 2:
+        raise ValueError(f"sample_discretized_logistic: num_values must be an integer >= 2, got {num_values!r}")
+    if not logit_weights.shape == means.shape == log_scales.shape or means.dim() < 1:
+        raise ValueError(
+            "sample_discretized_logistic: logit_weights, means and log_scales must share one shape "
+            f"[..., K], got {list(logit_weights.shape)}, {list(means.shape)}, {list(log_scales.shape)}"
+        )
     shape, k = means.shape[:-1], means.shape[-1]
     u = uniform((*shape, 2), generator=generator, device=means.device).double()  # [..., 2]
     probs = logit_weights.double().softmax(-1)  # [..., K]
