@@ -28,14 +28,24 @@ Models (all with the discretised-logistic leaf, 10 components, except the n-gram
 - n-grams: interpolated Kneser-Ney (:mod:`fractalkit.baselines.ngram`), order chosen on the
   validation split.
 
+Conditions (a model spec's suffix): the spoken digit (default; 10 classes), ``-speaker`` (6),
+``-digit+speaker`` (one combined class label per pair, 60) or ``-uncond``; a ``ClassLabel``
+conditioner each, label dropout 0.1.
+
 Budgets are CPU time of the training process (``time.process_time``), one thread, not
-wall-clock: the development machine is shared.
+wall-clock: the development machine is shared; or a step count (``--max-steps``).
+
+Sampling: ``--leaf-sampling direct`` draws each value from the logistic mixture directly
+(component, inverse CDF, bin: O(K) per value), which makes 16-bit samples as cheap as 8-bit
+ones; ``bins`` evaluates all V bins per value.
 
 Usage (from the repository root)::
 
     PYTHONPATH=. python examples/audio/train.py --budgets 60,180 --seeds 0,1,2
 
-writes ``results.json``, ``samples/*.wav``, ``samples.png`` and prints Markdown tables.
+writes ``results.json``, ``samples/*.wav``, ``samples_<bits>bit.png`` and prints Markdown
+tables (and, for conditional models with an unconditional one at the same budget, Welch's
+t-test of the difference over seeds).
 """
 
 from __future__ import annotations
@@ -64,6 +74,9 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fsdd-8k
 RATE = 8000
 LENGTH = 4096
 MU = 255
+#: what a model can be conditioned on, and its number of classes (``digit+speaker``: one
+#: combined label ``speaker * 10 + digit``; speakers numbered in sorted name order)
+CONDITIONS = {"digit": 10, "speaker": 6, "digit+speaker": 60}
 
 
 def mu_law_encode(audio: np.ndarray) -> np.ndarray:
@@ -166,8 +179,35 @@ def real_samples(clips: dict[str, torch.Tensor]) -> list[np.ndarray]:
     return [x[:n].numpy() for x, n in zip(clips["x"], clips["lengths"].tolist(), strict=True)]
 
 
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """A model spec -> ``(kind, condition)``: ``"fractal"`` is digit-conditional,
+    ``"fractal-uncond"`` unconditional, ``"fractal-speaker"`` and ``"fractal-digit+speaker"``
+    conditioned on the speaker or on both (see :data:`CONDITIONS`).
+
+    Raises:
+        ValueError: for an unknown condition suffix.
+    """
+    kind, _, suffix = spec.partition("-")
+    if not suffix:
+        return kind, "digit"
+    if suffix == "uncond":
+        return kind, None
+    if suffix not in CONDITIONS:
+        raise ValueError(f"model spec {spec!r}: the suffix must be 'uncond' or one of {sorted(CONDITIONS)}")
+    return kind, suffix
+
+
+def condition_labels(clips: dict[str, torch.Tensor], condition: str | None) -> torch.Tensor | None:
+    """The int64 ``[N]`` class labels of ``condition`` (None: no condition) for the clips."""
+    if condition is None:
+        return None
+    if condition == "digit+speaker":
+        return clips["speaker"] * 10 + clips["digit"]
+    return clips[condition]
+
+
 def build_model(kind: str, *, bits: int = 8, conditional: bool = True, length: int = LENGTH,
-                small: bool = False) -> Fractal:
+                small: bool = False, condition: str = "digit") -> Fractal:
     """One of the compared models over ``length`` samples, with the logistic-mixture leaf.
 
     Args:
@@ -175,9 +215,11 @@ def build_model(kind: str, *, bits: int = 8, conditional: bool = True, length: i
             :class:`wavenet.WaveNetLevel`, receptive field 1,024 samples) or ``"flat"`` (one AR
             transformer level over all samples).
         bits: 8 (V = 256) or 16 (V = 65,536).
-        conditional: condition on the spoken digit (10 classes, label dropout 0.1).
+        conditional: condition on ``condition`` (label dropout 0.1); False: unconditional.
         length: L; a multiple of 256 for the fractal.
         small: tiny widths for tests.
+        condition: a key of :data:`CONDITIONS` (a class label each; ``"digit+speaker"`` is one
+            label per pair).
 
     Raises:
         ValueError: for an unknown ``kind``.
@@ -203,7 +245,7 @@ def build_model(kind: str, *, bits: int = 8, conditional: bool = True, length: i
         levels = [(SequenceChunks(length, 1), level(96, 4, 4))]
     else:
         raise ValueError(f"build_model: kind must be 'fractal', 'wavenet' or 'flat', got {kind!r}")
-    return Fractal(levels, leaf=leaf, num_classes=10 if conditional else 0,
+    return Fractal(levels, leaf=leaf, num_classes=CONDITIONS[condition] if conditional else 0,
                    label_drop=0.1 if conditional else 0.0)
 
 
@@ -251,17 +293,19 @@ class RealSampleLoss(torch.nn.Module):
 
 def train(model: Fractal, clips: dict[str, torch.Tensor], *, budget_s: float, batch: int = 8,
           lr: float = 1e-3, max_steps: int | None = None, seed: int = 0,
-          clock=time.process_time) -> dict[str, float]:
+          clock=time.process_time, condition: str = "digit") -> dict[str, float]:
     """AdamW on the masked objective for ``budget_s`` seconds of ``clock`` (default: this
     process's CPU time) or ``max_steps``: 20 warm-up steps, then a cosine in elapsed / budget
-    (:func:`fractalkit.training.train_for_budget`); clips drawn uniformly, with their digits
-    when the model is conditional.
+    (:func:`fractalkit.training.train_for_budget`; ``budget_s = math.inf``: a constant rate
+    after warm-up, for a step count only); clips drawn uniformly, with their ``condition``
+    labels when the model is conditional.
 
     Returns:
         ``{"steps", "seconds", "s_per_step", "last_loss_bps"}``.
     """
     conditional = model.num_classes > 0
-    x, lengths, y = clips["x"], clips["lengths"], clips["digit"]
+    x, lengths = clips["x"], clips["lengths"]
+    y = condition_labels(clips, condition if conditional else None)
 
     def next_batch(g: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, x.shape[0], (batch,), generator=g)
@@ -275,13 +319,15 @@ def train(model: Fractal, clips: dict[str, torch.Tensor], *, budget_s: float, ba
 
 
 @torch.no_grad()
-def bits_per_real_sample(model: Fractal, clips: dict[str, torch.Tensor], *, batch: int = 10) -> float:
-    """Exact bits per real sample (digit-conditional when the model is): padding not scored."""
+def bits_per_real_sample(model: Fractal, clips: dict[str, torch.Tensor], *, batch: int = 10,
+                         condition: str = "digit") -> float:
+    """Exact bits per real sample (``condition``-conditional when the model is): padding not scored."""
     model.eval()
     total = 0.0
+    labels = condition_labels(clips, condition if model.num_classes > 0 else None)
     for i in range(0, clips["x"].shape[0], batch):
         x, n = clips["x"][i : i + batch], clips["lengths"][i : i + batch]
-        y = clips["digit"][i : i + batch] if model.num_classes > 0 else None
+        y = labels[i : i + batch] if labels is not None else None
         lp = sample_log_probs(model, x, y)
         total += float((lp.double() * real_mask(n, x.shape[1])).sum())
     return -total / (float(clips["lengths"].sum()) * math.log(2))
@@ -303,7 +349,8 @@ def ngram_baseline(train_clips: dict[str, torch.Tensor], eval_sets: dict[str, di
 
 @torch.no_grad()
 def sample_clips(model: Fractal, digits: torch.Tensor, *, seed: int = 0) -> tuple[torch.Tensor, float]:
-    """``(clips [N, L], seconds per clip)``: one clip per digit (or unconditional), temperature 1."""
+    """``(clips [N, L], seconds per clip)``: one clip per label in ``digits`` (or N unconditional
+    ones), temperature 1, no guidance."""
     model.eval()
     g = torch.Generator().manual_seed(seed)
     with budget.Stopwatch("cpu") as clock:
@@ -324,9 +371,10 @@ def write_wav(path: Path, values: np.ndarray, bits: int = 8) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int], bits: int = 8) -> None:
+def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int], bits: int = 8, *,
+         titles: list[str] | None = None) -> None:
     """Waveforms and spectrograms, one column per clip, one pair of rows per source (clips:
-    ``{source: quantised values [columns, <= L]}``)."""
+    ``{source: quantised values [columns, <= L]}``); columns titled ``digit d`` or ``titles``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,7 +388,8 @@ def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int], bits: int 
             audio = dequantise(clips[name][c], bits)
             axes[2 * r, c].plot(np.arange(audio.size) / RATE, audio, lw=0.4)
             axes[2 * r, c].set_ylim(-1, 1)
-            axes[2 * r, c].set_title(f"{name}: digit {digits[c]}", fontsize=7)
+            label = titles[c] if titles else f"digit {digits[c]}"
+            axes[2 * r, c].set_title(f"{name}: {label}", fontsize=7)
             with np.errstate(divide="ignore"):  # zero padding: log10 of zero power is -inf
                 nfft = max(min(256, audio.size // 4), 16)  # 32 ms windows; shorter for short clips
                 axes[2 * r + 1, c].specgram(audio, NFFT=nfft, Fs=RATE, noverlap=nfft * 3 // 4)
@@ -349,25 +398,74 @@ def plot(path: Path, clips: dict[str, np.ndarray], digits: list[int], bits: int 
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
+    shrink_png(path)
+
+
+def shrink_png(path: Path, colours: int = 64) -> None:
+    """Rewrite a PNG with a palette of ``colours`` (noise-like spectrograms otherwise make
+    pictures of several hundred KB)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colours)
+    small.save(path, optimize=True)
+
+
+def speaker_names(path: Path = DATA) -> list[str]:
+    """The speakers in label order (sorted names, as :func:`load_clips` numbers them)."""
+    import pyarrow.parquet as pq
+
+    return sorted(set(pq.read_table(path, columns=["speaker"]).column("speaker").to_pylist()))
+
+
+def sample_labels(condition: str | None, names: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """The labels to draw one clip each for, and their file-name stems: digits 0-9, speakers
+    0-5, speaker s saying digit s for ``digit+speaker``, or 10 unconditional clips."""
+    if condition == "digit" or condition is None:
+        stem = "digit" if condition else "sample"
+        return torch.arange(10), [f"{stem}{d}" for d in range(10)]
+    speakers = torch.arange(len(names))
+    if condition == "speaker":
+        return speakers, [f"speaker{s}_{names[s]}" for s in range(len(names))]
+    return speakers * 10 + speakers, [f"speaker{s}_{names[s]}_digit{s}" for s in range(len(names))]
+
+
+def welch(a: list[float], b: list[float]) -> dict[str, float]:
+    """Welch's two-sided t-test of mean(a) = mean(b) over seeds (scipy): difference, t, p."""
+    from scipy.stats import ttest_ind
+
+    test = ttest_ind(a, b, equal_var=False)
+    return {"difference": float(np.mean(a) - np.mean(b)), "t": float(test.statistic), "p": float(test.pvalue)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train every model for each CPU-time budget and seed; write the tables, WAVs and a PNG."""
+    """Train every model for each budget (CPU seconds, or ``--max-steps``) and seed; write the
+    tables, WAVs and a PNG."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the FSDD recordings.parquet")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--results", default="", help="results file name in --out (default: results.json, "
+                    "results_16bit.json for --bits 16)")
     ap.add_argument("--bits", type=cli.positive_int, default=8, choices=(8, 16))
     ap.add_argument("--models", default="fractal,wavenet,fractal-uncond",
-                    help="comma-separated: fractal, wavenet, flat; '-uncond' for no digit condition")
+                    help="comma-separated: fractal, wavenet, flat; suffix '-uncond' (no condition), "
+                    "'-speaker' or '-digit+speaker' (default: the digit)")
     ap.add_argument("--budgets", type=cli.positive_float_list, default=(60.0, 180.0), help="CPU seconds of training per run")
+    ap.add_argument("--max-steps", type=cli.positive_int, default=None,
+                    help="train for this many optimizer steps instead of a CPU budget (constant rate after warm-up)")
     ap.add_argument("--seeds", type=cli.int_list, default=(0, 1, 2), help="comma-separated seeds")
     ap.add_argument("--batch", type=cli.positive_int, default=8)
     ap.add_argument("--eval-index", type=cli.int_list, default=(0,), help="test clips with these `index` values")
-    ap.add_argument("--sample", default="", help="models to draw 10 clips from after the last run")
+    ap.add_argument("--sample", default="", help="models (specs of this run) to draw clips from after the last run")
+    ap.add_argument("--leaf-sampling", default="bins", choices=("bins", "direct"),
+                    help="how the logistic leaf draws a value: all V bins, or component + inverse CDF")
+    ap.add_argument("--picture", default="", help="file name of the samples picture (default samples_<bits>bit.png)")
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
+    specs = [parse_spec(spec) for spec in args.models.split(",")]  # unknown suffixes fail here
     torch.set_num_threads(1)  # the budget is CPU time: one thread keeps it comparable
     clips = load_clips(args.data, bits=args.bits)
+    names = speaker_names(args.data)
     test = clips["index"] < 5
     train_clips = subset(clips, ~test)
     keep = torch.zeros_like(clips["index"], dtype=torch.bool)
@@ -375,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         keep |= clips["index"] == i
     eval_clips = subset(clips, test & keep)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "results.json" if args.bits == 8 else "results_16bit.json"
+    name = args.results or ("results.json" if args.bits == 8 else "results_16bit.json")
     path = args.out / name
     results = json.loads(path.read_text()) if path.exists() else {}
     results.setdefault("runs", [])
@@ -388,20 +486,23 @@ def main(argv: list[str] | None = None) -> None:
         print("ngram", results["ngram"], flush=True)
     results["eval"] = {"clips": int(eval_clips["x"].shape[0]), "real_samples": int(eval_clips["lengths"].sum()),
                        "index": ",".join(map(str, args.eval_index))}
-    done = {(r["model"], r["budget_s"], r["seed"]) for r in results["runs"]}
+    done = {(r["model"], r["budget_s"], r.get("max_steps"), r["seed"]) for r in results["runs"]}
+    budgets = [None] if args.max_steps else list(args.budgets)  # None: a step count only
     models = {}
-    for budget_s in args.budgets:
+    for budget_s in budgets:
         for seed in args.seeds:
-            for spec in args.models.split(","):
-                kind, conditional = spec.removesuffix("-uncond"), not spec.endswith("-uncond")
-                if (spec, budget_s, seed) in done:
+            for spec, (kind, condition) in zip(args.models.split(","), specs, strict=True):
+                if (spec, budget_s, args.max_steps, seed) in done:
                     continue
                 torch.manual_seed(seed)
-                model = build_model(kind, bits=args.bits, conditional=conditional)
-                log = train(model, train_clips, budget_s=budget_s, batch=args.batch, seed=seed)
+                model = build_model(kind, bits=args.bits, conditional=condition is not None,
+                                    condition=condition or "digit")
+                log = train(model, train_clips, budget_s=math.inf if budget_s is None else budget_s,
+                            max_steps=args.max_steps, batch=args.batch, seed=seed, condition=condition or "digit")
                 t = time.process_time()
-                bps = bits_per_real_sample(model, eval_clips)
-                run = {"model": spec, "budget_s": budget_s, "seed": seed, "bits_per_real_sample": bps,
+                bps = bits_per_real_sample(model, eval_clips, condition=condition or "digit")
+                run = {"model": spec, "budget_s": budget_s, "max_steps": args.max_steps, "seed": seed,
+                       "bits_per_real_sample": bps,
                        "params": sum(p.numel() for p in model.parameters()), "steps": log["steps"],
                        "cpu_s_per_step": log["s_per_step"], "eval_cpu_s": time.process_time() - t,
                        "batch": args.batch}
@@ -410,32 +511,56 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(run), flush=True)
                 models[spec] = model
     if args.sample:
+        sampled = [s for s in args.sample.split(",") if s in models]
+        conditions = {parse_spec(s)[1] for s in sampled}
+        if len(conditions) > 1:
+            raise ValueError(f"--sample: the models of one picture must share a condition, got {sorted(map(str, conditions))}")
+        condition = conditions.pop() if conditions else "digit"
+        labels, stems = sample_labels(condition, names)
         (args.out / "samples").mkdir(exist_ok=True)
-        digits = torch.arange(10)
-        shown = {"data (test)": [eval_clips["x"][eval_clips["digit"] == d][0][: int(
-            eval_clips["lengths"][eval_clips["digit"] == d][0])].numpy() for d in range(10)]}
-        for spec in args.sample.split(","):
-            model = models.get(spec)
-            if model is None:
-                continue
-            x, s_per_clip = sample_clips(model, digits)
+        eval_labels = condition_labels(eval_clips, condition)
+        shown, titles = {}, stems
+        if eval_labels is not None:  # one real test clip per label
+            rows = [int((eval_labels == label).nonzero()[0]) for label in labels.tolist()]
+            shown["data (test)"] = [eval_clips["x"][r][: int(eval_clips["lengths"][r])].numpy() for r in rows]
+        for spec in sampled:
+            model = models[spec]
+            if args.leaf_sampling == "direct":
+                model.leaf.sampling = "direct"
+            x, s_per_clip = sample_clips(model, labels)
             shown[spec] = list(x.numpy())
             results.setdefault("sample_s_per_clip", {})[spec] = s_per_clip
-            for d in range(10):
-                write_wav(args.out / "samples" / f"{spec}_{args.bits}bit_digit{d}.wav", x[d].numpy(), args.bits)
-        plot(args.out / f"samples_{args.bits}bit.png", shown, digits.tolist(), args.bits)
+            results.setdefault("sample_leaf_sampling", {})[spec] = args.leaf_sampling
+            for clip, stem in zip(x, stems, strict=True):
+                write_wav(args.out / "samples" / f"{spec}_{args.bits}bit_{stem}.wav", clip.numpy(), args.bits)
+        plot(args.out / (args.picture or f"samples_{args.bits}bit.png"), shown, labels.tolist(), args.bits,
+             titles=titles)
         path.write_text(json.dumps(results, indent=2))
-    print("| model | CPU budget (s) | bits / real sample (mean ± std, seeds) | params | steps | CPU s / step |")
+    print("| model | CPU budget (s) | steps | bits / real sample (mean ± std, seeds) | params | CPU s / step |")
     print("|---|---|---|---|---|---|")
-    groups: dict[tuple[str, float], list[dict]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for r in results["runs"]:
-        groups.setdefault((r["model"], r["budget_s"]), []).append(r)
-    for (spec, budget_s), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        print(f"| {spec} | {budget_s:.0f} | {budget.summarise_runs([r['bits_per_real_sample'] for r in runs])} | "
-              f"{runs[0]['params'] / 1e6:.2f}M | {np.mean([r['steps'] for r in runs]):.0f} | "
-              f"{np.mean([r['cpu_s_per_step'] for r in runs]):.2f} |")
+        groups.setdefault((r["model"], r["budget_s"], r.get("max_steps")), []).append(r)
+    for (spec, budget_s, _), runs in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][2] or 0, kv[0][0])):
+        print(f"| {spec} | {'-' if budget_s is None else f'{budget_s:.0f}'} | {np.mean([r['steps'] for r in runs]):.0f} | "
+              f"{budget.summarise_runs([r['bits_per_real_sample'] for r in runs])} | "
+              f"{runs[0]['params'] / 1e6:.2f}M | {np.mean([r['cpu_s_per_step'] for r in runs]):.2f} |")
     ng = results["ngram"]
-    print(f"| {ng['order']}-gram (Kneser-Ney) | counts | {ng['eval']:.3f} | | | |")
+    print(f"| {ng['order']}-gram (Kneser-Ney) | counts | | {ng['eval']:.3f} | | |")
+    tests = {}
+    for (spec, budget_s, steps), runs in groups.items():  # each condition against no condition
+        kind, condition = parse_spec(spec)
+        base = groups.get((f"{kind}-uncond", budget_s, steps))
+        if condition is None or base is None or len(runs) < 2 or len(base) < 2:
+            continue
+        t = welch([r["bits_per_real_sample"] for r in runs], [r["bits_per_real_sample"] for r in base])
+        at = f"steps {steps}" if budget_s is None else f"{budget_s:.0f} s"
+        tests[f"{spec} vs {kind}-uncond at {at}"] = t
+        print(f"{spec} - {kind}-uncond at {at} ({len(runs)} vs {len(base)} seeds): {t['difference']:+.3f} "
+              f"bits/sample, Welch t = {t['t']:.2f}, p = {t['p']:.3f}")
+    if tests:
+        results["welch_vs_uncond"] = tests
+        path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -176,16 +176,19 @@ def test_per_sample_scores_are_causal_and_in_time_order(kind):
     assert torch.equal(lp[:, :100], lp2[:, :100]) and not torch.equal(lp[:, 100:], lp2[:, 100:])
 
 
-@pytest.mark.parametrize("spec", ["fractal", "wavenet", "flat-uncond"])
+@pytest.mark.parametrize("spec", ["fractal", "wavenet", "flat-uncond", "fractal-digit+speaker"])
 def test_one_masked_training_step_bits_and_outputs(clips, spec, tmp_path):
-    kind, conditional = spec.removesuffix("-uncond"), not spec.endswith("-uncond")
+    kind, condition = A.parse_spec(spec)
     torch.manual_seed(0)
-    model = A.build_model(kind, length=256, small=True, conditional=conditional)
+    model = A.build_model(kind, length=256, small=True, conditional=condition is not None,
+                          condition=condition or "digit")
+    assert model.num_classes == (A.CONDITIONS[condition] if condition else 0)
     train_part = A.subset(clips, clips["index"] >= 5)
-    log = A.train(model, train_part, budget_s=60, batch=2, max_steps=1)
+    log = A.train(model, train_part, budget_s=math.inf, batch=2, max_steps=1, condition=condition or "digit")
     assert log["steps"] == 1 and math.isfinite(log["last_loss_bps"])
     test_part = A.subset(clips, clips["index"] < 5)
-    bps = A.bits_per_real_sample(model, A.subset(test_part, torch.arange(test_part["x"].shape[0]) < 2))
+    bps = A.bits_per_real_sample(model, A.subset(test_part, torch.arange(test_part["x"].shape[0]) < 2),
+                                 condition=condition or "digit")
     assert math.isfinite(bps) and bps > 0  # an untrained mixture can be worse than 8 bits
     x, seconds = A.sample_clips(model, torch.tensor([3]))
     assert x.shape == (1, 256) and seconds > 0
@@ -210,3 +213,38 @@ def test_ngram_baseline_on_real_samples(clips):
     out = A.ngram_baseline(train_part, {"eval": A.subset(clips, clips["index"] < 5)}, orders=(1, 2, 3))
     assert out["order"] in (1, 2, 3) and set(out["validation_bits"]) == {1, 2, 3}
     assert 0 < out["eval"] < 8
+
+
+def test_model_specs_and_condition_labels():
+    assert A.parse_spec("fractal") == ("fractal", "digit")
+    assert A.parse_spec("wavenet-uncond") == ("wavenet", None)
+    assert A.parse_spec("fractal-speaker") == ("fractal", "speaker")
+    assert A.parse_spec("fractal-digit+speaker") == ("fractal", "digit+speaker")
+    with pytest.raises(ValueError, match="suffix"):
+        A.parse_spec("fractal-gender")
+    clips = {"digit": torch.tensor([0, 9, 3]), "speaker": torch.tensor([0, 5, 2])}
+    assert A.condition_labels(clips, None) is None
+    assert A.condition_labels(clips, "speaker").tolist() == [0, 5, 2]
+    assert A.condition_labels(clips, "digit+speaker").tolist() == [0, 59, 23]  # speaker * 10 + digit
+    names = ["a", "b", "c"]
+    labels, stems = A.sample_labels("digit+speaker", names)
+    assert labels.tolist() == [0, 11, 22] and stems[1] == "speaker1_b_digit1"
+    assert A.sample_labels("speaker", names)[1] == ["speaker0_a", "speaker1_b", "speaker2_c"]
+    assert A.sample_labels(None, names)[1][0] == "sample0"
+
+
+def test_welch_test_tells_apart_separated_runs():
+    far = A.welch([1.0, 1.1, 0.9], [3.0, 3.1, 2.9])
+    assert far["difference"] == pytest.approx(-2.0) and far["p"] < 1e-3
+    assert A.welch([1.0, 1.1, 0.9], [1.05, 0.95, 1.0])["p"] > 0.5
+
+
+def test_16_bit_clips_sample_directly_and_write_wavs(tmp_path):
+    torch.manual_seed(0)
+    model = A.build_model("fractal", bits=16, length=256, small=True).eval()
+    model.leaf.sampling = "direct"  # O(K) per value instead of 65,536 bins
+    x, seconds = A.sample_clips(model, torch.tensor([1, 7]))
+    assert x.shape == (2, 256) and int(x.min()) >= 0 and int(x.max()) < 65536 and seconds > 0
+    A.write_wav(tmp_path / "b.wav", x[0].numpy(), 16)
+    with wave.open(str(tmp_path / "b.wav")) as w:
+        assert (w.getframerate(), w.getnframes(), w.getsampwidth()) == (8000, 256, 2)
