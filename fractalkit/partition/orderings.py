@@ -40,8 +40,8 @@ from fractalkit.partition.graph import Graph, GraphEncoding
 
 __all__ = [
     "random_bfs_encodings",
-    "random_bfs_order",
     "random_bfs_log_prob",
+    "random_bfs_order",
     "uniform_order",
 ]
 
