@@ -78,8 +78,8 @@ def test_default_mar_config_is_unchanged():
 @pytest.mark.parametrize(
     "config, partitioner, match",
     [
-        (dict(graph_neighbours=True), None, "neighbours=False"),
-        (dict(graph_neighbours=True, neighbours=False), SequenceChunks(9, 3), "GraphSubsets"),
+        ({"graph_neighbours": True}, None, "neighbours=False"),
+        ({"graph_neighbours": True, "neighbours": False}, SequenceChunks(9, 3), "GraphSubsets"),
     ],
 )
 def test_graph_neighbours_rejects_bad_setups(config, partitioner, match):

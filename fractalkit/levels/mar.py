@@ -173,7 +173,9 @@ class MARLevel(Level):
         self.config = config
         k = partitioner.num_children
         if config.graph_neighbours:
-            from fractalkit.partition.graph import GraphSubsets  # a level needs no graph code otherwise
+            from fractalkit.partition.graph import (
+                GraphSubsets,  # a level needs no graph code otherwise
+            )
 
             if not isinstance(partitioner, GraphSubsets) or partitioner.num_nodes != partitioner.row_width:
                 raise ValueError(
