@@ -14,7 +14,8 @@ Two figures follow, each labelled for what it is:
   (e.g. :func:`~fractalkit.partition.bfs_order`); since p(G) >= p(one encoding), it is a lower
   bound on log p(G), loose by the log of the mass the model puts on G's other encodings;
 - the **importance-sampled estimate** over orders: draw ``pi_k ~ q`` (K orders), and average
-  ``p(E(pi_k)) / q(E(pi_k))`` with ``q(E) = |Aut(G)| q(pi)`` for an automorphism-invariant q.
+  ``p(E(pi_k)) / q(E(pi_k))`` with ``q(E) = |Aut(G)| q(pi)`` for an automorphism-invariant q,
+  counting the canonical encoding's own mass exactly (see :func:`graph_log_likelihood`).
   With ``ordering="bfs"`` (:func:`~fractalkit.partition.random_bfs_order`) it estimates, without
   bias, the mass on G's *BFS encodings* (those a breadth-first search can produce), which is
   <= p(G) (the model may put mass on non-BFS encodings); by Jensen its log is in expectation a
@@ -51,8 +52,10 @@ class GraphLogLikelihood:
             on ``log p(G)``.
         log_p: float64 ``[N]``: ``log`` of the importance-sampled estimate (see ``estimates``).
         stderr: float64 ``[N]``: standard error of ``log_p`` by the delta method,
-            ``sd(w) / (sqrt(K) mean(w))`` over the K importance weights (NaN for K = 1).
-        ess: float64 ``[N]``: effective sample size ``(sum w)^2 / sum w^2`` of the K weights.
+            ``sd(w) / (sqrt(K) (p(E_c) + mean(w)))`` over the K importance weights (NaN for
+            K = 1).
+        ess: float64 ``[N]``: effective sample size ``(sum w)^2 / sum w^2`` of the K weights
+            (0 when every draw was the canonical encoding).
         log_automorphisms: float64 ``[N]``: ``log |Aut(G)|`` (labelled).
         num_orders: K.
         ordering: ``"bfs"`` or ``"uniform"``.
@@ -73,11 +76,12 @@ class GraphLogLikelihood:
 
 
 _ESTIMATES = {
-    "bfs": "log of the model's mass on the graph's BFS encodings (unbiased in p; its log is a "
-    "lower bound on log p(G) in expectation, by Jensen, and the model may put mass on non-BFS "
-    "encodings, which it does not count)",
-    "uniform": "log p(G), the mass on all the graph's encodings (unbiased in p; its log is "
-    "biased low in expectation, by Jensen)",
+    "bfs": "log of the model's mass on the graph's BFS encodings plus its canonical encoding "
+    "(p(E_c) + mean of the other draws' weights: unbiased in p, never below the canonical bound; "
+    "its log is low in expectation, by Jensen; mass on non-BFS encodings is not counted, so it "
+    "is a lower bound on log p(G))",
+    "uniform": "log p(G), the mass on all the graph's encodings (p(E_c) + mean of the other "
+    "draws' weights: unbiased in p; its log is low in expectation, by Jensen)",
 }
 
 
@@ -128,9 +132,18 @@ def graph_log_likelihood(
     """The canonical-encoding bound and an importance-sampled estimate of log p(graph).
 
     For each graph, K orders ``pi_k ~ q`` (``ordering``), their encodings ``E_k``, and the
-    weights ``w_k = p(E_k) / (|Aut(G)| q(pi_k))``; ``log_p = log mean_k w_k``. See the module
-    docstring for what this estimates: with ``"bfs"``, the model's mass on G's BFS encodings (a
-    lower bound on p(G)); with ``"uniform"``, p(G) itself.
+    weights ``w_k = p(E_k) / (|Aut(G)| q(pi_k))``, set to 0 where ``E_k`` is the canonical
+    encoding ``E_c`` (the graph in the order given), whose mass is added exactly:
+
+        log_p = log( p(E_c) + mean_k w_k ).
+
+    This is unbiased for the mass on ``{E_c}`` and the other encodings q can draw, and never
+    below the canonical bound (a plain ``mean_k w_k`` falls far below it when the model
+    concentrates on ``E_c``, which q rarely draws). With ``"bfs"`` and a BFS canonical order
+    (:func:`~fractalkit.partition.bfs_order`) that is the model's mass on G's BFS encodings, a
+    lower bound on p(G) (the model may put mass on non-BFS encodings); with ``"uniform"``,
+    p(G) itself. By Jensen, ``log_p`` is low in expectation. The standard error reflects the
+    drawn weights only: a mode that q never draws is invisible to it.
 
     Args:
         model: a :class:`fractalkit.Fractal` (anything with ``log_prob(x, **kw).value`` and
@@ -171,14 +184,20 @@ def graph_log_likelihood(
     scores, kind = _score(model, torch.cat(encodings), batch_size, kwargs)
     scores = scores.view(num_orders + 1, n_graphs)
     canonical, lp = scores[0], scores[1:]  # [N], [K, N]
+    stacked = torch.stack(encodings[1:])  # [K, N, E]
+    is_canonical = (stacked == encodings[0][None]).all(-1)  # [K, N]
     log_w = lp - log_aut[None] - torch.stack(log_qs)  # [K, N]
-    log_p = torch.logsumexp(log_w, 0) - math.log(num_orders)
-    r = (log_w - log_w.max(0).values).exp()  # [K, N], max 1
+    log_w = log_w.masked_fill(is_canonical, -math.inf)  # the canonical encoding is counted exactly
+    # p_hat = p(E_c) + mean_k w_k, in log space with one shift per graph
+    shift = torch.maximum(canonical, log_w.max(0).values)  # [N]
+    r = (log_w - shift).exp()  # [K, N]
+    total = (canonical - shift).exp() + r.mean(0)  # [N], >= p(E_c) / exp(shift)
+    log_p = total.log() + shift
     if num_orders > 1:
-        stderr = r.std(0) / (math.sqrt(num_orders) * r.mean(0))
+        stderr = r.std(0) / (math.sqrt(num_orders) * total)
     else:
         stderr = torch.full((n_graphs,), math.nan, dtype=torch.float64)
-    ess = r.sum(0) ** 2 / (r**2).sum(0)
+    ess = torch.where(r.sum(0) > 0, r.sum(0) ** 2 / (r**2).sum(0).clamp(min=1e-300), torch.zeros_like(total))
     return GraphLogLikelihood(
         canonical_bound=canonical,
         log_p=log_p,
