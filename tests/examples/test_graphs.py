@@ -51,7 +51,7 @@ def test_models_score_training_batches(kind):
 
 
 def test_missing_data_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ego_small_edges.npz"):
+    with pytest.raises(FileNotFoundError, match=r"ego_small_edges\.npz"):
         G.load_graphs("ego_small", data=tmp_path)
 
 
