@@ -138,6 +138,11 @@ def test_random_bfs_log_prob_rejects_bad_orders(orders, match):
         random_bfs_log_prob(GRAPHS["path4"], orders)
 
 
+def test_random_bfs_order_rejects_non_graphs():
+    with pytest.raises(TypeError, match="Graph"):
+        random_bfs_order(torch.zeros(2, 3, 3))
+
+
 def test_random_bfs_log_prob_of_a_non_bfs_order_is_minus_infinity():
     # path 0-1-2-3: starting at 0 then jumping to 2 is not breadth-first
     assert float(random_bfs_log_prob(GRAPHS["path4"], torch.tensor([[0, 2, 1, 3]]))[0]) == -math.inf
@@ -246,6 +251,17 @@ def test_estimate_is_never_below_the_canonical_bound(name):
     assert bool((res.log_p >= res.canonical_bound - 1e-12).all())
 
 
+def test_graph_batches_give_the_same_result():
+    g = repeat(GRAPHS["triangle_pendant"], 5)
+    model = tiny_model(ENC, seed=4)
+    whole = graph_log_likelihood(model, ENC, g, num_orders=4, generator=torch.Generator().manual_seed(0))
+    split = graph_log_likelihood(model, ENC, g, num_orders=4, generator=torch.Generator().manual_seed(0),
+                                 graph_batch=2)
+    assert whole.log_p.shape == split.log_p.shape == (5,)
+    assert torch.allclose(whole.canonical_bound, split.canonical_bound)
+    assert split.model_kind == "exact"
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -253,6 +269,7 @@ def test_estimate_is_never_below_the_canonical_bound(name):
         ({"ordering": "dfs"}, ValueError, "ordering"),
         ({"encoding": GraphEncoding(3, 2, 2)}, ValueError, "max_nodes"),
         ({"encoding": "nope"}, TypeError, "GraphEncoding"),
+        ({"graph_batch": 0}, ValueError, "graph_batch"),
     ],
 )
 def test_graph_log_likelihood_rejects_bad_input(kwargs, error, match):
