@@ -55,6 +55,7 @@ GRAPHS = {
     "two_components": make_graph(4, [(0, 1, 2), (2, 3, 2)]),
     "triangle_pendant": make_graph(4, [(0, 1, 1), (1, 2, 1), (2, 0, 1), (2, 3, 2)]),
     "single": make_graph(1, [], slots=4),
+    "empty": make_graph(0, [], slots=4),
 }
 
 
@@ -159,7 +160,7 @@ def test_automorphisms_match_brute_force(name):
 
 def test_automorphism_counts_known_values():
     expected = {"path4": 2, "star4": 6, "cycle4": 8, "typed_cycle4": 4, "typed_nodes_path3": 1,
-                "two_components": 8, "triangle_pendant": 2, "single": 1}
+                "two_components": 8, "triangle_pendant": 2, "single": 1, "empty": 1}
     for name, count in expected.items():
         assert round(float(log_automorphisms(GRAPHS[name]).exp()[0])) == count, name
 
