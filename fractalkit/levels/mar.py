@@ -9,8 +9,9 @@ the rest are replaced by a learned mask token. The sequence is
 ``[summary?, cond_emb(c_{T-1}), ..., cond_emb(c_0), t_0, ..., t_{k-1}]`` plus learned
 positions, LayerNorm, the blocks and a final LayerNorm; ``summary`` is the guiding-pixel token
 of :class:`fractalkit.levels.base.Level`. Each child receives its own output and, with
-``neighbours``, those of its top, right, bottom and left neighbours (zeros off the grid). The
-decoding loop is the base class's; this module plans the steps (random order, cosine schedule)
+``neighbours``, those of its top, right, bottom and left neighbours (zeros off the grid), or
+with ``graph_neighbours`` (over :class:`fractalkit.partition.GraphSubsets`) the mean output of
+its *known graph neighbours*. The decoding loop is the base class's; this module plans the steps (random order, cosine schedule)
 and computes each step's conditions.
 """
 
@@ -66,6 +67,16 @@ class MARLevelConfig(LevelConfig):
         attn_dropout, proj_dropout: dropout rates (training only).
         embed: ``"linear"`` or ``"table"`` child embedding (the guiding pixel needs linear).
         checkpointing: recompute blocks in the backward pass to save memory.
+        graph_neighbours: over a whole-graph :class:`fractalkit.partition.GraphSubsets`
+            encoding (the top graph level), hand each child 1 condition token: its own output
+            plus a learned linear map of the mean output of the *known* children that share an
+            edge with it (zeros when none), so that an AR level below (which reads one token)
+            sees it. Child i is a known graph neighbour of child j when i is visible
+            in this pass (teacher-forced: unmasked / earlier in the order; decoding: decided)
+            and one of i's node rows holds an edge to a node of j. Only edges stored in known
+            rows are read (edges from j's nodes to earlier nodes sit in j's own, unknown rows),
+            so each condition depends on visible children only and the likelihood stays exact
+            under given orders. Needs ``neighbours=False`` (it replaces the grid neighbours).
     """
 
     kind = "mar"
@@ -81,15 +92,28 @@ class MARLevelConfig(LevelConfig):
     embed: EmbedMode = "linear"
     checkpointing: bool = False
     guide_input: Literal["rounded", "continuous"] = "rounded"
+    graph_neighbours: bool = False
 
     def __post_init__(self) -> None:
         check_transformer(self, rope=False)
+        if self.graph_neighbours and self.neighbours:
+            raise ValueError(
+                "MARLevelConfig: graph_neighbours replaces the grid neighbours; set neighbours=False"
+            )
         if self.guiding_pixel and self.embed != "linear":
             raise ValueError("MARLevelConfig: guiding_pixel needs embed='linear'")
         if self.guide_input not in ("rounded", "continuous"):
             raise ValueError(
                 f"MARLevelConfig: guide_input must be 'rounded' or 'continuous', got {self.guide_input!r}"
             )
+
+    def to_dict(self) -> dict:
+        """As :meth:`ComponentConfig.to_dict`, leaving out ``graph_neighbours`` when False, so
+        that the configs (and saved files) of every existing MAR model stay as they were."""
+        out = super().to_dict()
+        if not self.graph_neighbours:
+            del out["graph_neighbours"]
+        return out
 
     @property
     def out_tokens(self) -> int:
@@ -148,6 +172,16 @@ class MARLevel(Level):
         )
         self.config = config
         k = partitioner.num_children
+        if config.graph_neighbours:
+            from fractalkit.partition.graph import (
+                GraphSubsets,  # a level needs no graph code otherwise
+            )
+
+            if not isinstance(partitioner, GraphSubsets) or partitioner.num_nodes != partitioner.row_width:
+                raise ValueError(
+                    "MARLevel: graph_neighbours needs a GraphSubsets partitioner over a whole graph "
+                    f"(num_nodes == row_width, the top graph level), got {partitioner!r}"
+                )
         self.num_prefix = cond_tokens + int(config.guiding_pixel)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + k, config.width))
@@ -160,6 +194,8 @@ class MARLevel(Level):
             proj_dropout=config.proj_dropout,
             checkpointing=config.checkpointing,
         )
+        if config.graph_neighbours:  # only then: existing models keep their parameters
+            self.graph_proj = nn.Linear(config.width, config.width)
         if config.guiding_pixel:
             self.add_summary(config.guide, config.guide_input)
         self.initialize_weights()
@@ -213,6 +249,46 @@ class MARLevel(Level):
         index = torch.cat([own, self.neighbours.where(self.neighbours >= 0, k)], dim=1)  # [k, 5]
         return padded[rows[:, None], index[cols]]  # [M, 5, D]
 
+    def graph_links(self, children: Tensor) -> Tensor:
+        """Which children share an edge, read from the *later* child's rows only.
+
+        Args:
+            children: int64 ``[N, k, s * W]`` (GraphSubsets children: s node rows of width W).
+
+        Returns:
+            bool ``[N, k, k]``: ``[n, j, i]`` is True when i > j and a node row of child i holds
+            an edge to a node of child j (the rows of child i alone decide it).
+        """
+        p = self.partitioner
+        n_inst, k = children.shape[:2]
+        s, w = p.nodes_per_child, p.row_width  # w == num nodes of the whole graph
+        rows = children.reshape(n_inst, k * s, w)
+        edges = torch.nn.functional.pad(rows[:, :, 1:] != 0, (0, 1))  # [N, a, b]: edge(a, b)
+        edges = edges & torch.ones(w, w, dtype=torch.bool, device=children.device).tril(-1)
+        links = edges.view(n_inst, k, s, k, s).any(4).any(2)  # [N, i, j]
+        links = links & torch.ones(k, k, dtype=torch.bool, device=children.device).tril(-1)
+        return links.transpose(1, 2)  # [N, j, i]
+
+    def graph_tokens(self, h: Tensor, links: Tensor, visible: Tensor) -> Tensor:
+        """Mean output of each child's known graph neighbours.
+
+        Args:
+            h: ``[N, k, D]`` outputs of one pass, or ``[N, k, k, D]`` with ``h[:, j]`` the
+                outputs of child j's own pass (the exact mode's one pass per child).
+            links: bool ``[N, k, k]`` from :meth:`graph_links`.
+            visible: bool ``[N, k]`` (one pass) or ``[N, k, k]`` (``[:, j]``: known in child
+                j's pass), the children known in the pass.
+
+        Returns:
+            ``[N, k, D]`` (zeros for a child without known graph neighbours).
+        """
+        vis = visible[:, None, :] if visible.dim() == 2 else visible
+        weight = (links & vis).to(h.dtype)  # [N, j, i]
+        weight = weight / weight.sum(-1, keepdim=True).clamp(min=1.0)
+        if h.dim() == 4:
+            return torch.einsum("nji,njid->njd", weight, h)
+        return torch.bmm(weight, h)
+
     # ---- scoring ---------------------------------------------------------------------------
 
     def score_children(
@@ -250,7 +326,11 @@ class MARLevel(Level):
             masked = masked_subset(orders, count)
         h = self.hidden(children, masked, prefix)
         rows, cols = masked.nonzero(as_tuple=True)  # (instance, child) in lexicographic order
-        conds = self.child_conditions(h, rows, cols)  # [M, T', D]
+        if self.config.graph_neighbours:
+            graph = self.graph_tokens(h, self.graph_links(children), ~masked)
+            conds = (h[rows, cols] + self.graph_proj(graph[rows, cols]))[:, None]  # [M, 1, D]
+        else:
+            conds = self.child_conditions(h, rows, cols)  # [M, T', D]
         result = self.score_rows(children, rows, cols, conds, ctx, weight)
         if ctx.mode == "estimate":
             result.kind = "estimate"
@@ -272,6 +352,14 @@ class MARLevel(Level):
         # Child c is predicted in pass ranks[n, c]: take that pass's outputs for child c.
         d = h.shape[-1]
         per_child = h.gather(1, ranks[:, :, None, None].expand(n, k, k, d))  # [N, c, k, D]
+        if self.config.graph_neighbours:
+            # pseudo-instance (n, c): child c's pass, in which the children ranked before c are known
+            visible = ranks[:, None, :] < ranks[:, :, None]  # [N, c, i]
+            graph = self.graph_tokens(per_child, self.graph_links(children), visible)  # [N, c, D]
+            own = per_child.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [N, c, D]: child c in its pass
+            conds = (own + self.graph_proj(graph)).reshape(n * k, 1, d)
+            rows = torch.arange(n, device=device).repeat_interleave(k)
+            return self.score_rows(children, rows, step.repeat(n), conds, ctx)
         conds = self.child_conditions(
             per_child.reshape(n * k, k, d), torch.arange(n * k, device=device), step.repeat(n)
         )  # [N*k, T', D]
@@ -305,4 +393,8 @@ class MARLevel(Level):
     def step_conditions(self, state: Tensor, children: Tensor, decided: Tensor, step: Step) -> Tensor:
         """One bidirectional pass with the undecided children masked."""
         rows, cols = step.pick.nonzero(as_tuple=True)
-        return self.child_conditions(self.hidden(children, ~decided, state), rows, cols)
+        h = self.hidden(children, ~decided, state)
+        if self.config.graph_neighbours:
+            graph = self.graph_tokens(h, self.graph_links(children), decided)
+            return (h[rows, cols] + self.graph_proj(graph[rows, cols]))[:, None]
+        return self.child_conditions(h, rows, cols)

@@ -18,6 +18,12 @@ from fractalkit.partition.base import Partitioner
 from fractalkit.partition.channels import Channels
 from fractalkit.partition.chunks import SequenceChunks
 from fractalkit.partition.graph import Graph, GraphEncoding, GraphSubsets, bfs_order
+from fractalkit.partition.orderings import (
+    random_bfs_encodings,
+    random_bfs_log_prob,
+    random_bfs_order,
+    uniform_order,
+)
 from fractalkit.partition.patches import ImagePatches
 
 __all__ = [
@@ -31,7 +37,11 @@ __all__ = [
     "SequenceChunks",
     "bfs_order",
     "partitioner_from_config",
+    "random_bfs_encodings",
+    "random_bfs_log_prob",
+    "random_bfs_order",
     "register_partitioner",
+    "uniform_order",
 ]
 
 PARTITIONERS: dict[str, type[Partitioner]] = {}
