@@ -66,8 +66,8 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qm9" / 
 #: atom types (element, formal charge): the original neutral vocabulary
 NEUTRAL_ATOMS: tuple[tuple[str, int], ...] = (("C", 0), ("N", 0), ("O", 0), ("F", 0))
 #: every (element, formal charge) pair in QM9's closed-shell molecules, most frequent first
-CHARGED_ATOMS: tuple[tuple[str, int], ...] = NEUTRAL_ATOMS + (
-    ("N", 1), ("N", -1), ("C", 1), ("C", -1), ("O", -1), ("O", 1))
+CHARGED_ATOMS: tuple[tuple[str, int], ...] = (
+    *NEUTRAL_ATOMS, ("N", 1), ("N", -1), ("C", 1), ("C", -1), ("O", -1), ("O", 1))
 #: element symbols of the neutral vocabulary (what ``conditional.py`` and older code read)
 ATOMS = tuple(symbol for symbol, _ in NEUTRAL_ATOMS)
 MAX_ATOMS = 9
@@ -561,6 +561,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="canonical SMILES of the full QM9 (novelty reference)")
     ap.add_argument("--metrics-only", action="store_true",
                     help="only compute sample metrics from results.json and samples_*.pt in --out")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' entries of an existing results.json in --out")
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -579,7 +581,9 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads((args.out / "results.json").read_text())
         names = list(results)
     else:
-        results, names = {}, args.models.split(",")
+        names = args.models.split(",")
+        old = args.out / "results.json"
+        results = json.loads(old.read_text()) if args.merge and old.exists() else {}
     specs = {name: parse_model(name) for name in names}
     data = {}
     for charges in sorted({c for _, _, c in specs.values()}):
@@ -596,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
         pick = torch.randperm(len(reference), generator=torch.Generator().manual_seed(0))[:10_000]
         fcd = FCD([reference[i] for i in pick.tolist()])
     uptime = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    for name in names:
+    for name in tqdm(names, desc="models"):
         kind, slots, charges = specs[name]
         atoms, train_x, test_x, training, stats = data[charges]
         if not args.metrics_only:
@@ -619,6 +623,8 @@ def main(argv: list[str] | None = None) -> None:
                 "load_average_before_after": [load_before, Path("/proc/loadavg").read_text().split()[:3]
                                               if uptime else []],
                 "batch": args.batch,
+                "max_steps": args.max_steps,
+                "num_samples": args.num_samples,
                 "device": budget.device_description(device, args.threads),
                 "samples": {},
             }
