@@ -14,6 +14,7 @@ leaf; the conditioner's output for ``c`` (or its learned null condition) is the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -142,6 +143,12 @@ class Fractal(nn.Module):
 
         normalisation = ValueNormalisation.of(self.event_shape, value_mean, value_std)
         self.root: Level = compose(levels, leaf, normalisation)
+        kinds = getattr(self.leaf, "slot_kinds", None)
+        if kinds is not None and kinds.num_elements != math.prod(self.event_shape):
+            raise ValueError(
+                f"Fractal: the leaf's slot kinds describe {kinds.num_elements} elements but an "
+                f"instance has {math.prod(self.event_shape)} (event shape {list(self.event_shape)})"
+            )
         self.top_tokens = levels[0][1].out_tokens
         built = conditioner.build(levels[0][1].width, self.top_tokens)
         if not isinstance(built, Conditioner):
@@ -248,6 +255,13 @@ class Fractal(nn.Module):
         """
         return self.conditioner(c, n, drop=drop, generator=generator)
 
+    def _positions(self, x: Tensor, needed: bool = False) -> Tensor | None:
+        """int64 ``[N, *event]`` flat element indices ``row * D + position``, when the leaf
+        uses them (slot kinds) or ``needed``; None otherwise (the default path tracks nothing)."""
+        if not needed and getattr(self.leaf, "slot_kinds", None) is None:
+            return None
+        return torch.arange(x.numel(), device=x.device).view(x.shape)
+
     def _orders(self, orders: OrderSpec | Sequence[OrderSpec]) -> tuple[OrderSpec, ...]:
         return per_level_orders(self.levels[:-1], orders)
 
@@ -276,7 +290,9 @@ class Fractal(nn.Module):
         self.root.check_x(x)
         c = self._condition(c, y, x.shape[0])
         cond = self.top_condition(c, x.shape[0], drop=self.training, generator=generator)
-        score = self.root.score(x.long(), cond, ScoreContext("train", generator=generator))
+        score = self.root.score(
+            x.long(), cond, ScoreContext("train", generator=generator, positions=self._positions(x))
+        )
         dims = score.dims.sum().clamp(min=1)
         nll = -score.logp.sum() / dims
         total = score.objective.sum() / dims
@@ -325,12 +341,13 @@ class Fractal(nn.Module):
             raise ValueError(f"Fractal.log_prob: num_draws must be a positive integer, got {num_draws}")
         x = x.long()
         cond = self.top_condition(c, x.shape[0])
+        positions = self._positions(x)
         if orders is not None or not self._has_orders():
-            ctx = ScoreContext("exact", generator=generator, orders=self._orders(orders))
+            ctx = ScoreContext("exact", generator=generator, orders=self._orders(orders), positions=positions)
             score = self.root.score(x, cond, ctx)
             check_log_prob("Fractal.log_prob", score.logp, self)
             return LogProb(score.logp, score.kind)
-        ctx = ScoreContext("estimate", generator=generator, orders=self._orders(None))
+        ctx = ScoreContext("estimate", generator=generator, orders=self._orders(None), positions=positions)
         draws = [self.root.score(x, cond, ctx) for _ in range(num_draws)]
         values = torch.stack([d.logp for d in draws])  # [draws, N]
         check_log_prob("Fractal.log_prob", values, self)
@@ -362,7 +379,8 @@ class Fractal(nn.Module):
         self.root.check_x(x)
         c = self._condition(c, None, x.shape[0])
         cond = self.top_condition(c, x.shape[0])
-        score = self.root.score(x.long(), cond, ScoreContext("masks", masks=tuple(masks)))
+        ctx = ScoreContext("masks", masks=tuple(masks), positions=self._positions(x))
+        score = self.root.score(x.long(), cond, ctx)
         return LogProb(score.logp, "estimate")
 
     # ---- sampling ------------------------------------------------------------------------------
@@ -396,6 +414,12 @@ class Fractal(nn.Module):
         ctx = DecodeContext(
             options, generator, guided, scale=options.guidance, force=force, orders=self._orders(orders)
         )
+        positions = self._positions(x, needed=options.constraint is not None)
+        if positions is not None:  # the leaf writes what it decides to a canvas later ones read
+            ctx = dataclasses.replace(
+                ctx, positions=positions, canvas=x.reshape(x.shape[0], self.num_dims).clone(),
+                canvas_decided=known.reshape(x.shape[0], self.num_dims).clone(),
+            )
         out, logp = self.root.decode(x, known, cond, ctx)
         return out[:n], logp[:n]
 

@@ -4,6 +4,7 @@ from fractalkit.leaves.base import Leaf
 from fractalkit.leaves.categorical import CategoricalLeaf, CategoricalLeafConfig
 from fractalkit.leaves.logistic import DiscretizedLogisticLeaf, DiscretizedLogisticLeafConfig
 from fractalkit.leaves.rgb import RGBLeaf, RGBLeafConfig
+from fractalkit.leaves.slots import SlotCategoricalLeaf, SlotCategoricalLeafConfig, SlotKinds
 
 __all__ = [
     "CategoricalLeaf",
@@ -13,4 +14,7 @@ __all__ = [
     "Leaf",
     "RGBLeaf",
     "RGBLeafConfig",
+    "SlotCategoricalLeaf",
+    "SlotCategoricalLeafConfig",
+    "SlotKinds",
 ]

@@ -9,7 +9,7 @@ import abc
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -19,6 +19,9 @@ from fractalkit.sampling.guidance import guided_logits
 from fractalkit.sampling.options import DecodeContext, ScoreContext
 from fractalkit.sampling.rng import sample_categorical
 from fractalkit.validation import check_integer, check_probabilities
+
+if TYPE_CHECKING:
+    from fractalkit.leaves.slots import SlotKinds
 
 
 class Leaf(AbstractGenerator):
@@ -67,6 +70,53 @@ class Leaf(AbstractGenerator):
         #: while :meth:`recording` is active: the per-element log-probabilities of every score
         self._records: list[Tensor] | None = None
         self._keep_graph = False
+        #: per-element slot kinds and their allowed values (opt-in: :meth:`use_slot_kinds`)
+        self.slot_kinds: SlotKinds | None = None
+
+    def use_slot_kinds(self, slot_kinds: SlotKinds) -> None:
+        """Opt in to slot kinds: each element of the top-level instance has a kind with a set
+        of allowed values; the leaf's distribution is normalised over the allowed values only
+        (a kind with one allowed value, a structural zero, has probability 1) and a learned
+        embedding of the kinds of the instance's elements is added to the condition.
+
+        Call it from a subclass's ``__init__`` (after ``super().__init__``); the model must then
+        be scored and sampled through :class:`fractalkit.Fractal`, which tracks each element's
+        position (see :attr:`fractalkit.sampling.options.ScoreContext.positions`).
+
+        Args:
+            slot_kinds: the kinds (one per element of the *top-level* event, flattened) and
+                each kind's allowed values.
+
+        Raises:
+            ValueError: if an allowed value is outside ``[0, V)``.
+        """
+        slot_kinds.check(self.num_values)
+        self.slot_kinds = slot_kinds
+        # Not persistent: derived from the config.
+        self.register_buffer("slot_kind_of", torch.tensor(slot_kinds.element_kinds, dtype=torch.long),
+                             persistent=False)  # [D]
+        self.register_buffer("slot_allowed", slot_kinds.allowed_mask(self.num_values),
+                             persistent=False)  # [K, V]
+        e, k = self.num_elements, slot_kinds.num_kinds
+        self.slot_embed = torch.nn.Embedding(e * k, self.cond_dim)  # a vector per (element, kind)
+        torch.nn.init.normal_(self.slot_embed.weight, std=0.02)
+        self.register_buffer("slot_offset", torch.arange(e) * k, persistent=False)
+
+    def _slot_kinds_of(self, positions: Tensor | None, rows: int) -> Tensor:
+        """int64 ``[M, E]`` kinds of the elements at ``positions`` (flat canvas indices)."""
+        if positions is None:
+            raise ValueError(
+                f"{type(self).__name__}: this leaf has slot kinds and needs each element's "
+                "position; score and sample it through fractalkit.Fractal (log_prob, loss, "
+                "sample), which tracks them"
+            )
+        d = self.slot_kind_of.shape[0]
+        return self.slot_kind_of[positions.reshape(rows, self.num_elements) % d]
+
+    def _with_slot_kinds(self, cond: Tensor, kinds: Tensor) -> Tensor:
+        """``cond [M, T, D]`` plus the embedding of the elements' kinds ``[M, E]`` (every token)."""
+        emb = self.slot_embed(kinds + self.slot_offset).sum(1)  # [M, D]
+        return cond + emb[:, None].to(cond.dtype)
 
     @contextlib.contextmanager
     def recording(self, *, keep_graph: bool = False) -> Iterator[list[Tensor]]:
@@ -130,7 +180,14 @@ class Leaf(AbstractGenerator):
     def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
         """Exact log-probabilities of ``x [M, *event]``; see :meth:`AbstractGenerator.score`."""
         flat = x.reshape(x.shape[0], self.num_elements)  # [M, E] (explicit E: M may be 0)
-        lp = self.observed_log_probs(flat, cond)  # [M, E]
+        if self.slot_kinds is None:
+            lp = self.observed_log_probs(flat, cond)  # [M, E]
+        else:  # normalised over each element's allowed values only
+            kinds = self._slot_kinds_of(ctx.positions, flat.shape[0])  # [M, E]
+            logits = self.element_logits(flat, self._with_slot_kinds(cond, kinds))  # [M, E, V]
+            logits = logits.to(accumulation_dtype(logits.dtype))
+            logits = logits.masked_fill(~self.slot_allowed[kinds], -math.inf)
+            lp = logits.log_softmax(-1).gather(-1, flat[..., None]).squeeze(-1)
         acc = lp.dtype
         if self._records is not None:
             self._records.append(lp if self._keep_graph else lp.detach())
@@ -169,6 +226,13 @@ class Leaf(AbstractGenerator):
         opts = ctx.options
         logp = torch.zeros(half, dtype=accumulation_dtype(cond.dtype), device=cond.device)
         elements = range(cur.shape[1]) if self.autoregressive else [None]
+        allowed = None
+        if self.slot_kinds is not None:
+            kinds = self._slot_kinds_of(ctx.positions, rows)  # [R, E]
+            cond = self._with_slot_kinds(cond, kinds)
+            allowed = self.slot_allowed[kinds[:half]]  # [M', E, V]
+        positions = None if ctx.positions is None else ctx.positions.reshape(rows, self.num_elements)
+        constraint = None if ctx.force or positions is None else opts.constraint
         for e in elements:
             logits = self.element_logits(cur, cond)  # [M, E, V]
             if e is not None:
@@ -180,8 +244,13 @@ class Leaf(AbstractGenerator):
                 temperature=opts.temperature,
                 filter_threshold=opts.filter_threshold,
             )  # [M', e, V]
-            logprobs = shaped.log_softmax(-1)
             cols = slice(e, e + 1) if e is not None else slice(None)
+            mask = None if allowed is None else allowed[:, cols]
+            if constraint is not None:
+                mask = self._constrain(constraint, ctx, positions[:half, cols], mask)
+            if mask is not None:
+                shaped = shaped.masked_fill(~mask, -math.inf)
+            logprobs = shaped.log_softmax(-1)
             given = cur[:half, cols]  # [M', e]
             if ctx.force:
                 value, decided = given, torch.ones_like(given, dtype=torch.bool)
@@ -195,6 +264,30 @@ class Leaf(AbstractGenerator):
             lp = logprobs.gather(-1, value[..., None]).squeeze(-1)  # [M', e]
             logp = logp + torch.where(decided, lp, torch.zeros_like(lp)).sum(-1).to(logp.dtype)
             cur[:, cols] = value.repeat(rows // half if half else 1, 1)  # no rows: no copies
+            if ctx.canvas is not None and positions is not None:  # what later elements see
+                ctx.canvas.view(-1)[positions[:, cols].reshape(-1)] = cur[:, cols].reshape(-1)
+                ctx.canvas_decided.view(-1)[positions[:, cols].reshape(-1)] = True
         if ctx.guided:
             logp = logp.repeat(2)
         return cur.view_as(x), logp
+
+    def _constrain(self, constraint, ctx: DecodeContext, positions: Tensor, mask: Tensor | None) -> Tensor:
+        """The allowed values ``[M', e, V]`` of ``options.constraint`` (and ``mask``), checked."""
+        d = ctx.canvas.shape[1]
+        rows = positions[:, 0] // d  # [M']: each leaf row is one canvas row
+        allowed = constraint(ctx.canvas[rows], ctx.canvas_decided[rows], positions % d)
+        want = (*positions.shape, self.num_values)
+        if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool or tuple(allowed.shape) != want:
+            raise ValueError(
+                f"SampleOptions.constraint must return a bool tensor of shape {list(want)} "
+                f"(rows, elements, values), got {getattr(allowed, 'dtype', type(allowed))} "
+                f"{list(getattr(allowed, 'shape', []))}"
+            )
+        if mask is not None:
+            allowed = allowed & mask
+        if positions.shape[0] and not bool(allowed.any(-1).all()):
+            raise ValueError(
+                f"{type(self).__name__} (level {ctx.depth}): the sampling constraint (with the "
+                "slot kinds) allows no value for some element; it must allow at least one"
+            )
+        return allowed

@@ -16,6 +16,7 @@ guiding pixel) and the log-probability accumulation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -436,8 +437,24 @@ class Level(AbstractGenerator):
         Returns:
             A :class:`Score` of N rows.
         """
-        sub = self.child.score(self.child_rows(children[rows, cols]), conds, ctx.down())
+        positions = self.child_positions(ctx.positions, rows, cols)
+        sub = self.child.score(self.child_rows(children[rows, cols]), conds, ctx.down(positions))
         return sub.reduce_to(rows, children.shape[0], weight)
+
+    def child_positions(self, positions: Tensor | None, rows: Tensor, cols: Tensor) -> Tensor | None:
+        """The element positions of children ``[rows, cols]`` (see
+        :attr:`fractalkit.sampling.options.DecodeContext.positions`), or None when not tracked.
+
+        Args:
+            positions: int64 ``[N, *event]`` or None.
+            rows, cols: int64 ``[M]``.
+
+        Returns:
+            int64 ``[M, *child_event]`` or None.
+        """
+        if positions is None:
+            return None
+        return self.child_rows(self.split(positions)[rows, cols])
 
     # ---- the summary prefix (guiding pixel) ----------------------------------------------------
 
@@ -482,7 +499,7 @@ class Level(AbstractGenerator):
 
     def _score_summary(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> tuple[Tensor, Score]:
         g = self.guide_target(x)
-        s = self.guide.score(g, cond, ctx)
+        s = self.guide.score(g, cond, dataclasses.replace(ctx, positions=None))
         zeros = torch.zeros_like(s.logp)
         fed = g if self.summary_input == "rounded" else self.continuous_summary(x)
         if ctx.mode == "train":  # an auxiliary objective, not part of the data's NLL
@@ -491,6 +508,7 @@ class Level(AbstractGenerator):
         return fed, Score(s.logp, zeros, zeros, {}, "bound")
 
     def _decode_summary(self, x: Tensor, cond: Tensor, ctx: DecodeContext) -> tuple[Tensor, Tensor]:
+        ctx = dataclasses.replace(ctx, positions=None)  # the summary is no element of the canvas
         if ctx.force:
             g = self.guide_target(x)
             return self.guide.decode(g, torch.ones_like(g, dtype=torch.bool), cond, ctx)
@@ -546,7 +564,7 @@ class Level(AbstractGenerator):
                     self.child_rows(children[r, c]),
                     self.child_rows(child_known[r, c]),
                     conds,
-                    ctx.down(scale),
+                    ctx.down(scale, self.child_positions(ctx.positions, r, c)),
                 )
                 children[r, c] = sub_x.flatten(1)
                 logp.index_add_(0, r, sub_logp.to(logp.dtype))

@@ -28,6 +28,9 @@ W elements -> a categorical leaf. :meth:`GraphEncoding.partitioners` builds that
 The model places probability on every tensor in ``[0, V)^(n W)``, including ones that are not
 graphs (a non-zero structural slot, an edge to a missing node, a value above A or B):
 :meth:`GraphEncoding.decode` reports those with ``valid == False`` instead of repairing them.
+With a slot-kinds leaf (``SlotCategoricalLeafConfig(**encoding.slot_kinds_config())``) the
+structural zeros and the values above A or B get no probability, and the leaf knows which kind
+of slot it fills.
 """
 
 from __future__ import annotations
@@ -208,6 +211,42 @@ class GraphEncoding:
         i = torch.arange(n, device=device)[:, None]
         c = torch.arange(self.row_width, device=device)[None, :]
         return (c <= i).reshape(-1)  # slot c of row i: the type (c = 0) or edge(i, c - 1), c - 1 < i
+
+    #: slot kinds of :meth:`element_kinds`
+    NODE_SLOT, EDGE_SLOT, STRUCTURAL_ZERO = 0, 1, 2
+
+    def element_kinds(self) -> tuple[int, ...]:
+        """The kind of each of the ``n * W`` elements: 0 a node-type slot, 1 an edge slot,
+        2 a structural zero (see :class:`fractalkit.leaves.slots.SlotKinds`)."""
+        n = self.max_nodes
+        c = torch.arange(self.row_width)[None, :].expand(n, -1)
+        i = torch.arange(n)[:, None].expand(-1, self.row_width)
+        kinds = torch.where(c == 0, self.NODE_SLOT, torch.where(c <= i, self.EDGE_SLOT, self.STRUCTURAL_ZERO))
+        return tuple(kinds.reshape(-1).tolist())
+
+    def allowed_values(self) -> tuple[tuple[int, ...], ...]:
+        """Per slot kind, its values: node slots ``0..A`` (0: no node), edge slots ``0..B``,
+        structural zeros ``0``."""
+        return (
+            tuple(range(self.num_node_types + 1)),
+            tuple(range(self.num_edge_types + 1)),
+            (0,),
+        )
+
+    def slot_kinds_config(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`fractalkit.leaves.slots.SlotCategoricalLeafConfig` for
+        this encoding: ``num_values``, ``element_kinds`` and ``allowed_values``.
+
+        A leaf built from them puts no probability on structural zeros or on values above A
+        (node slots) or B (edge slots): the model is a distribution over the tensors that
+        :meth:`decode` can read, up to the end-token rules (a node after the end token, or an
+        edge to a missing node, keeps some probability).
+        """
+        return {
+            "num_values": self.num_values,
+            "element_kinds": self.element_kinds(),
+            "allowed_values": self.allowed_values(),
+        }
 
     def partitioners(self, subsets: tuple[int, ...] = ()) -> list[Partitioner]:
         """The chain of partitioners from a whole graph down to single elements.

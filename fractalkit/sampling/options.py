@@ -50,6 +50,17 @@ class SampleOptions:
             decide one child per step and ignore their entry.
         kv_cache: reuse keys and values across AR steps (False recomputes the prefix; same result).
         callback: called with a :class:`Progress` after every top-level step.
+        constraint: restricts the values each leaf may draw, given what has been decoded so
+            far (e.g. valence-aware decoding of molecules): called as
+            ``constraint(canvas, decided, positions)`` with int64 ``canvas [M, D]`` (the
+            partial top-level instances of the M leaf rows being decided, flattened; undecided
+            elements hold placeholders), bool ``decided [M, D]`` and int64 ``positions [M, E]``
+            (the flattened element positions, in ``[0, D)``, the leaf decides now), it returns
+            bool ``[M, E, V]``, True where a value is allowed. The leaf renormalises over the
+            allowed values (every row must allow at least one). An AR leaf (or E = 1) decides
+            one element per call, so the canvas holds every element decided before it. The
+            samples are then no longer draws from the model that ``log_prob`` scores. None: no
+            constraint.
     """
 
     guidance: float = 1.0
@@ -59,6 +70,7 @@ class SampleOptions:
     steps: Sequence[int | None] | None = None
     kv_cache: bool = True
     callback: Callable[[Progress], Any] | None = field(default=None, compare=False)
+    constraint: Callable[[Tensor, Tensor, Tensor], Tensor] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("guidance", "temperature", "filter_threshold"):
@@ -73,6 +85,8 @@ class SampleOptions:
             )
         if not 0 <= self.filter_threshold < 1:
             raise ValueError(f"filter_threshold: expected in [0, 1), got {self.filter_threshold}")
+        if self.constraint is not None and not callable(self.constraint):
+            raise TypeError(f"constraint: expected a callable or None, got {type(self.constraint).__name__}")
         if self.steps is not None:
             steps = tuple(self.steps)
             for s in steps:
@@ -125,6 +139,14 @@ class DecodeContext:
         depth: how many levels lie above (0 = top); for error messages only.
         steps_per_level: decoding steps per level from this one down (None entries: one child
             per step); None reads ``options.steps`` (top level first).
+        positions: int64, the shape of the instances this level decodes (``[R, *event]``):
+            each element's flat index ``row * D + position`` in :attr:`canvas` (D elements per
+            top-level instance), or None. Set by :class:`fractalkit.Fractal` only when the leaf
+            uses element positions (slot kinds) or ``options.constraint`` is given; a level
+            hands its children theirs (:meth:`down`).
+        canvas: int64 ``[R, D]``, the top-level instances being decoded, written by the leaf
+            as it decides elements (shared by every level; None when ``positions`` is).
+        canvas_decided: bool ``[R, D]``, which canvas elements hold final values.
     """
 
     options: SampleOptions
@@ -136,9 +158,13 @@ class DecodeContext:
     is_top: bool = True
     depth: int = 0
     steps_per_level: tuple[int | None, ...] | None = None
+    positions: Tensor | None = field(default=None, compare=False)
+    canvas: Tensor | None = field(default=None, compare=False)
+    canvas_decided: Tensor | None = field(default=None, compare=False)
 
-    def down(self, scale: float | None = None) -> DecodeContext:
-        """The context for the child level, optionally with a new guidance scale."""
+    def down(self, scale: float | None = None, positions: Tensor | None = None) -> DecodeContext:
+        """The context for the child level, optionally with a new guidance scale and the
+        child rows' element positions (see :attr:`positions`; None when not tracked)."""
         return dataclasses.replace(
             self,
             depth=self.depth + 1,
@@ -146,6 +172,7 @@ class DecodeContext:
             scale=self.scale if scale is None else scale,
             orders=self.orders[1:],
             steps_per_level=self._steps_tuple()[1:],
+            positions=positions,
         )
 
     def _steps_tuple(self) -> tuple[int | None, ...]:
@@ -211,6 +238,9 @@ class ScoreContext:
         masks: per level from this one down, bool ``[n, k]`` (True = masked = scored and
             passed down), for ``"masks"``.
         depth: how many levels lie above (0 = top); for error messages only.
+        positions: int64, the shape of the instances this level scores: each element's flat
+            index ``row * D + position`` in the top-level batch (D elements per instance), or
+            None; as in :class:`DecodeContext` (set only for leaves with slot kinds).
     """
 
     mode: ScoreMode
@@ -218,11 +248,13 @@ class ScoreContext:
     orders: tuple[OrderSpec, ...] = ()
     masks: tuple[Tensor | None, ...] = ()
     depth: int = 0
+    positions: Tensor | None = field(default=None, compare=False)
 
-    def down(self) -> ScoreContext:
-        """The context for the child level."""
+    def down(self, positions: Tensor | None = None) -> ScoreContext:
+        """The context for the child level (with the child rows' element positions, if tracked)."""
         return dataclasses.replace(
-            self, depth=self.depth + 1, orders=self.orders[1:], masks=self.masks[1:]
+            self, depth=self.depth + 1, orders=self.orders[1:], masks=self.masks[1:],
+            positions=positions,
         )
 
     def order(self) -> OrderSpec:

@@ -88,7 +88,10 @@ def _step_log_conditionals(joint: Tensor, shape: tuple[int, ...]) -> list[Tensor
     marginals.reverse()  # marginals[t]: [V] * (t + 1)
     out = [marginals[0]]
     for t in range(1, e):
-        out.append(marginals[t] - marginals[t - 1][..., None])
+        step = marginals[t] - marginals[t - 1][..., None]
+        # A prefix of probability 0 (a restricted support, e.g. slot kinds) has no conditional:
+        # any finite one will do, the prefix's -inf keeps its configurations at probability 0.
+        out.append(torch.where(torch.isnan(step), torch.zeros_like(step), step))
     return out
 
 

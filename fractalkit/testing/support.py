@@ -215,9 +215,18 @@ def roughen(model: Fractal, *, seed: int, scale: float = 0.6) -> Fractal:
 
 
 def random_data(model: Fractal, n: int, *, seed: int = 0) -> Tensor:
-    """Uniformly random int64 instances ``[n, *event_shape]`` in ``[0, V)``."""
+    """Uniformly random int64 instances ``[n, *event_shape]`` in ``[0, V)``; for a leaf with
+    slot kinds (:class:`fractalkit.leaves.SlotKinds`), uniform over each element's allowed
+    values (the model's support)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, model.num_values, (n, *model.event_shape), generator=g)
+    x = torch.randint(0, model.num_values, (n, *model.event_shape), generator=g)
+    kinds = getattr(model.leaf, "slot_kinds", None)
+    if kinds is None:
+        return x
+    allowed = kinds.allowed_mask(model.num_values).double()  # [K, V]
+    per_element = allowed[torch.tensor(kinds.element_kinds)]  # [D, V]
+    flat = torch.multinomial(per_element.repeat(n, 1), 1, generator=g)  # [n * D, 1]
+    return flat.view(n, *model.event_shape)
 
 
 def random_labels(model: Fractal, n: int, *, seed: int = 0) -> Tensor | None:

@@ -28,8 +28,8 @@ from fractalkit import (
     RGBLeafConfig,
     SequenceChunks,
 )
-from fractalkit.leaves import DiscretizedLogisticLeafConfig
-from fractalkit.partition import GraphSubsets
+from fractalkit.leaves import DiscretizedLogisticLeafConfig, SlotCategoricalLeafConfig
+from fractalkit.partition import GraphEncoding, GraphSubsets
 from fractalkit.testing import enumerable as _enumerable
 from fractalkit.testing import fixed_orders, random_data, roughen
 
@@ -270,6 +270,23 @@ EXAMPLES: list[Example] = [
             scale=0.4,
         ),
         tags=frozenset({"ar", "graph", "chunks", "categorical", "table"}),
+    ),
+    Example(
+        # The same graph space with slot kinds (node slots 0..2, edge slot 0..1, one structural
+        # zero): 3 * 1 * 3 * 2 = 18 configurations of probability > 0 among 81, class-conditional.
+        "graph_slot_kinds_cond",
+        lambda: _fractal(
+            [
+                (GraphSubsets(2, 2, 2), mar(embed="table")),
+                (SequenceChunks(2, 1), ar(embed="table")),
+            ],
+            SlotCategoricalLeafConfig(**GraphEncoding(2, 2, 1).slot_kinds_config()),
+            num_classes=2,
+            seed=16,
+            scale=0.4,
+        ),
+        num_classes=2,
+        tags=frozenset({"mixed", "mar", "ar", "graph", "chunks", "categorical", "table", "slots"}),
     ),
     Example(
         # The discretised-logistic leaf (a plug-in) over 1-D chunks of 5 ordered values.

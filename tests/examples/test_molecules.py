@@ -134,3 +134,54 @@ def test_conditional_model_trains_and_samples_on_requests(qm9_slice):
     out = model.sample(c=c, guidance=2.0, generator=torch.Generator().manual_seed(0))
     metrics = C.evaluate(out, 0, requested, set(smiles))
     assert out.shape == (6, 81) and 0 <= metrics["validity"] <= 1 and "mae" in metrics
+
+
+def test_charged_molecules_round_trip_and_drop_reasons():
+    smiles = ["[NH3+]CC(=O)[O-]", "C[N+](C)(C)C", "CCO", "[O-][N+](=O)C", "C#[N+][C-]1CC1"]
+    dropped = ["[CH2]C", "CCCCCCCCCC", "CCS"]  # radical, 10 atoms, S
+    reasons = M.Counter()
+    graphs = M.molecules_to_graphs(smiles + dropped, M.CHARGED_ATOMS, reasons)
+    assert len(graphs) == len(smiles)
+    assert reasons == {"a radical": 1, "more than 9 heavy atoms": 1, "an atom outside the vocabulary": 1}
+    x = M.CHARGED_ENCODING.encode(graphs)
+    back, valid = M.CHARGED_ENCODING.decode(x)
+    assert bool(valid.all())
+    assert M.graph_to_smiles(back, valid, M.CHARGED_ATOMS) == [canonical(s) for s in smiles]
+    neutral = M.Counter()
+    assert len(M.molecules_to_graphs(smiles, dropped=neutral)) == 1 and neutral == {"a formal charge": 4}
+
+
+def test_max_valences_follow_rdkit():
+    assert M.max_valences(M.CHARGED_ATOMS) == [4, 3, 2, 1, 4, 2, 3, 3, 1, 3]
+
+
+@pytest.mark.parametrize("atoms", ["neutral", "charged"])
+def test_valence_constraint_allows_every_real_molecule(atoms):
+    """Teacher-forced along the encoding's order, each observed value is allowed."""
+    vocab = M.CHARGED_ATOMS if atoms == "charged" else M.NEUTRAL_ATOMS
+    smiles = ["CCO", "C#N", "Oc1ccccc1", "CC(=O)N", "FC(F)F", "O=C1CC1", "[NH3+]CC(=O)[O-]",
+              "[O-][N+](=O)C", "C#[N+][C-]1CC1", "C1CC2CC2C1", "N#CC1=CNC=C1"]
+    graphs = M.molecules_to_graphs(smiles, vocab)
+    x = M.encoding_for(vocab).encode(graphs)  # [N, 81]
+    constraint = M.valence_constraint(vocab)
+    for p in range(81):
+        decided = (torch.arange(81) < p)[None].expand_as(x)
+        allowed = constraint(x, decided, torch.full((x.shape[0], 1), p))  # [N, 1, V]
+        assert bool(allowed[torch.arange(x.shape[0]), 0, x[:, p]].all()), p
+
+
+@pytest.mark.parametrize("model", ["fractal+slots+charges", "flat+slots", "fractal"])
+def test_valence_aware_samples_are_molecules(model):
+    kind, slots, charges = M.parse_model(model)
+    atoms = M.CHARGED_ATOMS if charges else M.NEUTRAL_ATOMS
+    torch.manual_seed(0)
+    net = M.build_model(kind, small=True, atoms=atoms, slots=slots)
+    x, _ = M.sample_encodings(net, 30, batch=30, constraint=M.valence_constraint(atoms))
+    smiles, enc_valid = M.encodings_to_smiles(x, atoms)
+    assert enc_valid == 1.0 and all(s is not None for s in smiles)  # untrained, yet all molecules
+
+
+@pytest.mark.parametrize("name", ["fractal+bonds", "graph", "flat+slots+slots+x"])
+def test_unknown_models_are_refused(name):
+    with pytest.raises(ValueError, match="expected fractal or flat"):
+        M.parse_model(name)
