@@ -172,7 +172,7 @@ def test_valence_constraint_allows_every_real_molecule(atoms):
 
 @pytest.mark.parametrize("model", ["fractal+slots+charges", "flat+slots", "fractal"])
 def test_valence_aware_samples_are_molecules(model):
-    kind, slots, charges = M.parse_model(model)
+    kind, slots, charges, _ = M.parse_model(model)
     atoms = M.CHARGED_ATOMS if charges else M.NEUTRAL_ATOMS
     torch.manual_seed(0)
     net = M.build_model(kind, small=True, atoms=atoms, slots=slots)
