@@ -220,3 +220,15 @@ def test_graph_likelihood_refuses_non_graph_encodings():
     x[:, 1] = 1  # a bond slot filled in an empty molecule: not a graph
     with pytest.raises(ValueError, match="not graphs"):
         M.graph_likelihood(model, x, M.ENCODING, num_orders=2, num_molecules=2)
+
+
+def test_table_shows_the_graph_likelihood_beside_the_bound():
+    g = {"canonical_bound_mean": -15.2, "log_p_mean": -14.2, "log_p_sem": 0.09, "stderr_mean": 0.27,
+         "ess_mean": 3.5, "log_automorphisms_mean": 0.18, "num_orders": 32, "num_molecules": 500,
+         "estimates": "a lower bound"}
+    m = {"sample_s_per_example": 0.001, "validity": 0.7}
+    r = {"atoms": "neutral", "test_nll_nats_per_molecule": 15.2, "params": 1e6, "train_steps": 500,
+         "train_s_per_step": 0.2, "samples": {"plain": m}}
+    text = M.table({"fractal": {**r, "graph_likelihood": g}, "flat": r})
+    assert "| fractal | neutral | 15.20 | 14.20 ± 0.09 |" in text and "| flat | neutral | 15.20 | - |" in text
+    assert "| fractal | canonical | 32 | 500 | 15.20 | 14.20 ± 0.09 | 1.00 |" in text
