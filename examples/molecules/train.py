@@ -30,9 +30,16 @@ Models (``--models``, comma-separated; ``+`` adds options to a base model):
   a structural zero, puts no probability on structural zeros (their log-probability is 0) nor
   on values above the slot's range.
 - ``+charges``: the ``charged`` vocabulary (otherwise ``neutral``).
+- ``+randbfs``: train on a fresh random-BFS encoding of every molecule at every step
+  (:func:`fractalkit.partition.random_bfs_encodings`, seeded) instead of its one canonical
+  encoding; evaluation and sampling are unchanged.
 
-Metrics: exact NLL per molecule on the test set (nats; also per information-carrying element:
-/ 45); on sampled molecules, validity *without correction* (the encoding decodes to a graph
+Metrics: the exact NLL of each test molecule's *canonical encoding* (nats; also per
+information-carrying element: / 45): a bound, since p(molecule) >= p(one encoding); on
+``--orderings-molecules`` seeded test molecules, the importance-sampled estimate of log p(molecule)
+over ``--orderings`` random BFS orders (:func:`fractalkit.graphs.graph_log_likelihood`: the
+model's mass on the molecule's BFS encodings plus its canonical one, in expectation a lower
+bound on log p(molecule) by Jensen) with its standard errors; on sampled molecules, validity *without correction* (the encoding decodes to a graph
 and ``Chem.SanitizeMol`` accepts it as built), uniqueness (distinct canonical SMILES among the
 valid ones), novelty against the training split and against the full QM9 (every parseable
 SMILES of the CSV, canonical, stereochemistry dropped), and FCD (the ``fcd`` package's ChemNet,
@@ -58,8 +65,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, ConditionerConfig, Fractal, cli
+from fractalkit.graphs import graph_log_likelihood
 from fractalkit.leaves import SlotCategoricalLeafConfig
-from fractalkit.partition import Graph, GraphEncoding, SequenceChunks, bfs_order
+from fractalkit.partition import (
+    Graph,
+    GraphEncoding,
+    SequenceChunks,
+    bfs_order,
+    random_bfs_encodings,
+)
 from fractalkit.training import budget
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qm9" / "qm9.csv"
@@ -372,20 +386,20 @@ class FCD:
         return float(self._fcd.calculate_frechet_distance(mu1=mu, sigma1=sigma, mu2=self.mu, sigma2=self.sigma))
 
 
-def parse_model(name: str) -> tuple[str, bool, bool]:
-    """``"fractal+slots+charges"`` -> ``("fractal", slots, charges)``.
+def parse_model(name: str) -> tuple[str, bool, bool, bool]:
+    """``"fractal+slots+charges+randbfs"`` -> ``("fractal", slots, charges, random_bfs)``.
 
     Raises:
         ValueError: for an unknown base model or option.
     """
     kind, *options = name.split("+")
-    unknown = sorted(set(options) - {"slots", "charges"})
+    unknown = sorted(set(options) - {"slots", "charges", "randbfs"})
     if kind not in ("fractal", "flat") or unknown:
         raise ValueError(
-            f"model {name!r}: expected fractal or flat, optionally with +slots and/or +charges "
-            f"(unknown: {unknown or kind!r})"
+            f"model {name!r}: expected fractal or flat, optionally with +slots, +charges and/or "
+            f"+randbfs (unknown: {unknown or kind!r})"
         )
-    return kind, "slots" in options, "charges" in options
+    return kind, "slots" in options, "charges" in options, "randbfs" in options
 
 
 def build_model(
@@ -428,8 +442,13 @@ def build_model(
 
 
 def train(model: Fractal, x: torch.Tensor, *, budget_s: float, batch: int = 64, lr: float = 1e-3,
-          max_steps: int | None = None, seed: int = 0) -> dict[str, float]:
+          max_steps: int | None = None, seed: int = 0,
+          random_bfs: GraphEncoding | None = None) -> dict[str, float]:
     """AdamW, 20 warm-up steps then a cosine; batches drawn uniformly from the encodings.
+
+    With ``random_bfs`` (the encoding of ``x``), every molecule of a batch is re-encoded in a
+    fresh random BFS order (:func:`fractalkit.partition.random_bfs_encodings`, from the same
+    seeded stream) instead of its canonical encoding ``x``.
 
     With ``max_steps`` the cosine runs over the steps (the run is the same on any machine and
     load); otherwise over ``budget_s`` seconds of wall-clock
@@ -440,8 +459,14 @@ def train(model: Fractal, x: torch.Tensor, *, budget_s: float, batch: int = 64, 
         wall-clock in both cases).
     """
 
+    graphs = random_bfs.decode(x)[0] if random_bfs is not None else None
+
     def next_batch(g: torch.Generator) -> torch.Tensor:
-        return x[torch.randint(0, x.shape[0], (batch,), generator=g)]
+        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+        if graphs is None:
+            return x[idx]
+        picked = Graph(graphs.node_types[idx], graphs.adjacency[idx], graphs.node_mask[idx])
+        return random_bfs_encodings(random_bfs, picked, generator=g)
 
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -467,6 +492,48 @@ def nll_per_molecule(model: Fractal, x: torch.Tensor, *, batch: int = 1024) -> f
         assert lp.kind == "exact"
         total += float(lp.value.sum())
     return -total / x.shape[0]
+
+
+@torch.no_grad()
+def graph_likelihood(model: Fractal, x: torch.Tensor, encoding: GraphEncoding, *, num_orders: int = 32,
+                     num_molecules: int = 500, seed: int = 0) -> dict:
+    """Graph-level likelihood figures on a seeded subset of molecules, in nats per molecule.
+
+    Args:
+        model: a trained model of ``encoding``'s encodings.
+        x: int64 ``[N, 81]`` canonical encodings (e.g. the test split).
+        encoding: their :class:`GraphEncoding`.
+        num_orders: K random BFS orders per molecule.
+        num_molecules: M, the molecules scored (a seeded random subset; all if N <= M).
+        seed: seeds the subset (``seed``) and the orders (``seed + 1``).
+
+    Returns:
+        ``{"canonical_bound_mean", "log_p_mean", "log_p_sem"`` (standard error of the mean over
+        the M molecules), ``"stderr_mean"`` (mean per-molecule delta-method standard error),
+        ``"ess_mean", "log_automorphisms_mean", "num_orders", "num_molecules", "estimates"}``:
+        log-likelihoods (negate for NLL), see :func:`fractalkit.graphs.graph_log_likelihood`.
+    """
+    model.eval()
+    pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:num_molecules]
+    graphs, valid = encoding.decode(x[pick])
+    if not bool(valid.all()):
+        raise ValueError("graph_likelihood: x holds encodings that are not graphs; pass canonical encodings")
+    ll = graph_log_likelihood(model, encoding, graphs, num_orders=num_orders,
+                              generator=torch.Generator().manual_seed(seed + 1))
+    m = len(pick)
+    return {
+        "canonical_bound_mean": float(ll.canonical_bound.mean()),
+        "log_p_mean": float(ll.log_p.mean()),
+        "log_p_sem": float(ll.log_p.std() / m**0.5) if m > 1 else float("nan"),
+        "stderr_mean": float(ll.stderr.mean()),
+        "ess_mean": float(ll.ess.mean()),
+        "log_automorphisms_mean": float(ll.log_automorphisms.mean()),
+        "num_orders": num_orders,
+        "num_molecules": m,
+        "ordering": ll.ordering,
+        "model_kind": ll.model_kind,
+        "estimates": ll.estimates,
+    }
 
 
 def flops_per_example(model: Fractal, x: torch.Tensor) -> int:
@@ -516,21 +583,41 @@ def pct(r: dict, key: str) -> str:
 
 
 def table(results: dict[str, dict]) -> str:
-    """The Markdown results table: one row per model and decoding."""
+    """The Markdown results tables: one row per model and decoding, then one row per model with
+    the graph-level likelihood (models evaluated with ``--orderings``)."""
     lines = [
-        "| model | atoms | test NLL nats / molecule | params | steps | train s / step | decoding | "
+        "| model | atoms | canonical-encoding NLL (a bound: p(molecule) >= p(one encoding)), nats / molecule | "
+        "IS -log p(molecule) ± s.e.m. | params | steps | train s / step | decoding | "
         "sample ms / molecule | valid w/o correction | unique | novel (train) | novel (full QM9) | FCD |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
+        g = r.get("graph_likelihood")
+        is_ = f"{-g['log_p_mean']:.2f} ± {g['log_p_sem']:.2f}" if g else "-"
         for decoding, m in r.get("samples", {}).items():
             fcd = f"{m['fcd']:.2f}" if "fcd" in m else "-"
             lines.append(
-                f"| {name} | {r['atoms']} | {r['test_nll_nats_per_molecule']:.2f} | {r['params'] / 1e6:.2f}M | "
+                f"| {name} | {r['atoms']} | {r['test_nll_nats_per_molecule']:.2f} | {is_} | {r['params'] / 1e6:.2f}M | "
                 f"{r['train_steps']} | {r['train_s_per_step']:.3f} | {decoding} | "
                 f"{1e3 * m['sample_s_per_example']:.2f} | {pct(m, 'validity')} | {pct(m, 'uniqueness')} | "
                 f"{pct(m, 'novelty')} | {pct(m, 'novelty_full_qm9')} | {fcd} |"
             )
+    rows = [(name, r["graph_likelihood"]) for name, r in results.items() if "graph_likelihood" in r]
+    if rows:
+        lines += [
+            "",
+            "| model | training order | K orders | M molecules | canonical bound -log p(E_c) | "
+            "IS -log p(molecule) ± s.e.m. | gap (nats) | mean per-molecule s.e. | mean ESS | mean log Aut |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, g in rows:
+            lines.append(
+                f"| {name} | {results[name].get('training_order', 'canonical')} | {g['num_orders']} | "
+                f"{g['num_molecules']} | {-g['canonical_bound_mean']:.2f} | {-g['log_p_mean']:.2f} ± "
+                f"{g['log_p_sem']:.2f} | {g['log_p_mean'] - g['canonical_bound_mean']:.2f} | "
+                f"{g['stderr_mean']:.2f} | {g['ess_mean']:.1f} | {g['log_automorphisms_mean']:.2f} |"
+            )
+        lines.append(f"\nIS estimates: {rows[0][1]['estimates']}")
     return "\n".join(lines)
 
 
@@ -551,6 +638,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-samples", type=cli.positive_int, default=10_000)
     ap.add_argument("--decodings", default="plain,valence",
                     help="comma-separated: plain (no constraint) and/or valence (valence-aware)")
+    ap.add_argument("--orderings", type=cli.positive_int, default=32,
+                    help="K random BFS orders per molecule for the importance-sampled log p(molecule)")
+    ap.add_argument("--orderings-molecules", type=cli.positive_int, default=500,
+                    help="M test molecules (a seeded subset) the importance-sampled log p(molecule) is computed on")
     ap.add_argument("--no-fcd", action="store_true", help="skip FCD (needs the fcd package)")
     cache = Path.home() / ".cache" / "fractalkit"
     ap.add_argument("--cache", type=Path, default=cache / "qm9_graphs.pt",
@@ -586,7 +677,7 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads(old.read_text()) if args.merge and old.exists() else {}
     specs = {name: parse_model(name) for name in names}
     data = {}
-    for charges in sorted({c for _, _, c in specs.values()}):
+    for charges in sorted({c for _, _, c, _ in specs.values()}):
         atoms = CHARGED_ATOMS if charges else NEUTRAL_ATOMS
         stats: dict = {}
         x, smiles = prepare(cache=args.cache_charged if charges else args.cache, atoms=atoms, stats=stats)
@@ -601,17 +692,19 @@ def main(argv: list[str] | None = None) -> None:
         fcd = FCD([reference[i] for i in pick.tolist()])
     uptime = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     for name in tqdm(names, desc="models"):
-        kind, slots, charges = specs[name]
+        kind, slots, charges, random_bfs = specs[name]
         atoms, train_x, test_x, training, stats = data[charges]
         if not args.metrics_only:
             torch.manual_seed(0)
             model = build_model(kind, atoms=atoms, slots=slots).to(device)
             load_before = Path("/proc/loadavg").read_text().split()[:3] if uptime else []
-            log = train(model, train_x, budget_s=args.budget_s, batch=args.batch, max_steps=args.max_steps)
+            log = train(model, train_x, budget_s=args.budget_s, batch=args.batch, max_steps=args.max_steps,
+                        random_bfs=encoding_for(atoms) if random_bfs else None)
             nll = nll_per_molecule(model, test_x)
             results[name] = {
                 "atoms": "charged" if charges else "neutral",
                 "slot_kinds": slots,
+                "training_order": "random BFS per example per step" if random_bfs else "canonical",
                 "data": stats,
                 "test_nll_nats_per_molecule": nll,
                 "test_nll_nats_per_free_element": nll / ENCODING.num_free_elements,
@@ -628,6 +721,11 @@ def main(argv: list[str] | None = None) -> None:
                 "device": budget.device_description(device, args.threads),
                 "samples": {},
             }
+            start = time.perf_counter()
+            results[name]["graph_likelihood"] = graph_likelihood(
+                model, test_x, encoding_for(atoms), num_orders=args.orderings,
+                num_molecules=args.orderings_molecules)
+            results[name]["graph_likelihood"]["seconds"] = time.perf_counter() - start
             for decoding in decodings:
                 constraint = valence_constraint(atoms) if decoding == "valence" else None
                 samples, s_per_sample = sample_encodings(model, args.num_samples, constraint=constraint)
