@@ -78,10 +78,10 @@ def level_flops(model: Fractal, *, executed: bool, ratio: float = 1.0) -> list[f
             children = torch.empty(n, k, p, device=dev)
             causal = not getattr(gen, "uses_orders", False)
             flops = _count(gen.backbone, x, causal=causal)
-            flops += _count(gen.patch_emb.proj, children)
+            flops += _count(gen.inputs.patch_emb.proj, children)
             if executed:
                 cond = torch.empty(n, gen.cond_tokens, gen.cond_dim, device=dev)
-                flops += _count(gen.cond_emb, cond)
+                flops += _count(gen.inputs.cond_emb, cond)
             out.append(flops * instances / n)
             passed = ratio if (executed and getattr(gen, "uses_orders", False)) else 1.0
             instances *= k * passed

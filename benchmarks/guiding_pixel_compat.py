@@ -29,22 +29,20 @@ from pathlib import Path
 
 import torch
 
-from fractalkit import Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig
+from fractalkit import Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig, SummaryConfig
 from fractalkit.compat import fractalgen as fg
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def build(**guide_kw) -> Fractal:
+def build(**summary_kw) -> Fractal:
     """The 4-level model (three MAR levels and the leaf), weights from seed 0, roughened."""
     torch.manual_seed(0)
 
     def mar(width, guide):
-        return MARLevelConfig(
-            width=width, depth=1, heads=4, guiding_pixel=guide,
-            guide=RGBLeafConfig(width=16, depth=1, heads=2, channel_weights=(5.0, 1.0, 1.0)),
-            **(guide_kw if guide else {}),
-        )
+        leaf = RGBLeafConfig(width=16, depth=1, heads=2, channel_weights=(5.0, 1.0, 1.0))
+        summary = SummaryConfig(leaf, **summary_kw) if guide else None
+        return MARLevelConfig(width=width, depth=1, heads=4, summary=summary)
 
     model = Fractal(
         [
@@ -80,7 +78,7 @@ def original_logits(model: Fractal, x, m) -> torch.Tensor:
     """Leaf logits with every guiding-pixel token from the continuous normalised block mean."""
     patched = []
     for level in model.levels[:-1]:
-        if getattr(level, "guide", None) is None:
+        if getattr(level, "summary", None) is None:
             continue
         seen = {}
 
@@ -94,7 +92,7 @@ def original_logits(model: Fractal, x, m) -> torch.Tensor:
             mean = torch.tensor(MEAN)[None, :, None, None]
             std = torch.tensor(STD)[None, :, None, None]
             g = ((x - mean) / std).mean(-1).mean(-1)  # the original: mean of normalised pixels
-            tokens[:, 0] = level.pix_proj(g).to(tokens.dtype)
+            tokens[:, 0] = level.summary.proj(g).to(tokens.dtype)
             return tokens
 
         level.score, level.prefix = score, prefix
@@ -113,8 +111,8 @@ def main() -> dict:
     reference = original_logits(model, x, m)
     default = fg.teacher_forced_leaf_logits(model, x, None, m)[1]
     out = {"default_vs_original": (default - reference).abs().max().item()}
-    if "guide_input" in MARLevelConfig.__dataclass_fields__:
-        switched = build(guide_input="continuous")
+    if True:  # the switch exists since issue 11 (then MARLevelConfig.guide_input)
+        switched = build(input="continuous")
         switched.load_state_dict(model.state_dict())
         logits = fg.teacher_forced_leaf_logits(switched, x, None, m)[1]
         out["switch_vs_original"] = (logits - reference).abs().max().item()

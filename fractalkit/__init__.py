@@ -22,7 +22,16 @@ from fractalkit.config import (
 )
 from fractalkit.fractal import Fractal, TrainingLoss
 from fractalkit.leaves import CategoricalLeaf, CategoricalLeafConfig, Leaf, RGBLeaf, RGBLeafConfig
-from fractalkit.levels import ARLevel, ARLevelConfig, Level, MARLevel, MARLevelConfig
+from fractalkit.levels import (
+    ARLevel,
+    ARLevelConfig,
+    ChildInputs,
+    Level,
+    MARLevel,
+    MARLevelConfig,
+    SummaryConfig,
+    SummaryPrefix,
+)
 from fractalkit.partition import (
     Channels,
     ImagePatches,
@@ -44,6 +53,7 @@ __all__ = [
     "CategoricalLeaf",
     "CategoricalLeafConfig",
     "Channels",
+    "ChildInputs",
     "ClassLabel",
     "ComponentConfig",
     "Conditioner",
@@ -65,6 +75,8 @@ __all__ = [
     "SampleOptions",
     "Sequence",
     "SequenceChunks",
+    "SummaryConfig",
+    "SummaryPrefix",
     "TrainingLoss",
     "Vector",
     "__version__",

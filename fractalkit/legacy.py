@@ -20,6 +20,7 @@ tensor names before comparing them with its config.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -40,6 +41,61 @@ LEGACY_KEY_RULES: list[tuple[re.Pattern[str], str]] = []
 
 #: ``config dict -> config dict`` conversions of older model configs, applied in order.
 CONFIG_UPGRADES: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+
+
+# ---- issue 20, level parts (branch core) --------------------------------------------------------
+# A level's input network became the part ``inputs`` (fractalkit.levels.inputs.ChildInputs) and
+# its guiding pixel the part ``summary`` (fractalkit.levels.summary.SummaryPrefix). A level's keys
+# are ``root`` followed by one ``.child`` per level above it.
+_LEVEL = r"^(root(?:\.child)*)\."
+LEGACY_KEY_RULES += [
+    (re.compile(_LEVEL + r"(patch_emb|patch_emb_ln|cond_emb)\."), r"\1.inputs.\2."),
+    (re.compile(_LEVEL + r"pix_proj\."), r"\1.summary.proj."),
+    (re.compile(_LEVEL + r"guide\."), r"\1.summary.leaf."),
+]
+
+#: The default ``guide`` of ``MARLevelConfig`` before issue 20 (the paper's guiding-pixel leaf),
+#: for configs that set ``guiding_pixel`` without writing ``guide``.
+_OLD_DEFAULT_GUIDE: dict[str, Any] = {
+    "kind": "rgb", "width": 128, "depth": 3, "heads": 4, "num_values": 256,
+    "channel_weights": [5.0, 1.0, 1.0],
+}
+_OLD_SUMMARY_FIELDS = ("guiding_pixel", "guide", "guide_input")
+
+
+def _mar_summary(config: dict[str, Any]) -> dict[str, Any]:
+    """MAR levels' ``guiding_pixel``, ``guide`` and ``guide_input`` as the one ``summary`` entry
+    (a ``SummaryConfig`` dict, or None when ``guiding_pixel`` was false)."""
+    levels = config.get("levels")
+    if not isinstance(levels, list):
+        return config
+
+    def old(entry: Any) -> bool:
+        level = entry.get("level") if isinstance(entry, dict) else None
+        return isinstance(level, dict) and level.get("kind") == "mar" and any(
+            k in level for k in _OLD_SUMMARY_FIELDS
+        )
+
+    if not any(old(entry) for entry in levels):
+        return config
+    config = copy.deepcopy(config)
+    for entry in config["levels"]:
+        if not old(entry):
+            continue
+        level = entry["level"]
+        on = level.pop("guiding_pixel", False)
+        leaf = level.pop("guide", None)
+        mode = level.pop("guide_input", "rounded")
+        level["summary"] = (
+            {"kind": "summary", "leaf": leaf if leaf is not None else dict(_OLD_DEFAULT_GUIDE), "input": mode}
+            if on
+            else None
+        )
+    return config
+
+
+CONFIG_UPGRADES.append(_mar_summary)
+# ---- end of issue 20, level parts ----------------------------------------------------------------
 
 
 def upgrade_key(key: str) -> str:

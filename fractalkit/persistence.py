@@ -6,7 +6,8 @@ version, each level's partitioner and level config, the leaf config, what it is 
 the file's metadata; :func:`load` rebuilds the model from it. The training checkpoints
 (:mod:`fractalkit.training.checkpoint`) store their models through the same two functions.
 
-Versions: 1 (fractalkit 0.1); 2 adds ``guide_input`` to MAR level configs; 3 replaces
+Versions: 1 (fractalkit 0.1); 2 adds ``guide_input`` to MAR level configs (since issue 20 the
+MAR ``summary`` setting; older level fields load through :mod:`fractalkit.legacy`); 3 replaces
 ``num_classes`` and ``label_drop`` by a ``conditioner`` entry (a registered
 :class:`fractalkit.conditioners.ConditionerConfig`'s dict). Version-1 and -2 configs load
 unchanged (new fields take their defaults). A model is written in the oldest version that

@@ -28,6 +28,7 @@ from fractalkit.fractal import Fractal
 from fractalkit.leaves.rgb import RGBLeafConfig
 from fractalkit.levels.ar import ARLevelConfig
 from fractalkit.levels.mar import MARLevelConfig
+from fractalkit.levels.summary import SummaryConfig
 from fractalkit.partition import ImagePatches
 from fractalkit.sampling.options import SampleOptions
 
@@ -124,6 +125,10 @@ class Preset:
 
 # ---- building blocks ------------------------------------------------------------------------
 
+#: The paper's summary leaf (the guiding pixel's): an RGB leaf, width 128, 3 blocks, 4 heads, the
+#: red channel's loss weighted 5, 256 values. The levels below the top of the 256x256 models use it.
+PAPER_SUMMARY_LEAF = RGBLeafConfig(width=128, depth=3, heads=4, channel_weights=(5.0, 1.0, 1.0))
+
 
 def _levels(
     sizes: Sequence[int],
@@ -132,7 +137,7 @@ def _levels(
     depths: Sequence[int],
     heads: Sequence[int],
     *,
-    guiding_pixel: bool = False,
+    summary: bool = False,
 ) -> list[dict[str, Any]]:
     """Level entries for ``sizes`` (e.g. ``(64, 4, 1)``: 64x64 images -> 4x4 patches -> pixels)."""
     out = []
@@ -146,10 +151,10 @@ def _levels(
                 heads=heads[i],
                 block="vit",
                 neighbours=True,
-                guiding_pixel=guiding_pixel and i > 0,
-                # As the original (and the converter): the guiding-pixel token sees the
-                # continuous block mean when scoring; "rounded" keeps log_prob a strict bound.
-                guide_input="continuous" if guiding_pixel and i > 0 else "rounded",
+                # As the original (and the converter): the summary token (guiding pixel) sees
+                # the continuous block mean when scoring; "rounded" keeps log_prob a strict bound.
+                summary=SummaryConfig(PAPER_SUMMARY_LEAF, input="continuous")
+                if summary and i > 0 else None,
             )
         part = ImagePatches(sizes[i], sizes[i + 1], channels=3)
         out.append({"partitioner": part.config(), "level": level.to_dict()})
@@ -216,7 +221,7 @@ def _paper_64(kind: str) -> dict[str, Any]:
 
 def _paper_256(widths: Sequence[int], depths: Sequence[int], heads: Sequence[int]) -> dict[str, Any]:
     return _config(
-        _levels((256, 16, 4, 1), "mar", widths[:3], depths[:3], heads[:3], guiding_pixel=True),
+        _levels((256, 16, 4, 1), "mar", widths[:3], depths[:3], heads[:3], summary=True),
         RGBLeafConfig(width=widths[3], depth=depths[3], heads=heads[3], channel_weights=_RED),
         num_classes=1000,
     )

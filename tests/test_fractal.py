@@ -18,6 +18,7 @@ from fractalkit import (
     Progress,
     RGBLeafConfig,
     SampleOptions,
+    SummaryConfig,
 )
 
 COND = BY_NAME["mar_mar_cond"]  # class-conditional, MAR over pixels, MAR over channels
@@ -281,8 +282,8 @@ def test_mismatched_level_configurations_raise_at_construction() -> None:
         ar(width=10, heads=4)
     with pytest.raises(ValueError, match="divisible by 4"):
         ar(width=8, heads=4)  # head dim 2: no room for 2-D rotary embeddings
-    with pytest.raises(ValueError, match="guiding_pixel"):
-        mar(guiding_pixel=True, embed="table")
+    with pytest.raises(ValueError, match="a summary needs embed='linear'"):
+        mar(summary=SummaryConfig(RGBLeafConfig(width=8, depth=1, heads=2)), embed="table")
     with pytest.raises(ValueError, match="at least one"):
         Fractal([], CategoricalLeafConfig(num_values=2))
     with pytest.raises(TypeError, match="Partitioner"):

@@ -23,6 +23,7 @@ from fractalkit import (
     RGBLeafConfig,
     SampleOptions,
     SequenceChunks,
+    SummaryConfig,
 )
 
 # ---- small models ------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def _guided_pixel() -> Fractal:
             (ImagePatches((2, 4), 2), MARLevelConfig(width=16, depth=1, heads=2)),
             (
                 ImagePatches(2, 1),
-                MARLevelConfig(width=16, depth=1, heads=2, guiding_pixel=True, guide=guide),
+                MARLevelConfig(width=16, depth=1, heads=2, summary=SummaryConfig(guide)),
             ),
         ],
         leaf=RGBLeafConfig(width=8, depth=1, heads=2, num_values=16),
@@ -482,7 +483,10 @@ def test_mismatched_levels_raise_at_construction():
         (lambda: MARLevelConfig(width=0), "width must be a positive integer"),
         (lambda: MARLevelConfig(attn_dropout=1.5), "attn_dropout"),
         (lambda: ARLevelConfig(block="gpt"), "block must be 'vit' or 'llama'"),
-        (lambda: MARLevelConfig(guiding_pixel=True, embed="table"), "guiding_pixel needs embed='linear'"),
+        (
+            lambda: MARLevelConfig(summary=SummaryConfig(RGBLeafConfig()), embed="table"),
+            "a summary needs embed='linear'",
+        ),
     ],
 )
 def test_level_config_validation(make, match):

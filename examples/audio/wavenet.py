@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fractalkit import Level, LevelConfig, register_config
+from fractalkit import ChildInputs, Level, LevelConfig, register_config
 
 __all__ = ["WaveNetLevel", "WaveNetLevelConfig"]
 
@@ -47,8 +47,8 @@ class WaveNetLevel(Level):
     def __init__(self, partitioner, child, config: WaveNetLevelConfig, *, cond_dim, cond_tokens,
                  normalisation) -> None:
         super().__init__(partitioner, child, cond_dim=cond_dim, cond_tokens=cond_tokens,
-                         width=config.width, embed=config.embed, normalisation=normalisation,
-                         out_tokens=1)
+                         width=config.width, normalisation=normalisation, out_tokens=1)
+        self.inputs = ChildInputs.of(self, config.embed)  # child embedding, LayerNorm, cond map
         d = config.width
         self.dilations = tuple(2 ** (i % config.cycle) for i in range(config.layers))
         self.receptive_field = 1 + sum(self.dilations)
@@ -60,9 +60,9 @@ class WaveNetLevel(Level):
 
     def _inputs(self, children: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """``([N, D, k] inputs: the condition token, then children 0..k-2; [N, D] global condition)``."""
-        first = self.cond_emb(cond[:, :1])  # [N, 1, D]
-        rest = self.patch_emb(children[:, :-1])  # [N, k-1, D]
-        return self.patch_emb_ln(torch.cat([first, rest], 1)).transpose(1, 2), first[:, 0]
+        first = self.inputs.condition(cond[:, :1])  # [N, 1, D]
+        rest = self.inputs.embed(children[:, :-1])  # [N, k-1, D]
+        return self.inputs.norm(torch.cat([first, rest], 1)).transpose(1, 2), first[:, 0]
 
     def _network(self, h: Tensor, g: Tensor) -> Tensor:
         """``[N, D, t]`` inputs and ``[N, D]`` global condition to ``[N, t, 1, D]`` conditions."""
@@ -84,7 +84,7 @@ class WaveNetLevel(Level):
         """Per-layer input histories (Fast WaveNet's queues): each step then costs one column
         per layer instead of a pass over the receptive field."""
         r, k = children.shape[:2]
-        g = self.cond_emb(cond[:, :1])  # [R, 1, D]
+        g = self.inputs.condition(cond[:, :1])  # [R, 1, D]
         hist = [g.new_zeros(r, self.width, k) for _ in self.dilations]  # inputs of each layer
         return {"cond": cond, "g": g[:, 0], "hist": hist}
 
@@ -95,8 +95,8 @@ class WaveNetLevel(Level):
         in[j] + b``, and ``in[j - r]`` is in the history (the raster plan visits every j).
         """
         j = step.index  # raster plan: step j decides child j
-        x = state["g"][:, None] if j == 0 else self.patch_emb(children[:, j - 1 : j])  # [R, 1, D]
-        x = self.patch_emb_ln(x)[:, 0]  # [R, D]
+        x = state["g"][:, None] if j == 0 else self.inputs.embed(children[:, j - 1 : j])  # [R, 1, D]
+        x = self.inputs.norm(x)[:, 0]  # [R, D]
         skips = torch.zeros_like(x)
         for r, gate, glob, res, skip, hist in zip(self.dilations, self.gates, self.global_cond,
                                                   self.residual, self.skip, state["hist"], strict=True):

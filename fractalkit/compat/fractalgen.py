@@ -51,13 +51,13 @@ Where fractalkit differs from the original on purpose
 -----------------------------------------------------
 - **Guiding pixel** (the 256x256 models, levels below the top): when *scoring*, the original
   feeds ``pix_proj`` the exact float mean of the normalised block; fractalkit's default feeds
-  the mean rounded to an 8-bit value (the value its guide leaf scores), normalised, which keeps
+  the mean rounded to an 8-bit value (the value its summary leaf scores), normalised, which keeps
   ``log_prob`` a true bound. Converted models (and the presets) set
-  ``MARLevelConfig(guide_input="continuous")``, which feeds the continuous mean as the original
+  ``SummaryConfig(leaf, input="continuous")`` (a MAR level's ``summary``), which feeds the continuous mean as the original
   does, so their teacher-forced leaf logits match the original's (on a 4-level guiding-pixel
   model, ``benchmarks/guiding_pixel_compat.py``: largest difference 0 with the switch, 7.9e-2
   with the rounded input). Sampling is the same in both (the original also feeds the sampled
-  8-bit value). The guide leaf's target is that
+  8-bit value). The summary leaf's target is that
   rounded mean in both, except at exact .5 ties, which fractalkit rounds half to even and the
   original decides by its 0.01-scale rounding noise. The guiding pixel's likelihood is part of
   fractalkit's ``log_prob`` (a bound); the original *adds its cross-entropy to the loss*.
@@ -73,8 +73,10 @@ Names
 -----
 ``generator.*`` is ``root.*``, ``next_fractal.generator.*`` is ``root.child.*`` and so on; the
 leaf ``next_fractal.next_fractal.*`` (two levels) is ``root.child.child.*``; a guiding pixel's
-``...generator.guiding_pixel_loss.*`` is ``...guide.*``. Inside a level: ``patch_emb`` ->
-``patch_emb.proj``, ``pos_embed_learned`` -> ``pos_embed``, ``blocks.N`` ->
+``...generator.guiding_pixel_loss.*`` is ``...summary.leaf.*`` (the summary prefix's leaf).
+Inside a level: ``patch_emb`` -> ``inputs.patch_emb.proj``, ``patch_emb_ln`` and ``cond_emb``
+-> ``inputs.patch_emb_ln`` and ``inputs.cond_emb`` (the level's input network),
+``pix_proj`` -> ``summary.proj``, ``pos_embed_learned`` -> ``pos_embed``, ``blocks.N`` ->
 ``backbone.blocks.N``, ``norm`` -> ``backbone.norm``; AR blocks' ``attention.wqkv``,
 ``attention.wo``, ``attention_norm``, ``ffn_norm``, ``feed_forward.w1/w2/w3`` -> ``attn.qkv``,
 ``attn.proj``, ``norm1``, ``norm2``, ``w1/w2/w3``; MAR and leaf blocks' ``mlp.fc1/fc2`` ->
@@ -105,6 +107,7 @@ from fractalkit.leaves.base import Leaf
 from fractalkit.leaves.rgb import RGBLeaf, RGBLeafConfig
 from fractalkit.levels.ar import ARLevelConfig
 from fractalkit.levels.mar import MARLevelConfig
+from fractalkit.levels.summary import SummaryConfig
 from fractalkit.partition import ImagePatches
 from fractalkit.protocol import LogProb
 from fractalkit.sampling.options import SampleOptions
@@ -338,7 +341,13 @@ _VIT_BLOCK = {  # original (timm-style) -> fractalkit ViTBlock
 }
 _BLOCK = {**_AR_BLOCK, **_VIT_BLOCK}
 _WB = ("weight", "bias")
-_LEVEL_SAME = {f"{m}.{p}" for m in ("patch_emb_ln", "cond_emb", "pix_proj") for p in _WB}
+_LEVEL_PARTS = {  # original -> fractalkit: the level's input network and summary prefix parts
+    **{f"{m}.{p}": f"inputs.{m}.{p}" for m in ("patch_emb_ln", "cond_emb") for p in _WB},
+    **{f"patch_emb.{p}": f"inputs.patch_emb.proj.{p}" for p in _WB},
+    **{f"pix_proj.{p}": f"summary.proj.{p}" for p in _WB},
+}
+_LEVEL_PARTS_INVERSE = {v: k for k, v in _LEVEL_PARTS.items()}
+_SUMMARY_LEAF = "summary.leaf."  # where the original's guiding_pixel_loss sits
 _LEAF_SAME = {f"{m}.{p}" for m in ("cond_proj", "ln") for p in _WB}
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.(.+)")
 
@@ -372,12 +381,12 @@ def _map_leaf(rest: str) -> str | None:
 
 
 def _map_level(rest: str) -> str | None:
-    if rest in _LEVEL_SAME or rest == "mask_token":
+    if rest == "mask_token":
         return rest
+    if rest in _LEVEL_PARTS:
+        return _LEVEL_PARTS[rest]
     if rest == "pos_embed_learned":
         return "pos_embed"
-    if rest in ("patch_emb.weight", "patch_emb.bias"):
-        return "patch_emb.proj." + rest.split(".")[1]
     return _map_common(rest)
 
 
@@ -404,7 +413,7 @@ def fractalkit_name(name: str) -> str:
     mapped = None
     if rest.startswith("generator.guiding_pixel_loss."):
         mapped = _map_leaf(rest[len("generator.guiding_pixel_loss.") :])
-        prefix += "guide."
+        prefix += _SUMMARY_LEAF
     elif rest.startswith("generator."):
         mapped = _map_level(rest[len("generator.") :])
     elif depth > 0:
@@ -443,12 +452,12 @@ def _inverse_leaf(rest: str, leaf) -> list[tuple[str, int | None]] | None:
 
 
 def _inverse_level(rest: str, level) -> list[tuple[str, int | None]] | None:
-    if rest in _LEVEL_SAME or rest == "mask_token":
+    if rest == "mask_token":
         return [(rest, None)]
+    if rest in _LEVEL_PARTS_INVERSE:
+        return [(_LEVEL_PARTS_INVERSE[rest], None)]
     if rest == "pos_embed":
         return [("pos_embed_learned", None)]
-    if rest in ("patch_emb.proj.weight", "patch_emb.proj.bias"):
-        return [("patch_emb." + rest.split(".")[-1], None)]
     name = _inverse_common(rest, level.config.block)
     return None if name is None else [(name, None)]
 
@@ -485,9 +494,9 @@ def original_name(name: str, model: Fractal) -> list[tuple[str, int | None]]:
     prefix = "next_fractal." * depth
     if isinstance(gen, Leaf):
         found = _inverse_leaf(rest, gen)
-    elif rest.startswith("guide.") and getattr(gen, "guide", None) is not None:
+    elif rest.startswith(_SUMMARY_LEAF) and getattr(gen, "summary", None) is not None:
         prefix += "generator.guiding_pixel_loss."
-        found = _inverse_leaf(rest[len("guide.") :], gen.guide)
+        found = _inverse_leaf(rest[len(_SUMMARY_LEAF) :], gen.summary.leaf)
     elif getattr(gen, "config", None) is not None and isinstance(
         gen.config, ARLevelConfig | MARLevelConfig
     ):
@@ -726,20 +735,22 @@ def _config(s: dict[str, Any], heads: tuple[int, ...], guide_heads: int) -> dict
         if lv["kind"] == "ar":
             cfg = ARLevelConfig(width=lv["width"], depth=lv["depth"], heads=h, block="llama", rope=True)
         else:
-            guide = lv["guide"] or {"width": 128, "depth": 3}
+            guide = lv["guide"]
+            summary = None
+            if guide is not None:
+                leaf = RGBLeafConfig(
+                    width=guide["width"], depth=guide["depth"], heads=guide_heads,
+                    num_values=s["leaf"]["values"], channel_weights=R_WEIGHT,
+                )
+                # The original feeds pix_proj the continuous block mean when scoring.
+                summary = SummaryConfig(leaf, input="continuous")
             cfg = MARLevelConfig(
                 width=lv["width"],
                 depth=lv["depth"],
                 heads=h,
                 block="vit",
                 neighbours=s["num_conds"] == 5,
-                guiding_pixel=lv["guide"] is not None,
-                # The original feeds pix_proj the continuous block mean when scoring.
-                guide_input="continuous" if lv["guide"] is not None else "rounded",
-                guide=RGBLeafConfig(
-                    width=guide["width"], depth=guide["depth"], heads=guide_heads,
-                    num_values=s["leaf"]["values"], channel_weights=R_WEIGHT,
-                ),
+                summary=summary,
             )
         pairs.append({"partitioner": part.config(), "level": cfg.to_dict()})
     leaf = RGBLeafConfig(

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from fractalkit.config import LevelConfig, register_config
-from fractalkit.levels.base import EmbedMode, Level, Step
+from fractalkit.levels.base import Level, Step
+from fractalkit.levels.inputs import ChildInputs, EmbedMode
 from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
 from fractalkit.nn.rope import rope_2d_table
 from fractalkit.normalisation import ValueNormalisation
@@ -104,12 +105,12 @@ class ARLevel(Level):
             cond_dim=cond_dim,
             cond_tokens=cond_tokens,
             width=config.width,
-            embed=config.embed,
             normalisation=normalisation,
             out_tokens=1,
         )
         self.config = config
         k = partitioner.num_children
+        self.inputs = ChildInputs.of(self, config.embed)
         # k + 1 positions as in the original (the last one is never used), so its weights load.
         self.pos_embed = nn.Parameter(torch.zeros(1, k + 1, config.width))
         self.backbone = Backbone(
@@ -122,11 +123,13 @@ class ARLevel(Level):
             checkpointing=config.checkpointing,
         )
         if config.rope:
-            table = rope_2d_table(self.positions, config.width // config.heads, num_prefix=1)
+            table = rope_2d_table(partitioner.positions(), config.width // config.heads, num_prefix=1)
             self.register_buffer("rope", table, persistent=False)  # [k + 1, E/2, 2]
         else:
             self.rope = None
-        self.initialize_weights()
+        # The original's initialisation, part by part in its order (a seed gives the same weights).
+        self.inputs.reset_parameters()
+        self.backbone.reset_parameters()
         nn.init.normal_(self.pos_embed, std=0.02)
 
     def _rope(self, start: int, stop: int) -> Tensor | None:
@@ -143,8 +146,8 @@ class ARLevel(Level):
             ``[N, k, D]``: row j depends on ``cond`` and children ``< j`` only.
         """
         k = children.shape[1]
-        tokens = torch.cat([self.cond_emb(cond[:, :1]), self.patch_emb(children[:, : k - 1])], 1)
-        h = self.patch_emb_ln(tokens + self.pos_embed[:, :k])  # [N, k, D]
+        tokens = torch.cat([self.inputs.condition(cond[:, :1]), self.inputs.embed(children[:, : k - 1])], 1)
+        h = self.inputs.norm(tokens + self.pos_embed[:, :k])  # [N, k, D]
         return self.backbone(h, causal=True, rope=self._rope(0, k))
 
     def teacher_forced_conditions(
@@ -160,7 +163,7 @@ class ARLevel(Level):
         rows, k = children.shape[:2]
         # Inputs before positions: token 0 is the condition, token j + 1 embeds child j.
         tokens = self.pos_embed.new_zeros(rows, k, self.width)
-        tokens[:, 0] = self.cond_emb(cond[:, 0]).to(tokens.dtype)
+        tokens[:, 0] = self.inputs.condition(cond[:, 0]).to(tokens.dtype)
         caches = self.backbone.new_caches(rows, k, self.pos_embed) if ctx.options.kv_cache else None
         return {"tokens": tokens, "caches": caches}
 
@@ -168,12 +171,12 @@ class ARLevel(Level):
         """Child j's condition from one new token (KV cache) or the recomputed prefix."""
         j, tokens, caches = step.index, state["tokens"], state["caches"]
         if j > 0:  # child j - 1 was decided at the previous step
-            tokens[:, j] = self.patch_emb(children[:, j - 1]).to(tokens.dtype)
+            tokens[:, j] = self.inputs.embed(children[:, j - 1]).to(tokens.dtype)
         if caches is not None:  # one new token; keys and values of the rest are cached
-            h = self.patch_emb_ln(tokens[:, j : j + 1] + self.pos_embed[:, j : j + 1])
+            h = self.inputs.norm(tokens[:, j : j + 1] + self.pos_embed[:, j : j + 1])
             h = self.backbone(h, causal=True, rope=self._rope(j, j + 1), caches=caches)
         else:  # recompute the whole prefix (reference path)
-            h = self.patch_emb_ln(tokens[:, : j + 1] + self.pos_embed[:, : j + 1])
+            h = self.inputs.norm(tokens[:, : j + 1] + self.pos_embed[:, : j + 1])
             h = self.backbone(h, causal=True, rope=self._rope(0, j + 1))
         rows = step.pick[:, j].nonzero().squeeze(1)
         return h[rows, -1, None]  # [M, 1, D]

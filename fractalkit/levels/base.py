@@ -1,4 +1,4 @@
-"""The level base: the partitioner, the child, child embeddings, and the decoding loop.
+"""The level base: the contract between a level, its partitioner and its child, and the loop.
 
 Shape letters: N instances (R rows while decoding, both guidance halves), k children per
 instance, P elements per child, T condition tokens, D_in incoming condition width, D this
@@ -10,85 +10,28 @@ A concrete level supplies its network: the teacher-forced conditions of its chil
 score subsets), and how each decoding step computes the conditions of the children it decides
 (:meth:`Level.step_conditions`, by default from the teacher-forced pass). :class:`Level` owns
 the rest: the step loop over a :class:`StepPlan`, force and known handling, the guided halves,
-the top level's guidance schedule and progress callback, the optional summary prefix (the
-guiding pixel) and the log-probability accumulation.
+the top level's guidance schedule and progress callback, and the log-probability accumulation.
+The base holds no parameters: a level composes the parts it wants, e.g. the input network
+(:class:`fractalkit.levels.inputs.ChildInputs`) and the optional summary prefix
+(:class:`fractalkit.levels.summary.SummaryPrefix`, the guiding pixel), which the loop calls when
+``self.summary`` is set.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from fractalkit.config import LeafConfig
-from fractalkit.nn.linear import Linear
+# ChildEmbedding and EmbedMode moved to fractalkit.levels.inputs; still importable from here.
+from fractalkit.levels.inputs import ChildEmbedding, EmbedMode  # noqa: F401
+from fractalkit.levels.summary import SummaryPrefix
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
 from fractalkit.sampling.options import DecodeContext, ScoreContext
-
-EmbedMode = Literal["linear", "table"]
-
-
-class ChildEmbedding(nn.Module):
-    """Embeds a child's P integer elements into one D-wide token.
-
-    ``"linear"`` (images, audio): values become floats ``(v / (V - 1) - mean) / std`` (the
-    original FractalGen uses ImageNet's per-channel mean and std) and a linear map takes the P
-    floats to D; the child vector is the child flattened in its own layout (channel, row, col).
-    ``"table"`` (characters, atoms): a learned vector per (position, value), summed over positions,
-    i.e. a linear map of the one-hot encoding.
-
-    Args:
-        child_shape: shape of one child (P = its size).
-        num_values: V.
-        width: D.
-        mode: ``"linear"`` or ``"table"``.
-        normalisation: ``"linear"`` only: the children's :class:`ValueNormalisation`
-            (default: mean 0.5, std 0.5).
-    """
-
-    def __init__(
-        self,
-        child_shape: tuple[int, ...],
-        num_values: int,
-        width: int,
-        mode: EmbedMode = "linear",
-        normalisation: ValueNormalisation | None = None,
-    ) -> None:
-        super().__init__()
-        p = math.prod(child_shape)
-        self.mode = mode
-        self.num_values = num_values
-        if mode == "linear":
-            self.proj = Linear(p, width)
-            # Config constants on the CPU (checks work under any default device, e.g. meta);
-            # the buffers follow ``module.to(...)``.
-            norm = normalisation or ValueNormalisation.of(tuple(child_shape))
-            mean, std = norm.mean.expand(child_shape), norm.std.expand(child_shape)
-            # Not persistent: derived from the Fractal's config, never trained.
-            self.register_buffer("mean", mean.reshape(p).clone(), persistent=False)
-            self.register_buffer("std", std.reshape(p).clone(), persistent=False)
-        elif mode == "table":
-            self.table = nn.Embedding(p * num_values, width)
-            self.register_buffer("offset", torch.arange(p) * num_values, persistent=False)
-        else:
-            raise ValueError(f"embed: expected 'linear' or 'table', got {mode!r}")
-
-    def normalise(self, values: Tensor, dtype: torch.dtype) -> Tensor:
-        """Integer values ``[..., P]`` as the floats the linear embedding sees, in ``dtype``."""
-        scaled = values.to(dtype) / (self.num_values - 1)
-        return (scaled - self.mean.to(dtype)) / self.std.to(dtype)
-
-    def forward(self, children: Tensor) -> Tensor:
-        """int64 ``[..., P]`` flattened children to ``[..., D]`` tokens."""
-        if self.mode == "linear":
-            return self.proj(self.normalise(children, self.proj.weight.dtype))
-        return self.table(children + self.offset).sum(-2)
 
 
 @dataclass(frozen=True)
@@ -172,6 +115,12 @@ class Level(AbstractGenerator):
     - :meth:`step_plan` and :meth:`score_children` (optional): for levels that decide several
       children per step or in a random order (MAR).
 
+    A level composes the parts it needs (none are in the base, which holds no parameters):
+    the FractalGen input network :class:`fractalkit.levels.inputs.ChildInputs` (child embedding,
+    its LayerNorm, condition projection) and, optionally, a summary prefix
+    :class:`fractalkit.levels.summary.SummaryPrefix` assigned to ``self.summary``: the loop then
+    scores or decides the summary first and hands its token to the hooks as ``summary``.
+
     Args:
         partitioner: how an instance becomes children; its ``child_shape`` must be the child's
             ``event_shape``.
@@ -180,13 +129,9 @@ class Level(AbstractGenerator):
         cond_dim: D_in of the condition this level receives.
         cond_tokens: T of the condition this level receives.
         width: D, this level's width (and the child's ``cond_dim``).
-        embed: how children are embedded (see :class:`ChildEmbedding`).
         normalisation: how this level's instance values become floats (its children share
             ``normalisation.child(partitioner)``); default mean 0.5, std 0.5.
         out_tokens: condition tokens handed to each child.
-
-    A level may also predict a summary of its instance first (the guiding pixel): see
-    :meth:`add_summary`.
     """
 
     #: whether this level's likelihood depends on an order of its children (MAR: True)
@@ -200,7 +145,6 @@ class Level(AbstractGenerator):
         cond_dim: int,
         cond_tokens: int,
         width: int,
-        embed: EmbedMode = "linear",
         normalisation: ValueNormalisation | None = None,
         out_tokens: int = 1,
     ) -> None:
@@ -233,61 +177,10 @@ class Level(AbstractGenerator):
         self.cond_dim = int(cond_dim)
         self.cond_tokens = int(cond_tokens)
         self.width = int(width)
-        normalisation = normalisation or ValueNormalisation.of(self.event_shape)
-        self.patch_emb = ChildEmbedding(
-            partitioner.child_shape, child.num_values, width, embed,
-            normalisation.child(partitioner, name),
-        )
-        self.patch_emb_ln = nn.LayerNorm(width, eps=1e-6)
-        self.cond_emb = Linear(cond_dim, width)
-        self.register_buffer("positions", partitioner.positions(), persistent=False)
-        self.register_buffer("neighbours", partitioner.neighbours(), persistent=False)
         #: this level's instance normalisation (its children's is ``normalisation.child(...)``)
-        self.normalisation = normalisation
-        self.summary_input = "rounded"
-        self.guide: AbstractGenerator | None = None
-
-    def add_summary(
-        self, summary: LeafConfig, summary_input: Literal["rounded", "continuous"] = "rounded"
-    ) -> None:
-        """Give this level a *summary prefix* (the guiding pixel); call it from ``__init__``.
-
-        The level then first predicts the rounded :meth:`fractalkit.Partitioner.summary` of
-        its instance with a leaf built from ``summary`` (any leaf config), and its network
-        receives :meth:`summary_token` (one extra condition token of width D) as the
-        ``summary`` argument of its hooks. It makes ``log_prob`` a bound:
-        log p(g) + log p(x | g) <= log p(x).
-
-        Args:
-            summary: the summary leaf's config.
-            summary_input: what :meth:`summary_token` receives in teacher-forced scoring:
-                ``"rounded"`` (the value the summary leaf scores; keeps the bound) or
-                ``"continuous"`` (the unrounded normalised summary, as the original FractalGen
-                does; for converted checkpoints). Decoding always feeds the decided value.
-
-        Raises:
-            NotImplementedError: the partitioner defines no summary.
-            ValueError: the summary leaf's value count differs from the data's.
-        """
-        name = type(self).__name__
-        if summary_input not in ("rounded", "continuous"):
-            raise ValueError(f"{name}: summary_input must be 'rounded' or 'continuous', got {summary_input!r}")
-        shape = self.partitioner.summary_shape
-        if shape is None:
-            self.partitioner.summary(torch.zeros(0, *self.event_shape))  # raises, naming why
-        # The original's parameter names (pix_proj, guide), so converted weights load.
-        self.pix_proj = nn.Linear(math.prod(shape), self.width)
-        self.guide = summary.build(tuple(shape), self.cond_dim, self.cond_tokens)
-        if self.guide.num_values != self.child.num_values:
-            raise ValueError(
-                f"{name}: the summary leaf has {self.guide.num_values} values but the data "
-                f"has {self.child.num_values}"
-            )
-        self.summary_input = summary_input
-        norm = self.normalisation.summary(self.partitioner)
-        # Not persistent: derived from the Fractal's config, never trained.
-        self.register_buffer("guide_mean", norm.mean.reshape(-1).clone(), persistent=False)
-        self.register_buffer("guide_std", norm.std.reshape(-1).clone(), persistent=False)
+        self.normalisation = normalisation or ValueNormalisation.of(self.event_shape)
+        #: the optional summary prefix; a level that wants one assigns a SummaryPrefix
+        self.summary: SummaryPrefix | None = None
 
     @property
     def num_values(self) -> int:
@@ -312,19 +205,6 @@ class Level(AbstractGenerator):
         """``[M, P]`` flattened children as the child's instances ``[M, *child_event]``."""
         return children.view(children.shape[0], *self.child.event_shape)
 
-    def initialize_weights(self) -> None:
-        """The original's initialisation: xavier-uniform linears with zero bias, LayerNorms (1, 0),
-        learned position embeddings and mask tokens N(0, 0.02). The child initialises itself."""
-        for name, m in self.named_modules():
-            if name.startswith("child") or name.startswith("guide"):
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
-
     # ---- the network: what a concrete level supplies -------------------------------------------
 
     def teacher_forced_conditions(
@@ -336,7 +216,7 @@ class Level(AbstractGenerator):
             children: int64 ``[N, k, P]`` flattened children (while decoding, undecided ones
                 hold placeholders: row j must not read children ``>= j``).
             cond: ``[N, T, D_in]``, the incoming condition.
-            summary: ``[N, 1, D]`` summary token (see :meth:`summary_token`), or None.
+            summary: ``[N, 1, D]`` summary token (see :class:`SummaryPrefix`), or None.
 
         Returns:
             ``[N, k, out_tokens, D]``: child j's condition depends on ``cond``, ``summary`` and
@@ -456,67 +336,6 @@ class Level(AbstractGenerator):
             return None
         return self.child_rows(self.split(positions)[rows, cols])
 
-    # ---- the summary prefix (guiding pixel) ----------------------------------------------------
-
-    def guide_target(self, x: Tensor) -> Tensor:
-        """The summary leaf's target: the partitioner's summary of ``x``, rounded half to even.
-
-        Returns:
-            int64 ``[N, *summary_shape]`` (e.g. the guiding pixel ``[N, C]``).
-        """
-        return self.partitioner.summary(x).round().long()
-
-    def summary_token(self, summary: Tensor) -> Tensor:
-        """The summary as one condition token: ``pix_proj`` of its normalised value.
-
-        Args:
-            summary: int64 ``[N, *summary_shape]`` (decided values), or, in float, the already
-                normalised continuous summary (``summary_input="continuous"`` scoring).
-
-        Returns:
-            ``[N, 1, D]``.
-        """
-        dtype = self.pix_proj.weight.dtype
-        if summary.dtype.is_floating_point:
-            g = summary.flatten(1).to(dtype)
-        else:
-            g = (summary.flatten(1).to(dtype) / (self.num_values - 1) - self.guide_mean.to(dtype)) / (
-                self.guide_std.to(dtype)
-            )
-        return self.pix_proj(g)[:, None]
-
-    def continuous_summary(self, x: Tensor) -> Tensor:
-        """The unrounded summary of normalised values (the original FractalGen's guiding pixel).
-
-        Each element is normalised in the model's dtype, then the partitioner summarises them.
-
-        Returns:
-            ``[N, *summary_shape]`` in the model's dtype.
-        """
-        dtype = self.pix_proj.weight.dtype
-        values = self.normalisation.apply(x, self.num_values, dtype)
-        return self.partitioner.summary(values).to(dtype)
-
-    def _score_summary(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> tuple[Tensor, Score]:
-        g = self.guide_target(x)
-        s = self.guide.score(g, cond, dataclasses.replace(ctx, positions=None))
-        zeros = torch.zeros_like(s.logp)
-        fed = g if self.summary_input == "rounded" else self.continuous_summary(x)
-        if ctx.mode == "train":  # an auxiliary objective, not part of the data's NLL
-            aux = {"guiding_pixel_nll": (s.objective.sum(), s.dims.sum())}
-            return fed, Score(zeros, zeros, zeros, aux, "exact")
-        return fed, Score(s.logp, zeros, zeros, {}, "bound")
-
-    def _decode_summary(self, x: Tensor, cond: Tensor, ctx: DecodeContext) -> tuple[Tensor, Tensor]:
-        ctx = dataclasses.replace(ctx, positions=None)  # the summary is no element of the canvas
-        if ctx.force:
-            g = self.guide_target(x)
-            return self.guide.decode(g, torch.ones_like(g, dtype=torch.bool), cond, ctx)
-        # Partially known instances: an approximation, g is drawn, not inferred.
-        shape = self.partitioner.summary_shape
-        start = torch.zeros(x.shape[0], *shape, dtype=torch.long, device=x.device)
-        return self.guide.decode(start, torch.zeros_like(start, dtype=torch.bool), cond, ctx)
-
     # ---- the one scoring path and the one decoding loop ----------------------------------------
 
     def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
@@ -525,11 +344,10 @@ class Level(AbstractGenerator):
         See :class:`fractalkit.sampling.options.ScoreContext` for the modes.
         """
         children = self.split(x)  # [N, k, P]
-        if self.guide is None:
+        if self.summary is None:
             return self.score_children(children, cond, None, ctx)
-        fed, summary_score = self._score_summary(x, cond, ctx)
-        result = self.score_children(children, cond, self.summary_token(fed), ctx)
-        return result.add(summary_score)
+        token, summary_score = self.summary.score(x, cond, ctx)
+        return self.score_children(children, cond, token, ctx).add(summary_score)
 
     def decode(
         self, x: Tensor, known: Tensor, cond: Tensor, ctx: DecodeContext
@@ -548,10 +366,9 @@ class Level(AbstractGenerator):
             full = torch.zeros_like(full)
         logp = torch.zeros(rows, dtype=accumulation_dtype(cond.dtype), device=x.device)
         summary = None
-        if self.guide is not None:
-            g, glogp = self._decode_summary(x, cond, ctx)
-            logp += glogp.to(logp.dtype)
-            summary = self.summary_token(g)
+        if self.summary is not None:
+            summary, summary_logp = self.summary.decode(x, cond, ctx)
+            logp += summary_logp.to(logp.dtype)
         state = self.begin_decoding(children, cond, summary, ctx)
         plan = self.step_plan(full, ctx)
         decided = full.clone()

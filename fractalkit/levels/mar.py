@@ -7,8 +7,8 @@ A MAR level is a family of autoregressive models, one per order of its children.
 order, child j's condition comes from a pass in which the children before it are visible and
 the rest are replaced by a learned mask token. The sequence is
 ``[summary?, cond_emb(c_{T-1}), ..., cond_emb(c_0), t_0, ..., t_{k-1}]`` plus learned
-positions, LayerNorm, the blocks and a final LayerNorm; ``summary`` is the guiding-pixel token
-of :class:`fractalkit.levels.base.Level`. Each child receives its own output and, with
+positions, LayerNorm, the blocks and a final LayerNorm; ``summary`` is the token of the
+optional :class:`fractalkit.levels.summary.SummaryPrefix` (the guiding pixel). Each child receives its own output and, with
 ``neighbours``, those of its top, right, bottom and left neighbours (zeros off the grid), or
 with ``graph_neighbours`` (over :class:`fractalkit.partition.GraphSubsets`) the mean output of
 its *known graph neighbours*. The decoding loop is the base class's; this module plans the steps (random order, cosine schedule)
@@ -18,14 +18,16 @@ and computes each step's conditions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import CONFIG_REGISTRY, LeafConfig, LevelConfig, register_config
-from fractalkit.levels.base import EmbedMode, Level, Step, StepPlan
+from fractalkit.config import LevelConfig, register_config
+from fractalkit.levels.base import Level, Step, StepPlan
+from fractalkit.levels.inputs import ChildInputs, EmbedMode
+from fractalkit.levels.summary import SummaryConfig, SummaryPrefix
 from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
+from fractalkit.nn.init import xavier_init
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score
@@ -33,12 +35,6 @@ from fractalkit.sampling.options import DecodeContext, ScoreContext
 from fractalkit.sampling.orders import masked_subset, resolve_orders
 from fractalkit.sampling.rng import uniform
 from fractalkit.sampling.schedules import decode_counts, training_mask_counts
-
-
-def _default_guide() -> LeafConfig:
-    """The paper's guiding-pixel leaf: the RGB leaf (width 128, 3 blocks, red weighted 5)."""
-    # Looked up by kind, not imported: a level does not depend on a particular leaf module.
-    return CONFIG_REGISTRY["rgb"](width=128, depth=3, heads=4, channel_weights=(5.0, 1.0, 1.0))
 
 
 @register_config
@@ -53,19 +49,13 @@ class MARLevelConfig(LevelConfig):
         block: ``"vit"`` (the paper's MAR levels) or ``"llama"``.
         neighbours: hand each child 5 condition tokens (its own output, then its top, right,
             bottom and left neighbours') instead of 1; reduces patch-boundary artefacts.
-        guiding_pixel: first predict the instance's rounded summary (the partitioner's; for
-            :class:`fractalkit.ImagePatches` the mean value per channel) with a small leaf and
-            feed it as an extra token (the paper's 256x256 models, levels below the top). It
+        summary: a :class:`fractalkit.levels.summary.SummaryConfig` to first predict the
+            instance's rounded summary (the partitioner's; for :class:`fractalkit.ImagePatches`
+            the mean value per channel, the paper's guiding pixel) with a small leaf and feed it
+            as an extra token (the paper's 256x256 models, levels below the top), or None. It
             makes ``log_prob`` a bound: log p(g) + log p(x | g) <= log p(x).
-        guide: configuration of the guiding-pixel leaf (any leaf config; default: the paper's
-            RGB leaf, width 128, 3 blocks).
-        guide_input: what the guiding-pixel token sees in teacher-forced scoring:
-            ``"rounded"`` (the scored value; keeps the bound) or ``"continuous"`` (the
-            unrounded normalised block mean, as the original FractalGen; set by the converter
-            so that converted checkpoints reproduce the original's logits). Sampling always
-            feeds the sampled value.
         attn_dropout, proj_dropout: dropout rates (training only).
-        embed: ``"linear"`` or ``"table"`` child embedding (the guiding pixel needs linear).
+        embed: ``"linear"`` or ``"table"`` child embedding (a summary needs linear).
         checkpointing: recompute blocks in the backward pass to save memory.
         graph_neighbours: over a whole-graph :class:`fractalkit.partition.GraphSubsets`
             encoding (the top graph level), hand each child 1 condition token: its own output
@@ -85,13 +75,11 @@ class MARLevelConfig(LevelConfig):
     heads: int = 4
     block: BlockStyle = "vit"
     neighbours: bool = True
-    guiding_pixel: bool = False
-    guide: LeafConfig = dataclasses.field(default_factory=_default_guide)
+    summary: SummaryConfig | None = None
     attn_dropout: float = 0.0
     proj_dropout: float = 0.0
     embed: EmbedMode = "linear"
     checkpointing: bool = False
-    guide_input: Literal["rounded", "continuous"] = "rounded"
     graph_neighbours: bool = False
 
     def __post_init__(self) -> None:
@@ -100,12 +88,13 @@ class MARLevelConfig(LevelConfig):
             raise ValueError(
                 "MARLevelConfig: graph_neighbours replaces the grid neighbours; set neighbours=False"
             )
-        if self.guiding_pixel and self.embed != "linear":
-            raise ValueError("MARLevelConfig: guiding_pixel needs embed='linear'")
-        if self.guide_input not in ("rounded", "continuous"):
-            raise ValueError(
-                f"MARLevelConfig: guide_input must be 'rounded' or 'continuous', got {self.guide_input!r}"
+        if self.summary is not None and not isinstance(self.summary, SummaryConfig):
+            raise TypeError(
+                "MARLevelConfig: summary must be a SummaryConfig (the summary leaf's config and "
+                f"input) or None, got {self.summary!r}"
             )
+        if self.summary is not None and self.embed != "linear":
+            raise ValueError("MARLevelConfig: a summary needs embed='linear'")
 
     def to_dict(self) -> dict:
         """As :meth:`ComponentConfig.to_dict`, leaving out ``graph_neighbours`` when False, so
@@ -145,7 +134,7 @@ class MARLevel(Level):
         config: a :class:`MARLevelConfig`.
         cond_dim: D_in of the incoming condition.
         cond_tokens: T of the incoming condition; all T tokens enter the sequence.
-        normalisation: how the instance's values become floats (child embedding, guiding pixel).
+        normalisation: how the instance's values become floats (child embedding, summary).
     """
 
     uses_orders = True
@@ -166,12 +155,13 @@ class MARLevel(Level):
             cond_dim=cond_dim,
             cond_tokens=cond_tokens,
             width=config.width,
-            embed=config.embed,
             normalisation=normalisation,
             out_tokens=config.out_tokens,
         )
         self.config = config
         k = partitioner.num_children
+        self.inputs = ChildInputs.of(self, config.embed)
+        self.register_buffer("neighbours", partitioner.neighbours(), persistent=False)
         if config.graph_neighbours:
             from fractalkit.partition.graph import (
                 GraphSubsets,  # a level needs no graph code otherwise
@@ -182,7 +172,7 @@ class MARLevel(Level):
                     "MARLevel: graph_neighbours needs a GraphSubsets partitioner over a whole graph "
                     f"(num_nodes == row_width, the top graph level), got {partitioner!r}"
                 )
-        self.num_prefix = cond_tokens + int(config.guiding_pixel)
+        self.num_prefix = cond_tokens + int(config.summary is not None)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + k, config.width))
         self.backbone = Backbone(
@@ -196,9 +186,15 @@ class MARLevel(Level):
         )
         if config.graph_neighbours:  # only then: existing models keep their parameters
             self.graph_proj = nn.Linear(config.width, config.width)
-        if config.guiding_pixel:
-            self.add_summary(config.guide, config.guide_input)
-        self.initialize_weights()
+        if config.summary is not None:
+            self.summary = SummaryPrefix.of(self, config.summary)
+        # The original's initialisation, part by part in its order (a seed gives the same weights).
+        self.inputs.reset_parameters()
+        self.backbone.reset_parameters()
+        if config.graph_neighbours:
+            xavier_init(self.graph_proj)
+        if self.summary is not None:
+            self.summary.reset_parameters()
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
 
@@ -206,7 +202,7 @@ class MARLevel(Level):
 
     def prefix(self, cond: Tensor, summary: Tensor | None) -> Tensor:
         """Condition tokens ``[N, num_prefix, D]``: the summary token, then ``c_{T-1} .. c_0``."""
-        tokens = self.cond_emb(cond.flip(1))  # [N, T, D]; the original prepends one at a time
+        tokens = self.inputs.condition(cond.flip(1))  # [N, T, D]; the original prepends one at a time
         if summary is not None:
             tokens = torch.cat([summary.to(tokens.dtype), tokens], dim=1)
         return tokens
@@ -222,10 +218,10 @@ class MARLevel(Level):
         Returns:
             ``[N, k, D]``.
         """
-        t = self.patch_emb(children)  # [N, k, D]
+        t = self.inputs.embed(children)  # [N, k, D]
         t = torch.where(masked[..., None], self.mask_token.to(t.dtype), t)
         h = torch.cat([prefix.to(t.dtype), t], dim=1) + self.pos_embed
-        h = self.backbone(self.patch_emb_ln(h), causal=False)
+        h = self.backbone(self.inputs.norm(h), causal=False)
         return h[:, self.num_prefix :]
 
     def child_conditions(self, h: Tensor, rows: Tensor, cols: Tensor) -> Tensor:

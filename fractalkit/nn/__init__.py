@@ -1,5 +1,5 @@
 """Shared layers: attention with an optional KV cache, transformer blocks, rotary embeddings,
-and a linear layer with a CPU fast path for skinny inputs.
+a linear layer with a CPU fast path for skinny inputs, and the original's initialisation.
 
 Shape letters used in this package: N batch of sequences, S sequence length, D width,
 H heads, E head dim.
@@ -7,6 +7,7 @@ H heads, E head dim.
 
 from fractalkit.nn.attention import Attention, KVCache
 from fractalkit.nn.blocks import Backbone, LlamaBlock, PreNormBlock, RMSNorm, ViTBlock, make_block
+from fractalkit.nn.init import xavier_init
 from fractalkit.nn.linear import Linear
 from fractalkit.nn.rope import rope_2d_table
 
@@ -21,4 +22,5 @@ __all__ = [
     "ViTBlock",
     "make_block",
     "rope_2d_table",
+    "xavier_init",
 ]

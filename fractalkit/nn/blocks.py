@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fractalkit.nn.attention import Attention, KVCache
+from fractalkit.nn.init import xavier_init
 from fractalkit.nn.linear import Linear
 
 BlockStyle = Literal["vit", "llama"]
@@ -188,6 +189,11 @@ class Backbone(nn.Module):
         self.checkpointing = checkpointing
         #: decode with fixed-shape caches (set by :meth:`fractalkit.Fractal.compile`)
         self.fixed_shape_caches = False
+
+    def reset_parameters(self) -> None:
+        """The original FractalGen's initialisation of the blocks (:func:`xavier_init`); the
+        owning level calls it, in its own initialisation order."""
+        xavier_init(self)
 
     def new_caches(self, batch: int, capacity: int, like: Tensor) -> list[KVCache]:
         """One empty :class:`KVCache` per block for ``batch`` sequences of up to ``capacity``,

@@ -141,7 +141,7 @@ class Partitioner(abc.ABC):
         """
         raise NotImplementedError(
             f"{type(self).__name__} defines no summary (summary_shape is None); a level with a "
-            "summary prefix (guiding_pixel) needs a partitioner that defines one, e.g. ImagePatches"
+            "summary prefix (MARLevelConfig.summary) needs a partitioner that defines one, e.g. ImagePatches"
         )
 
     @abc.abstractmethod

@@ -1,4 +1,4 @@
-"""The guiding-pixel compatibility switch (``MARLevelConfig.guide_input``).
+"""The guiding-pixel compatibility switch (``SummaryConfig.input``, formerly ``guide_input``).
 
 No fixture of the original's guiding-pixel forward exists, so the reference is the original's
 computation emulated on fractalkit's modules (``benchmarks/guiding_pixel_compat.py``): every
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractalkit import MARLevelConfig
+from fractalkit import RGBLeafConfig, SummaryConfig
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "guiding_pixel_compat.py"
 _spec = importlib.util.spec_from_file_location("guiding_pixel_compat", _PATH)
@@ -31,7 +31,7 @@ def test_continuous_switch_reproduces_the_original_leaf_logits():
 def test_switch_changes_scoring_only():
     """Sampling feeds the sampled value either way: same draws from the same seed."""
     rounded = compat.build()
-    switched = compat.build(guide_input="continuous")
+    switched = compat.build(input="continuous")
     switched.load_state_dict(rounded.state_dict())
     draws = [
         m.sample(y=torch.tensor([1, 2]), generator=torch.Generator().manual_seed(0), steps=(2, 2, 2))
@@ -40,6 +40,6 @@ def test_switch_changes_scoring_only():
     assert torch.equal(draws[0], draws[1])
 
 
-def test_guide_input_is_checked():
-    with pytest.raises(ValueError, match="guide_input must be 'rounded' or 'continuous'"):
-        MARLevelConfig(guiding_pixel=True, guide_input="exact")
+def test_summary_input_is_checked():
+    with pytest.raises(ValueError, match="input must be 'rounded' or 'continuous'"):
+        SummaryConfig(RGBLeafConfig(), input="exact")

@@ -27,6 +27,7 @@ from fractalkit import (
     MARLevelConfig,
     RGBLeafConfig,
     SequenceChunks,
+    SummaryConfig,
 )
 from fractalkit.leaves import DiscretizedLogisticLeafConfig, SlotCategoricalLeafConfig
 from fractalkit.partition import GraphEncoding, GraphSubsets
@@ -181,7 +182,7 @@ EXAMPLES: list[Example] = [
                 (ImagePatches(2, (2, 1), channels=2), mar()),
                 (
                     ImagePatches((2, 1), 1, channels=2),
-                    mar(guiding_pixel=True, guide=RGBLeafConfig(width=8, depth=1, heads=2, num_values=2)),
+                    mar(summary=SummaryConfig(RGBLeafConfig(width=8, depth=1, heads=2, num_values=2))),
                 ),
             ],
             RGBLeafConfig(width=8, depth=1, heads=2, num_values=2),
@@ -200,7 +201,7 @@ EXAMPLES: list[Example] = [
             [
                 (
                     ImagePatches((2, 1), 1, channels=2),
-                    mar(guiding_pixel=True, guide=RGBLeafConfig(width=8, depth=1, heads=2, num_values=3)),
+                    mar(summary=SummaryConfig(RGBLeafConfig(width=8, depth=1, heads=2, num_values=3))),
                 ),
             ],
             RGBLeafConfig(width=8, depth=1, heads=2, num_values=3),

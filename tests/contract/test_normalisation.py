@@ -31,18 +31,18 @@ def test_guiding_pixel_joint_is_normalised() -> None:
     """The bound is log p(g) + log p(x | g): summed over x *and* every g it is exactly 1."""
     model = BY_NAME["mar_guide_top"].build(torch.float64)
     level = model.levels[0]
-    assert level.guide is not None
+    assert level.summary is not None
     xs = all_configurations(model.event_shape, model.num_values)  # [C, *event]
     guides = all_configurations((level.event_shape[0],), model.num_values)  # [G, channels]
-    original = level.guide_target
+    original = level.summary.target
     total = []
     try:
         for g in guides:
-            level.guide_target = lambda x, g=g: g.expand(x.shape[0], -1)
+            level.summary.target = lambda x, g=g: g.expand(x.shape[0], -1)
             with torch.no_grad():
                 total.append(model.log_prob(xs, orders="identity").value.logsumexp(0))
     finally:
-        level.guide_target = original
+        level.summary.target = original
     mass = float(torch.stack(total).logsumexp(0).exp())
     assert abs(mass - 1) < 1e-6, mass
 

@@ -148,14 +148,14 @@ def test_guiding_pixel_samples_follow_the_marginal() -> None:
     xs = support(model)
     guides = all_configurations((level.event_shape[0],), model.num_values)  # every guiding pixel
     joint = []
-    original = level.guide_target
+    original = level.summary.target
     try:
         for g in guides:  # log p(g) + log p(x | g) for every x, g
-            level.guide_target = lambda x, g=g: g.expand(x.shape[0], -1)
+            level.summary.target = lambda x, g=g: g.expand(x.shape[0], -1)
             with torch.no_grad():
                 joint.append(model.log_prob(xs, orders="identity").value)
     finally:
-        level.guide_target = original
+        level.summary.target = original
     marginal = torch.stack(joint).logsumexp(0).exp()  # [V**E]
     samples = example.build(torch.float32)
     result = sampler_chi_square(samples, None, num_samples=SAMPLES, seed=3, orders="identity", law=marginal)
