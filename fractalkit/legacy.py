@@ -52,6 +52,8 @@ LEGACY_KEY_RULES += [
     (re.compile(_LEVEL + r"(patch_emb|patch_emb_ln|cond_emb)\."), r"\1.inputs.\2."),
     (re.compile(_LEVEL + r"pix_proj\."), r"\1.summary.proj."),
     (re.compile(_LEVEL + r"guide\."), r"\1.summary.leaf."),
+    # MAR's graph_neighbours became linked_neighbours, its layer the child-token strategy's.
+    (re.compile(_LEVEL + r"graph_proj\."), r"\1.tokens.proj."),
 ]
 
 #: The default ``guide`` of ``MARLevelConfig`` before issue 20 (the paper's guiding-pixel leaf),
@@ -94,7 +96,26 @@ def _mar_summary(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-CONFIG_UPGRADES.append(_mar_summary)
+def _mar_linked_neighbours(config: dict[str, Any]) -> dict[str, Any]:
+    """MAR levels' ``graph_neighbours`` as ``linked_neighbours`` (the links now come from the
+    partitioner, :meth:`fractalkit.Partitioner.links`; same model)."""
+    levels = config.get("levels")
+    if not isinstance(levels, list) or not any(
+        isinstance(e, dict) and isinstance(e.get("level"), dict) and "graph_neighbours" in e["level"]
+        for e in levels
+    ):
+        return config
+    config = copy.deepcopy(config)
+    for entry in config["levels"]:
+        level = entry.get("level") if isinstance(entry, dict) else None
+        if isinstance(level, dict) and level.get("kind") == "mar" and "graph_neighbours" in level:
+            on = level.pop("graph_neighbours")
+            if on:  # left out when false, as today's configs write it
+                level["linked_neighbours"] = on
+    return config
+
+
+CONFIG_UPGRADES += [_mar_summary, _mar_linked_neighbours]
 # ---- end of issue 20, level parts ----------------------------------------------------------------
 
 

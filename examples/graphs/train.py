@@ -16,7 +16,7 @@ V = 2) in a node order; three models (a small ablation):
 - ``ar-randbfs``: the same network, trained on a fresh random-BFS encoding of every graph at
   every step (:func:`fractalkit.partition.random_bfs_encodings`);
 - ``mar-graph``: the top level a MAR level with graph-neighbour conditions
-  (``MARLevelConfig(graph_neighbours=True)``), random-BFS training; scored under the identity
+  (``MARLevelConfig(linked_neighbours=True)``: links from ``GraphSubsets.links``), random-BFS training; scored under the identity
   MAR order (exact for that order).
 
 Metrics: on the test graphs, the canonical-encoding log-likelihood (a lower bound on log p(G))
@@ -97,7 +97,7 @@ def build_model(kind: str, encoding: GraphEncoding, subsets: tuple[int, ...]) ->
     if kind not in MODELS:
         raise ValueError(f"build_model: kind must be one of {MODELS}, got {kind!r}")
     parts = encoding.partitioners(subsets)
-    top = (MARLevelConfig(width=64, depth=2, heads=4, neighbours=False, graph_neighbours=True, embed="table")
+    top = (MARLevelConfig(width=64, depth=2, heads=4, neighbours=False, linked_neighbours=True, embed="table")
            if kind == "mar-graph" else ARLevelConfig(width=64, depth=2, heads=4, embed="table"))
     levels = [top, ARLevelConfig(width=48, depth=1, heads=4, embed="table"),
               ARLevelConfig(width=32, depth=1, heads=4, embed="table")]

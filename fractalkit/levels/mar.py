@@ -8,11 +8,13 @@ order, child j's condition comes from a pass in which the children before it are
 the rest are replaced by a learned mask token. The sequence is
 ``[summary?, cond_emb(c_{T-1}), ..., cond_emb(c_0), t_0, ..., t_{k-1}]`` plus learned
 positions, LayerNorm, the blocks and a final LayerNorm; ``summary`` is the token of the
-optional :class:`fractalkit.levels.summary.SummaryPrefix` (the guiding pixel). Each child receives its own output and, with
-``neighbours``, those of its top, right, bottom and left neighbours (zeros off the grid), or
-with ``graph_neighbours`` (over :class:`fractalkit.partition.GraphSubsets`) the mean output of
-its *known graph neighbours*. The decoding loop is the base class's; this module plans the steps (random order, cosine schedule)
-and computes each step's conditions.
+optional :class:`fractalkit.levels.summary.SummaryPrefix` (the guiding pixel). What each child
+receives is a child-token strategy (:mod:`fractalkit.levels.tokens`): its own output, or with
+``neighbours`` also those of its top, right, bottom and left grid neighbours, or with
+``linked_neighbours`` its own output plus the mean output of the visible children the
+partitioner links to it (:meth:`fractalkit.Partitioner.links`). The decoding loop is the base
+class's; this module plans the steps (random order, cosine schedule) and computes each step's
+conditions.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from fractalkit.config import LevelConfig, register_config
 from fractalkit.levels.base import Level, Step, StepPlan
 from fractalkit.levels.inputs import ChildInputs, EmbedMode
 from fractalkit.levels.summary import SummaryConfig, SummaryPrefix
+from fractalkit.levels.tokens import child_tokens
 from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
-from fractalkit.nn.init import xavier_init
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score
@@ -57,16 +59,15 @@ class MARLevelConfig(LevelConfig):
         attn_dropout, proj_dropout: dropout rates (training only).
         embed: ``"linear"`` or ``"table"`` child embedding (a summary needs linear).
         checkpointing: recompute blocks in the backward pass to save memory.
-        graph_neighbours: over a whole-graph :class:`fractalkit.partition.GraphSubsets`
-            encoding (the top graph level), hand each child 1 condition token: its own output
-            plus a learned linear map of the mean output of the *known* children that share an
-            edge with it (zeros when none), so that an AR level below (which reads one token)
-            sees it. Child i is a known graph neighbour of child j when i is visible
-            in this pass (teacher-forced: unmasked / earlier in the order; decoding: decided)
-            and one of i's node rows holds an edge to a node of j. Only edges stored in known
-            rows are read (edges from j's nodes to earlier nodes sit in j's own, unknown rows),
-            so each condition depends on visible children only and the likelihood stays exact
-            under given orders. Needs ``neighbours=False`` (it replaces the grid neighbours).
+        linked_neighbours: over a partitioner with data-dependent links
+            (:meth:`fractalkit.Partitioner.links`: the partitioner says, from the data, which
+            children are linked), hand each child 1 condition token: its own output plus a learned linear map of the
+            mean output of the *visible* children linked to it (zeros when none), so that an AR
+            level below (which reads one token) sees it. Visible: unmasked / earlier in the
+            order when teacher-forced, decided when decoding. The partitioner reads a link from
+            the later child's values only, so each condition depends on visible children only
+            and the likelihood stays exact under given orders. Needs ``neighbours=False`` (it
+            replaces the grid neighbours).
     """
 
     kind = "mar"
@@ -80,13 +81,13 @@ class MARLevelConfig(LevelConfig):
     proj_dropout: float = 0.0
     embed: EmbedMode = "linear"
     checkpointing: bool = False
-    graph_neighbours: bool = False
+    linked_neighbours: bool = False
 
     def __post_init__(self) -> None:
         check_transformer(self, rope=False)
-        if self.graph_neighbours and self.neighbours:
+        if self.linked_neighbours and self.neighbours:
             raise ValueError(
-                "MARLevelConfig: graph_neighbours replaces the grid neighbours; set neighbours=False"
+                "MARLevelConfig: linked_neighbours replaces the grid neighbours; set neighbours=False"
             )
         if self.summary is not None and not isinstance(self.summary, SummaryConfig):
             raise TypeError(
@@ -97,11 +98,11 @@ class MARLevelConfig(LevelConfig):
             raise ValueError("MARLevelConfig: a summary needs embed='linear'")
 
     def to_dict(self) -> dict:
-        """As :meth:`ComponentConfig.to_dict`, leaving out ``graph_neighbours`` when False, so
-        that the configs (and saved files) of every existing MAR model stay as they were."""
+        """As :meth:`ComponentConfig.to_dict`, leaving out ``linked_neighbours`` when False (the
+        configs of models without it keep the fields they always had)."""
         out = super().to_dict()
-        if not self.graph_neighbours:
-            del out["graph_neighbours"]
+        if not self.linked_neighbours:
+            del out["linked_neighbours"]
         return out
 
     @property
@@ -161,17 +162,6 @@ class MARLevel(Level):
         self.config = config
         k = partitioner.num_children
         self.inputs = ChildInputs.of(self, config.embed)
-        self.register_buffer("neighbours", partitioner.neighbours(), persistent=False)
-        if config.graph_neighbours:
-            from fractalkit.partition.graph import (
-                GraphSubsets,  # a level needs no graph code otherwise
-            )
-
-            if not isinstance(partitioner, GraphSubsets) or partitioner.num_nodes != partitioner.row_width:
-                raise ValueError(
-                    "MARLevel: graph_neighbours needs a GraphSubsets partitioner over a whole graph "
-                    f"(num_nodes == row_width, the top graph level), got {partitioner!r}"
-                )
         self.num_prefix = cond_tokens + int(config.summary is not None)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + k, config.width))
@@ -184,15 +174,17 @@ class MARLevel(Level):
             proj_dropout=config.proj_dropout,
             checkpointing=config.checkpointing,
         )
-        if config.graph_neighbours:  # only then: existing models keep their parameters
-            self.graph_proj = nn.Linear(config.width, config.width)
+        #: how the outputs become each child's condition tokens (own / grid / linked mean)
+        self.tokens = child_tokens(
+            partitioner, config.width, neighbours=config.neighbours,
+            linked=config.linked_neighbours, owner=type(self).__name__,
+        )
         if config.summary is not None:
             self.summary = SummaryPrefix.of(self, config.summary)
         # The original's initialisation, part by part in its order (a seed gives the same weights).
         self.inputs.reset_parameters()
         self.backbone.reset_parameters()
-        if config.graph_neighbours:
-            xavier_init(self.graph_proj)
+        self.tokens.reset_parameters()
         if self.summary is not None:
             self.summary.reset_parameters()
         nn.init.normal_(self.mask_token, std=0.02)
@@ -223,67 +215,6 @@ class MARLevel(Level):
         h = torch.cat([prefix.to(t.dtype), t], dim=1) + self.pos_embed
         h = self.backbone(self.inputs.norm(h), causal=False)
         return h[:, self.num_prefix :]
-
-    def child_conditions(self, h: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        """The condition tokens of children ``(rows, cols)``: own output, then top, right,
-        bottom and left neighbours' (zeros off the grid).
-
-        Args:
-            h: ``[N, k, D]`` outputs at the children's positions.
-            rows, cols: int64 ``[M]``, which children.
-
-        Returns:
-            ``[M, out_tokens, D]``.
-        """
-        if not self.config.neighbours:
-            return h[rows, cols][:, None]
-        # One gather of the M children's tokens only (training masks ~80% of the children):
-        # forming every child's tokens first and then selecting was a second full-size copy.
-        n, k, d = h.shape
-        padded = torch.cat([h, h.new_zeros(n, 1, d)], dim=1)  # index k holds zeros
-        own = torch.arange(k, device=h.device)[:, None]
-        index = torch.cat([own, self.neighbours.where(self.neighbours >= 0, k)], dim=1)  # [k, 5]
-        return padded[rows[:, None], index[cols]]  # [M, 5, D]
-
-    def graph_links(self, children: Tensor) -> Tensor:
-        """Which children share an edge, read from the *later* child's rows only.
-
-        Args:
-            children: int64 ``[N, k, s * W]`` (GraphSubsets children: s node rows of width W).
-
-        Returns:
-            bool ``[N, k, k]``: ``[n, j, i]`` is True when i > j and a node row of child i holds
-            an edge to a node of child j (the rows of child i alone decide it).
-        """
-        p = self.partitioner
-        n_inst, k = children.shape[:2]
-        s, w = p.nodes_per_child, p.row_width  # w == num nodes of the whole graph
-        rows = children.reshape(n_inst, k * s, w)
-        edges = torch.nn.functional.pad(rows[:, :, 1:] != 0, (0, 1))  # [N, a, b]: edge(a, b)
-        edges = edges & torch.ones(w, w, dtype=torch.bool, device=children.device).tril(-1)
-        links = edges.view(n_inst, k, s, k, s).any(4).any(2)  # [N, i, j]
-        links = links & torch.ones(k, k, dtype=torch.bool, device=children.device).tril(-1)
-        return links.transpose(1, 2)  # [N, j, i]
-
-    def graph_tokens(self, h: Tensor, links: Tensor, visible: Tensor) -> Tensor:
-        """Mean output of each child's known graph neighbours.
-
-        Args:
-            h: ``[N, k, D]`` outputs of one pass, or ``[N, k, k, D]`` with ``h[:, j]`` the
-                outputs of child j's own pass (the exact mode's one pass per child).
-            links: bool ``[N, k, k]`` from :meth:`graph_links`.
-            visible: bool ``[N, k]`` (one pass) or ``[N, k, k]`` (``[:, j]``: known in child
-                j's pass), the children known in the pass.
-
-        Returns:
-            ``[N, k, D]`` (zeros for a child without known graph neighbours).
-        """
-        vis = visible[:, None, :] if visible.dim() == 2 else visible
-        weight = (links & vis).to(h.dtype)  # [N, j, i]
-        weight = weight / weight.sum(-1, keepdim=True).clamp(min=1.0)
-        if h.dim() == 4:
-            return torch.einsum("nji,njid->njd", weight, h)
-        return torch.bmm(weight, h)
 
     # ---- scoring ---------------------------------------------------------------------------
 
@@ -322,11 +253,7 @@ class MARLevel(Level):
             masked = masked_subset(orders, count)
         h = self.hidden(children, masked, prefix)
         rows, cols = masked.nonzero(as_tuple=True)  # (instance, child) in lexicographic order
-        if self.config.graph_neighbours:
-            graph = self.graph_tokens(h, self.graph_links(children), ~masked)
-            conds = (h[rows, cols] + self.graph_proj(graph[rows, cols]))[:, None]  # [M, 1, D]
-        else:
-            conds = self.child_conditions(h, rows, cols)  # [M, T', D]
+        conds = self.tokens.select(h, rows, cols, children, ~masked)  # [M, T', D]
         result = self.score_rows(children, rows, cols, conds, ctx, weight)
         if ctx.mode == "estimate":
             result.kind = "estimate"
@@ -348,17 +275,8 @@ class MARLevel(Level):
         # Child c is predicted in pass ranks[n, c]: take that pass's outputs for child c.
         d = h.shape[-1]
         per_child = h.gather(1, ranks[:, :, None, None].expand(n, k, k, d))  # [N, c, k, D]
-        if self.config.graph_neighbours:
-            # pseudo-instance (n, c): child c's pass, in which the children ranked before c are known
-            visible = ranks[:, None, :] < ranks[:, :, None]  # [N, c, i]
-            graph = self.graph_tokens(per_child, self.graph_links(children), visible)  # [N, c, D]
-            own = per_child.diagonal(dim1=1, dim2=2).transpose(1, 2)  # [N, c, D]: child c in its pass
-            conds = (own + self.graph_proj(graph)).reshape(n * k, 1, d)
-            rows = torch.arange(n, device=device).repeat_interleave(k)
-            return self.score_rows(children, rows, step.repeat(n), conds, ctx)
-        conds = self.child_conditions(
-            per_child.reshape(n * k, k, d), torch.arange(n * k, device=device), step.repeat(n)
-        )  # [N*k, T', D]
+        visible = ranks[:, None, :] < ranks[:, :, None]  # [N, c, i]: known in child c's pass
+        conds = self.tokens.select_passes(per_child, children, visible)  # [N*k, T', D]
         rows = torch.arange(n, device=device).repeat_interleave(k)
         return self.score_rows(children, rows, step.repeat(n), conds, ctx)
 
@@ -390,7 +308,4 @@ class MARLevel(Level):
         """One bidirectional pass with the undecided children masked."""
         rows, cols = step.pick.nonzero(as_tuple=True)
         h = self.hidden(children, ~decided, state)
-        if self.config.graph_neighbours:
-            graph = self.graph_tokens(h, self.graph_links(children), decided)
-            return (h[rows, cols] + self.graph_proj(graph[rows, cols]))[:, None]
-        return self.child_conditions(h, rows, cols)
+        return self.tokens.select(h, rows, cols, children, decided)

@@ -117,6 +117,28 @@ class Partitioner(abc.ABC):
         return torch.stack([top, right, bottom, left], dim=1)  # [k, 4]
 
     @property
+    def has_links(self) -> bool:
+        """Whether :meth:`links` gives data-dependent neighbours (False: it returns None)."""
+        return False
+
+    def links(self, children: Tensor) -> Tensor | None:
+        """Data-dependent neighbours of the children, beside the fixed grid :meth:`neighbours`.
+
+        A level may condition a child on the outputs of the children linked to it (e.g. the
+        MAR level's ``linked_neighbours``). A link must be readable from the *earlier-decided*
+        side alone, so that a child's condition depends on visible children only: ``[n, j, i]``
+        may be True only when i > j and child i's own values say that i and j are linked.
+
+        Args:
+            children: int64 ``[N, k, *child_shape]`` (or flattened ``[N, k, P]``).
+
+        Returns:
+            bool ``[N, k, k]`` (``[n, j, i]``: child i is linked to child j), or None when this
+            partitioner defines no links (the default; see :attr:`has_links`).
+        """
+        return None
+
+    @property
     def summary_shape(self) -> tuple[int, ...] | None:
         """Shape of the summary of one instance (see :meth:`summary`); None: no summary defined.
 

@@ -428,6 +428,37 @@ class GraphSubsets(Partitioner):
     def _merge(self, children: Tensor) -> Tensor:
         return children.reshape(children.shape[0], *self.event_shape)  # [N, n * W]
 
+    @property
+    def has_links(self) -> bool:
+        """True over a whole graph (``num_nodes == row_width``, the top graph level): there a
+        row's edge slots name nodes of this instance, so :meth:`links` can read them."""
+        return self.num_nodes == self.row_width
+
+    def links(self, children: Tensor) -> Tensor | None:
+        """Which children share an edge, read from the *later* child's rows only.
+
+        Only edges stored in a child's own rows are read (an edge between nodes a > b is stored
+        in a's row), so a link between j and a later child i is known once i is.
+
+        Args:
+            children: int64 ``[N, k, s * W]`` (node rows of width W).
+
+        Returns:
+            bool ``[N, k, k]``: ``[n, j, i]`` is True when i > j and a node row of child i
+            holds an edge to a node of child j; None below the top graph level (see
+            :attr:`has_links`).
+        """
+        if not self.has_links:
+            return None
+        n_inst, k = children.shape[:2]
+        s, w = self.nodes_per_child, self.row_width  # w == num nodes of the whole graph
+        rows = children.reshape(n_inst, k * s, w)
+        edges = torch.nn.functional.pad(rows[:, :, 1:] != 0, (0, 1))  # [N, a, b]: edge(a, b)
+        edges = edges & torch.ones(w, w, dtype=torch.bool, device=children.device).tril(-1)
+        links = edges.view(n_inst, k, s, k, s).any(4).any(2)  # [N, i, j]
+        links = links & torch.ones(k, k, dtype=torch.bool, device=children.device).tril(-1)
+        return links.transpose(1, 2)  # [N, j, i]
+
     def config(self) -> dict[str, Any]:
         """``{"kind": "graph_subsets", "num_nodes": n, "row_width": W, "subsets": k}``."""
         return {
