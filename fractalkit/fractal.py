@@ -14,7 +14,6 @@ leaf; the conditioner's output for ``c`` (or its learned null condition) is the 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from fractalkit.levels.base import Level
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
+from fractalkit.sampling.canvas import Canvas
 from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext
 from fractalkit.validation import check_log_prob
 
@@ -257,12 +257,13 @@ class Fractal(nn.Module):
         """
         return self.conditioner(c, n, drop=drop, generator=generator)
 
-    def _positions(self, x: Tensor, needed: bool = False) -> Tensor | None:
-        """int64 ``[N, *event]`` flat element indices ``row * D + position``, when the leaf
-        uses them (slot kinds) or ``needed``; None otherwise (the default path tracks nothing)."""
-        if not needed and getattr(self.leaf, "slot_kinds", None) is None:
+    def _canvas(self, x: Tensor, known: Tensor | None = None, needed: bool = False) -> Canvas | None:
+        """The element positions of ``x [N, *event]`` (and, decoding, the decided values from
+        ``known``) when a component declares ``needs_positions`` (a slot-kinds leaf) or
+        ``needed``; None otherwise (the default path tracks nothing)."""
+        if not needed and not any(getattr(g, "needs_positions", False) for g in self.levels):
             return None
-        return torch.arange(x.numel(), device=x.device).view(x.shape)
+        return Canvas.of(x, known)
 
     def _orders(self, orders: OrderSpec | Sequence[OrderSpec]) -> tuple[OrderSpec, ...]:
         return per_level_orders(self.levels[:-1], orders)
@@ -293,7 +294,7 @@ class Fractal(nn.Module):
         c = self._condition(c, y, x.shape[0])
         cond = self.top_condition(c, x.shape[0], drop=self.training, generator=generator)
         score = self.root.score(
-            x.long(), cond, ScoreContext("train", generator=generator, positions=self._positions(x))
+            x.long(), cond, ScoreContext("train", generator=generator, canvas=self._canvas(x))
         )
         dims = score.dims.sum().clamp(min=1)
         nll = -score.logp.sum() / dims
@@ -343,13 +344,13 @@ class Fractal(nn.Module):
             raise ValueError(f"Fractal.log_prob: num_draws must be a positive integer, got {num_draws}")
         x = x.long()
         cond = self.top_condition(c, x.shape[0])
-        positions = self._positions(x)
+        canvas = self._canvas(x)
         if orders is not None or not self._has_orders():
-            ctx = ScoreContext("exact", generator=generator, orders=self._orders(orders), positions=positions)
+            ctx = ScoreContext("exact", generator=generator, orders=self._orders(orders), canvas=canvas)
             score = self.root.score(x, cond, ctx)
             check_log_prob("Fractal.log_prob", score.logp, self)
             return LogProb(score.logp, score.kind)
-        ctx = ScoreContext("estimate", generator=generator, orders=self._orders(None), positions=positions)
+        ctx = ScoreContext("estimate", generator=generator, orders=self._orders(None), canvas=canvas)
         draws = [self.root.score(x, cond, ctx) for _ in range(num_draws)]
         values = torch.stack([d.logp for d in draws])  # [draws, N]
         check_log_prob("Fractal.log_prob", values, self)
@@ -381,7 +382,7 @@ class Fractal(nn.Module):
         self.root.check_x(x)
         c = self._condition(c, None, x.shape[0])
         cond = self.top_condition(c, x.shape[0])
-        ctx = ScoreContext("masks", masks=tuple(masks), positions=self._positions(x))
+        ctx = ScoreContext("masks", masks=tuple(masks), canvas=self._canvas(x))
         score = self.root.score(x.long(), cond, ctx)
         return LogProb(score.logp, "estimate")
 
@@ -413,15 +414,11 @@ class Fractal(nn.Module):
         if guided:  # the unconditional half reads the null condition
             cond = torch.cat([cond, self.top_condition(None, n).to(cond.dtype)])
             x, known = x.repeat(2, *([1] * (x.dim() - 1))), known.repeat(2, *([1] * (x.dim() - 1)))
+        # The leaf records what it decides on the canvas, for later elements and the constraint.
         ctx = DecodeContext(
-            options, generator, guided, scale=options.guidance, force=force, orders=self._orders(orders)
+            options, generator, guided, scale=options.guidance, force=force, orders=self._orders(orders),
+            canvas=self._canvas(x, known, needed=options.constraint is not None),
         )
-        positions = self._positions(x, needed=options.constraint is not None)
-        if positions is not None:  # the leaf writes what it decides to a canvas later ones read
-            ctx = dataclasses.replace(
-                ctx, positions=positions, canvas=x.reshape(x.shape[0], self.num_dims).clone(),
-                canvas_decided=known.reshape(x.shape[0], self.num_dims).clone(),
-            )
         out, logp = self.root.decode(x, known, cond, ctx)
         return out[:n], logp[:n]
 

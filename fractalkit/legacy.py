@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 __all__ = [
     "CONFIG_UPGRADES",
     "LEGACY_KEY_RULES",
+    "LEGACY_STATE_RULES",
     "state_dict_pre_hook",
     "upgrade_config",
     "upgrade_key",
@@ -116,6 +117,31 @@ def _mar_linked_neighbours(config: dict[str, Any]) -> dict[str, Any]:
 
 
 CONFIG_UPGRADES += [_mar_summary, _mar_linked_neighbours]
+
+
+# A rename that a key alone cannot decide: the slot-kinds leaf became a wrapper
+# (fractalkit.leaves.SlotKindsLeaf) around the leaf it restricts, so a slot-kinds leaf's own
+# parameters (``<leaf>.norm.*``, ``<leaf>.head.*`` beside ``<leaf>.slot_embed.weight``) moved to
+# ``<leaf>.leaf.*``; a plain categorical leaf keeps ``<leaf>.head.*``. Such rules see the whole
+# dict (after LEGACY_KEY_RULES) and must leave today's dicts unchanged.
+def _slot_kinds_wrapper(state: dict[str, T]) -> dict[str, T]:
+    """Move the wrapped leaf's parameters of every old slot-kinds leaf under ``leaf.``."""
+    owners = [k[: -len("slot_embed.weight")] for k in state if k.endswith("slot_embed.weight")]
+    if not owners:
+        return state
+    out: dict[str, T] = {}
+    for key, value in state.items():
+        owner = next((o for o in owners if key.startswith(o)), None)
+        rest = key[len(owner):] if owner is not None else ""
+        if owner is not None and not rest.startswith(("slot_embed.", "leaf.")):
+            key = f"{owner}leaf.{rest}"
+        out[key] = value
+    return out
+
+
+#: ``state dict -> state dict`` conversions that need several keys at once, applied in order
+#: after :data:`LEGACY_KEY_RULES` by :func:`upgrade_state_dict`.
+LEGACY_STATE_RULES: list[Callable[[dict[str, Any]], dict[str, Any]]] = [_slot_kinds_wrapper]
 # ---- end of issue 20, level parts ----------------------------------------------------------------
 
 
@@ -150,6 +176,8 @@ def upgrade_state_dict(state: Mapping[str, T], prefix: str = "") -> dict[str, T]
                 "(an old and a new spelling of one parameter?)"
             )
         out[new] = value
+    for rule in LEGACY_STATE_RULES:  # issue 20 (branch core): renames a key alone cannot decide
+        out = rule(out)
     return out
 
 

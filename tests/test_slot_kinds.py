@@ -12,7 +12,7 @@ import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig, SampleOptions
 from fractalkit.config import config_from_dict
-from fractalkit.leaves import SlotCategoricalLeafConfig, SlotKinds
+from fractalkit.leaves import SlotCategoricalLeafConfig, SlotKinds, SlotKindsLeaf
 from fractalkit.partition import GraphEncoding, SequenceChunks
 from fractalkit.testing import (
     check_config_round_trip,
@@ -89,9 +89,9 @@ def test_save_load_and_config_round_trip(tmp_path):
 def test_default_leaf_unchanged():
     """Without slot kinds no position is tracked and the leaf has no extra parameters."""
     plain = graph_fractal(GraphEncoding(2, 2, 1), slots=False)
-    assert plain.leaf.slot_kinds is None
+    assert not isinstance(plain.leaf, SlotKindsLeaf) and not plain.leaf.needs_positions
     assert not any("slot" in name for name, _ in plain.named_parameters())
-    assert plain._positions(torch.zeros(2, 4, dtype=torch.long)) is None
+    assert plain._canvas(torch.zeros(2, 4, dtype=torch.long)) is None
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,12 @@ from fractalkit.leaves.base import Leaf
 from fractalkit.leaves.categorical import CategoricalLeaf, CategoricalLeafConfig
 from fractalkit.leaves.logistic import DiscretizedLogisticLeaf, DiscretizedLogisticLeafConfig
 from fractalkit.leaves.rgb import RGBLeaf, RGBLeafConfig
-from fractalkit.leaves.slots import SlotCategoricalLeaf, SlotCategoricalLeafConfig, SlotKinds
+from fractalkit.leaves.slots import (
+    SlotCategoricalLeaf,
+    SlotCategoricalLeafConfig,
+    SlotKinds,
+    SlotKindsLeaf,
+)
 
 __all__ = [
     "CategoricalLeaf",
@@ -17,4 +22,5 @@ __all__ = [
     "SlotCategoricalLeaf",
     "SlotCategoricalLeafConfig",
     "SlotKinds",
+    "SlotKindsLeaf",
 ]

@@ -9,7 +9,7 @@ import abc
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -20,16 +20,15 @@ from fractalkit.sampling.options import DecodeContext, ScoreContext
 from fractalkit.sampling.rng import sample_categorical
 from fractalkit.validation import check_integer, check_probabilities
 
-if TYPE_CHECKING:
-    from fractalkit.leaves.slots import SlotKinds
-
 
 class Leaf(AbstractGenerator):
     """A generator with no child: categorical distributions over its E elements.
 
     Subclasses implement :meth:`element_logits`; element e's logits may depend on the condition
     and, when ``autoregressive`` is True, on elements ``< e`` only. Scoring, sampling, guidance and
-    completion are shared here.
+    completion are shared here. A leaf may restrict each element's values and adjust the
+    condition per call (:meth:`prepare`; e.g. :class:`fractalkit.leaves.SlotKindsLeaf`, which
+    wraps another leaf).
 
     Args:
         event_shape: shape of one instance (E = its number of elements).
@@ -41,6 +40,9 @@ class Leaf(AbstractGenerator):
     """
 
     autoregressive: ClassVar[bool] = False
+    #: whether the leaf reads its elements' positions (``ctx.canvas``); :class:`fractalkit.Fractal`
+    #: tracks positions only when a component declares it
+    needs_positions: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -70,53 +72,23 @@ class Leaf(AbstractGenerator):
         #: while :meth:`recording` is active: the per-element log-probabilities of every score
         self._records: list[Tensor] | None = None
         self._keep_graph = False
-        #: per-element slot kinds and their allowed values (opt-in: :meth:`use_slot_kinds`)
-        self.slot_kinds: SlotKinds | None = None
 
-    def use_slot_kinds(self, slot_kinds: SlotKinds) -> None:
-        """Opt in to slot kinds: each element of the top-level instance has a kind with a set
-        of allowed values; the leaf's distribution is normalised over the allowed values only
-        (a kind with one allowed value, a structural zero, has probability 1) and a learned
-        embedding of the kinds of the instance's elements is added to the condition.
+    def prepare(self, cond: Tensor, ctx: ScoreContext | DecodeContext, rows: int) -> tuple[Tensor, Tensor | None]:
+        """The condition the element logits read and the values each element may take, per call.
 
-        Call it from a subclass's ``__init__`` (after ``super().__init__``); the model must then
-        be scored and sampled through :class:`fractalkit.Fractal`, which tracks each element's
-        position (see :attr:`fractalkit.sampling.options.ScoreContext.positions`).
+        The default: ``cond`` unchanged, every value allowed. A leaf that overrides it (slot
+        kinds) gets each element's distribution normalised over its allowed values only.
 
         Args:
-            slot_kinds: the kinds (one per element of the *top-level* event, flattened) and
-                each kind's allowed values.
+            cond: ``[M, T, D]``.
+            ctx: the call's context (``ctx.canvas`` holds element positions when
+                :attr:`needs_positions`).
+            rows: M.
 
-        Raises:
-            ValueError: if an allowed value is outside ``[0, V)``.
+        Returns:
+            ``([M, T, D] condition, bool [M, E, V] allowed values or None for all)``.
         """
-        slot_kinds.check(self.num_values)
-        self.slot_kinds = slot_kinds
-        # Not persistent: derived from the config.
-        self.register_buffer("slot_kind_of", torch.tensor(slot_kinds.element_kinds, dtype=torch.long),
-                             persistent=False)  # [D]
-        self.register_buffer("slot_allowed", slot_kinds.allowed_mask(self.num_values),
-                             persistent=False)  # [K, V]
-        e, k = self.num_elements, slot_kinds.num_kinds
-        self.slot_embed = torch.nn.Embedding(e * k, self.cond_dim)  # a vector per (element, kind)
-        torch.nn.init.normal_(self.slot_embed.weight, std=0.02)
-        self.register_buffer("slot_offset", torch.arange(e) * k, persistent=False)
-
-    def _slot_kinds_of(self, positions: Tensor | None, rows: int) -> Tensor:
-        """int64 ``[M, E]`` kinds of the elements at ``positions`` (flat canvas indices)."""
-        if positions is None:
-            raise ValueError(
-                f"{type(self).__name__}: this leaf has slot kinds and needs each element's "
-                "position; score and sample it through fractalkit.Fractal (log_prob, loss, "
-                "sample), which tracks them"
-            )
-        d = self.slot_kind_of.shape[0]
-        return self.slot_kind_of[positions.reshape(rows, self.num_elements) % d]
-
-    def _with_slot_kinds(self, cond: Tensor, kinds: Tensor) -> Tensor:
-        """``cond [M, T, D]`` plus the embedding of the elements' kinds ``[M, E]`` (every token)."""
-        emb = self.slot_embed(kinds + self.slot_offset).sum(1)  # [M, D]
-        return cond + emb[:, None].to(cond.dtype)
+        return cond, None
 
     @contextlib.contextmanager
     def recording(self, *, keep_graph: bool = False) -> Iterator[list[Tensor]]:
@@ -180,13 +152,12 @@ class Leaf(AbstractGenerator):
     def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
         """Exact log-probabilities of ``x [M, *event]``; see :meth:`AbstractGenerator.score`."""
         flat = x.reshape(x.shape[0], self.num_elements)  # [M, E] (explicit E: M may be 0)
-        if self.slot_kinds is None:
+        cond, allowed = self.prepare(cond, ctx, flat.shape[0])
+        if allowed is None:
             lp = self.observed_log_probs(flat, cond)  # [M, E]
         else:  # normalised over each element's allowed values only
-            kinds = self._slot_kinds_of(ctx.positions, flat.shape[0])  # [M, E]
-            logits = self.element_logits(flat, self._with_slot_kinds(cond, kinds))  # [M, E, V]
-            logits = logits.to(accumulation_dtype(logits.dtype))
-            logits = logits.masked_fill(~self.slot_allowed[kinds], -math.inf)
+            logits = self.element_logits(flat, cond)  # [M, E, V]
+            logits = logits.to(accumulation_dtype(logits.dtype)).masked_fill(~allowed, -math.inf)
             lp = logits.log_softmax(-1).gather(-1, flat[..., None]).squeeze(-1)
         acc = lp.dtype
         if self._records is not None:
@@ -226,13 +197,11 @@ class Leaf(AbstractGenerator):
         opts = ctx.options
         logp = torch.zeros(half, dtype=accumulation_dtype(cond.dtype), device=cond.device)
         elements = range(cur.shape[1]) if self.autoregressive else [None]
-        allowed = None
-        if self.slot_kinds is not None:
-            kinds = self._slot_kinds_of(ctx.positions, rows)  # [R, E]
-            cond = self._with_slot_kinds(cond, kinds)
-            allowed = self.slot_allowed[kinds[:half]]  # [M', E, V]
-        positions = None if ctx.positions is None else ctx.positions.reshape(rows, self.num_elements)
-        constraint = None if ctx.force or positions is None else opts.constraint
+        cond, allowed = self.prepare(cond, ctx, rows)
+        allowed = None if allowed is None else allowed[:half]  # [M', E, V]
+        canvas = ctx.canvas  # positions and decided values, when tracked
+        positions = None if canvas is None else canvas.flat_positions(rows)  # [M, E]
+        constraint = None if ctx.force or canvas is None else opts.constraint
         for e in elements:
             logits = self.element_logits(cur, cond)  # [M, E, V]
             if e is not None:
@@ -247,7 +216,10 @@ class Leaf(AbstractGenerator):
             cols = slice(e, e + 1) if e is not None else slice(None)
             mask = None if allowed is None else allowed[:, cols]
             if constraint is not None:
-                mask = self._constrain(constraint, ctx, positions[:half, cols], mask)
+                mask = canvas.allowed(
+                    constraint, positions[:half, cols], self.num_values, mask,
+                    owner=f"{type(self).__name__} (level {ctx.depth})",
+                )
             if mask is not None:
                 shaped = shaped.masked_fill(~mask, -math.inf)
             logprobs = shaped.log_softmax(-1)
@@ -264,30 +236,8 @@ class Leaf(AbstractGenerator):
             lp = logprobs.gather(-1, value[..., None]).squeeze(-1)  # [M', e]
             logp = logp + torch.where(decided, lp, torch.zeros_like(lp)).sum(-1).to(logp.dtype)
             cur[:, cols] = value.repeat(rows // half if half else 1, 1)  # no rows: no copies
-            if ctx.canvas is not None and positions is not None:  # what later elements see
-                ctx.canvas.view(-1)[positions[:, cols].reshape(-1)] = cur[:, cols].reshape(-1)
-                ctx.canvas_decided.view(-1)[positions[:, cols].reshape(-1)] = True
+            if canvas is not None:  # what later elements (and the constraint) see
+                canvas.record(positions[:, cols], cur[:, cols])
         if ctx.guided:
             logp = logp.repeat(2)
         return cur.view_as(x), logp
-
-    def _constrain(self, constraint, ctx: DecodeContext, positions: Tensor, mask: Tensor | None) -> Tensor:
-        """The allowed values ``[M', e, V]`` of ``options.constraint`` (and ``mask``), checked."""
-        d = ctx.canvas.shape[1]
-        rows = positions[:, 0] // d  # [M']: each leaf row is one canvas row
-        allowed = constraint(ctx.canvas[rows], ctx.canvas_decided[rows], positions % d)
-        want = (*positions.shape, self.num_values)
-        if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool or tuple(allowed.shape) != want:
-            raise ValueError(
-                f"SampleOptions.constraint must return a bool tensor of shape {list(want)} "
-                f"(rows, elements, values), got {getattr(allowed, 'dtype', type(allowed))} "
-                f"{list(getattr(allowed, 'shape', []))}"
-            )
-        if mask is not None:
-            allowed = allowed & mask
-        if positions.shape[0] and not bool(allowed.any(-1).all()):
-            raise ValueError(
-                f"{type(self).__name__} (level {ctx.depth}): the sampling constraint (with the "
-                "slot kinds) allows no value for some element; it must allow at least one"
-            )
-        return allowed

@@ -13,8 +13,11 @@ zero elsewhere. An element whose kind allows one value has probability exactly 1
 the model spends nothing on structural zeros. The likelihood stays a normalised distribution
 over the restricted support (the tensors whose every element holds an allowed value).
 
-The element's kind is looked up from its position in the top-level instance, which
-:class:`fractalkit.Fractal` tracks through every level (the same splits the data goes through).
+:class:`SlotKindsLeaf` wraps any leaf with this; :class:`SlotCategoricalLeaf` is the wrapper
+around a :class:`~fractalkit.CategoricalLeaf` that :class:`SlotCategoricalLeafConfig` builds. The
+element's kind is looked up from its position in the top-level instance: the wrapper declares
+``needs_positions``, so :class:`fractalkit.Fractal` tracks positions through every level (the same
+splits the data goes through) in a :class:`fractalkit.sampling.canvas.Canvas`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fractalkit.config import register_config
+from fractalkit.leaves.base import Leaf
 from fractalkit.leaves.categorical import CategoricalLeaf, CategoricalLeafConfig
+from fractalkit.sampling.options import DecodeContext, ScoreContext
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +116,75 @@ class SlotKinds:
         return mask[kinds[None].expand_as(flat), flat].all(1)
 
 
-class SlotCategoricalLeaf(CategoricalLeaf):
-    """A :class:`CategoricalLeaf` with :class:`SlotKinds`: kind embeddings in the condition, and
-    each element normalised over its kind's allowed values. Its likelihood is exact.
+class SlotKindsLeaf(Leaf):
+    """Wraps a leaf with :class:`SlotKinds`: a learned embedding of the elements' kinds is added
+    to the condition, and each element is normalised over its kind's allowed values. Its
+    likelihood is exact when the wrapped leaf's is.
+
+    The wrapped leaf supplies the logits (:meth:`element_logits`); scoring, sampling, guidance
+    and constraints are the leaf base's, restricted through :meth:`prepare`.
+
+    Args:
+        leaf: the wrapped leaf (its event shape, condition and values are the wrapper's).
+        slot_kinds: the kinds of the top-level instance's elements and their allowed values.
+
+    Raises:
+        ValueError: an allowed value outside the leaf's ``[0, V)``.
+
+    Attributes:
+        leaf: the wrapped leaf.
+        slot_kinds: the :class:`SlotKinds`.
+        slot_embed: ``nn.Embedding(E * K, D)``, a vector per (element, kind), N(0, 0.02).
+    """
+
+    needs_positions = True
+
+    def __init__(self, leaf: Leaf, slot_kinds: SlotKinds) -> None:
+        super().__init__(leaf.event_shape, leaf.cond_dim, leaf.cond_tokens, leaf.num_values,
+                         leaf.channel_weights)
+        slot_kinds.check(self.num_values)
+        self.leaf = leaf
+        self.autoregressive = leaf.autoregressive  # the element loop follows the wrapped leaf
+        self.slot_kinds = slot_kinds
+        # Not persistent: derived from the config.
+        self.register_buffer("slot_kind_of", torch.tensor(slot_kinds.element_kinds, dtype=torch.long),
+                             persistent=False)  # [D]
+        self.register_buffer("slot_allowed", slot_kinds.allowed_mask(self.num_values),
+                             persistent=False)  # [K, V]
+        e, k = self.num_elements, slot_kinds.num_kinds
+        self.slot_embed = nn.Embedding(e * k, self.cond_dim)  # a vector per (element, kind)
+        nn.init.normal_(self.slot_embed.weight, std=0.02)
+        self.register_buffer("slot_offset", torch.arange(e) * k, persistent=False)
+
+    def element_logits(self, x: Tensor, cond: Tensor) -> Tensor:
+        """The wrapped leaf's logits ``[M, E, V]`` (``cond`` already holds the kind embedding)."""
+        return self.leaf.element_logits(x, cond)
+
+    def kinds(self, ctx: ScoreContext | DecodeContext, rows: int) -> Tensor:
+        """int64 ``[M, E]``: the kinds of the elements of this call's ``rows`` instances.
+
+        Raises:
+            ValueError: the call tracks no positions (not run through :class:`fractalkit.Fractal`).
+        """
+        if ctx.canvas is None:
+            raise ValueError(
+                f"{type(self).__name__}: this leaf has slot kinds and needs each element's "
+                "position; score and sample it through fractalkit.Fractal (log_prob, loss, "
+                "sample), which tracks them"
+            )
+        d = self.slot_kind_of.shape[0]
+        return self.slot_kind_of[ctx.canvas.flat_positions(rows) % d]
+
+    def prepare(self, cond: Tensor, ctx: ScoreContext | DecodeContext, rows: int) -> tuple[Tensor, Tensor]:
+        """``cond`` plus the embedding of the elements' kinds (every token), and the kinds'
+        allowed values ``[M, E, V]``."""
+        kinds = self.kinds(ctx, rows)  # [M, E]
+        emb = self.slot_embed(kinds + self.slot_offset).sum(1)  # [M, D]
+        return cond + emb[:, None].to(cond.dtype), self.slot_allowed[kinds]
+
+
+class SlotCategoricalLeaf(SlotKindsLeaf):
+    """A :class:`CategoricalLeaf` wrapped with :class:`SlotKinds` (see :class:`SlotKindsLeaf`).
 
     Args:
         event_shape: shape of one leaf instance.
@@ -133,8 +204,9 @@ class SlotCategoricalLeaf(CategoricalLeaf):
         slot_kinds: SlotKinds,
         channel_weights: tuple[float, ...] | None = None,
     ) -> None:
-        super().__init__(event_shape, cond_dim, cond_tokens, num_values, channel_weights)
-        self.use_slot_kinds(slot_kinds)
+        super().__init__(
+            CategoricalLeaf(event_shape, cond_dim, cond_tokens, num_values, channel_weights), slot_kinds
+        )
 
 
 @register_config

@@ -31,6 +31,7 @@ from fractalkit.levels.summary import SummaryPrefix
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
+from fractalkit.sampling.canvas import Canvas
 from fractalkit.sampling.options import DecodeContext, ScoreContext
 
 
@@ -317,24 +318,24 @@ class Level(AbstractGenerator):
         Returns:
             A :class:`Score` of N rows.
         """
-        positions = self.child_positions(ctx.positions, rows, cols)
-        sub = self.child.score(self.child_rows(children[rows, cols]), conds, ctx.down(positions))
+        canvas = self.child_canvas(ctx.canvas, rows, cols)
+        sub = self.child.score(self.child_rows(children[rows, cols]), conds, ctx.down(canvas))
         return sub.reduce_to(rows, children.shape[0], weight)
 
-    def child_positions(self, positions: Tensor | None, rows: Tensor, cols: Tensor) -> Tensor | None:
-        """The element positions of children ``[rows, cols]`` (see
-        :attr:`fractalkit.sampling.options.DecodeContext.positions`), or None when not tracked.
+    def child_canvas(self, canvas: Canvas | None, rows: Tensor, cols: Tensor) -> Canvas | None:
+        """The canvas view of children ``[rows, cols]`` (see
+        :attr:`fractalkit.sampling.options.DecodeContext.canvas`), or None when not tracked.
 
         Args:
-            positions: int64 ``[N, *event]`` or None.
+            canvas: this level's view (positions ``[N, *event]``) or None.
             rows, cols: int64 ``[M]``.
 
         Returns:
-            int64 ``[M, *child_event]`` or None.
+            The view with positions int64 ``[M, *child_event]``, or None.
         """
-        if positions is None:
+        if canvas is None:
             return None
-        return self.child_rows(self.split(positions)[rows, cols])
+        return canvas.at(self.child_rows(self.split(canvas.positions)[rows, cols]))
 
     # ---- the one scoring path and the one decoding loop ----------------------------------------
 
@@ -381,7 +382,7 @@ class Level(AbstractGenerator):
                     self.child_rows(children[r, c]),
                     self.child_rows(child_known[r, c]),
                     conds,
-                    ctx.down(scale, self.child_positions(ctx.positions, r, c)),
+                    ctx.down(scale, self.child_canvas(ctx.canvas, r, c)),
                 )
                 children[r, c] = sub_x.flatten(1)
                 logp.index_add_(0, r, sub_logp.to(logp.dtype))

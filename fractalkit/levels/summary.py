@@ -203,7 +203,7 @@ class SummaryPrefix(nn.Module):
             kind ``"bound"``.
         """
         g = self.target(x)
-        s = self.leaf.score(g, cond, dataclasses.replace(ctx, positions=None))
+        s = self.leaf.score(g, cond, dataclasses.replace(ctx, canvas=None))  # no canvas element
         zeros = torch.zeros_like(s.logp)
         token = self.token(g if self.input == "rounded" else self.continuous(x))
         if ctx.mode == "train":  # an auxiliary objective, not part of the data's NLL
@@ -222,7 +222,7 @@ class SummaryPrefix(nn.Module):
         Returns:
             The token ``[R, 1, D]`` and ``[R]`` log-probabilities of the decided summaries.
         """
-        ctx = dataclasses.replace(ctx, positions=None)  # the summary is no element of the canvas
+        ctx = dataclasses.replace(ctx, canvas=None)  # the summary is no element of the canvas
         if ctx.force:
             g = self.target(x)
             g, logp = self.leaf.decode(g, torch.ones_like(g, dtype=torch.bool), cond, ctx)

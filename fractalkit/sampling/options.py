@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from fractalkit.sampling.canvas import Canvas
 from fractalkit.sampling.schedules import GuidanceSchedule, guidance_at
 from fractalkit.validation import check_finite_number
 
@@ -139,14 +140,11 @@ class DecodeContext:
         depth: how many levels lie above (0 = top); for error messages only.
         steps_per_level: decoding steps per level from this one down (None entries: one child
             per step); None reads ``options.steps`` (top level first).
-        positions: int64, the shape of the instances this level decodes (``[R, *event]``):
-            each element's flat index ``row * D + position`` in :attr:`canvas` (D elements per
-            top-level instance), or None. Set by :class:`fractalkit.Fractal` only when the leaf
-            uses element positions (slot kinds) or ``options.constraint`` is given; a level
-            hands its children theirs (:meth:`down`).
-        canvas: int64 ``[R, D]``, the top-level instances being decoded, written by the leaf
-            as it decides elements (shared by every level; None when ``positions`` is).
-        canvas_decided: bool ``[R, D]``, which canvas elements hold final values.
+        canvas: the element positions of the rows this level decodes and the values decided
+            so far (:class:`fractalkit.sampling.canvas.Canvas`), or None. Made by
+            :class:`fractalkit.Fractal` only when a component declares ``needs_positions``
+            (a slot-kinds leaf) or ``options.constraint`` is given; a level hands its children
+            their view (:meth:`down`).
     """
 
     options: SampleOptions
@@ -158,13 +156,17 @@ class DecodeContext:
     is_top: bool = True
     depth: int = 0
     steps_per_level: tuple[int | None, ...] | None = None
-    positions: Tensor | None = field(default=None, compare=False)
-    canvas: Tensor | None = field(default=None, compare=False)
-    canvas_decided: Tensor | None = field(default=None, compare=False)
+    canvas: Canvas | None = field(default=None, compare=False)
 
-    def down(self, scale: float | None = None, positions: Tensor | None = None) -> DecodeContext:
+    @property
+    def positions(self) -> Tensor | None:
+        """int64 ``[R, *event]`` element positions of this level's rows (``canvas.positions``),
+        or None when not tracked."""
+        return None if self.canvas is None else self.canvas.positions
+
+    def down(self, scale: float | None = None, canvas: Canvas | None = None) -> DecodeContext:
         """The context for the child level, optionally with a new guidance scale and the
-        child rows' element positions (see :attr:`positions`; None when not tracked)."""
+        child rows' canvas view (see :attr:`canvas`; None when not tracked)."""
         return dataclasses.replace(
             self,
             depth=self.depth + 1,
@@ -172,7 +174,7 @@ class DecodeContext:
             scale=self.scale if scale is None else scale,
             orders=self.orders[1:],
             steps_per_level=self._steps_tuple()[1:],
-            positions=positions,
+            canvas=canvas,
         )
 
     def _steps_tuple(self) -> tuple[int | None, ...]:
@@ -238,9 +240,9 @@ class ScoreContext:
         masks: per level from this one down, bool ``[n, k]`` (True = masked = scored and
             passed down), for ``"masks"``.
         depth: how many levels lie above (0 = top); for error messages only.
-        positions: int64, the shape of the instances this level scores: each element's flat
-            index ``row * D + position`` in the top-level batch (D elements per instance), or
-            None; as in :class:`DecodeContext` (set only for leaves with slot kinds).
+        canvas: the element positions of the rows this level scores (a
+            :class:`fractalkit.sampling.canvas.Canvas` without values), or None; as in
+            :class:`DecodeContext` (made only when a component declares ``needs_positions``).
     """
 
     mode: ScoreMode
@@ -248,13 +250,18 @@ class ScoreContext:
     orders: tuple[OrderSpec, ...] = ()
     masks: tuple[Tensor | None, ...] = ()
     depth: int = 0
-    positions: Tensor | None = field(default=None, compare=False)
+    canvas: Canvas | None = field(default=None, compare=False)
 
-    def down(self, positions: Tensor | None = None) -> ScoreContext:
-        """The context for the child level (with the child rows' element positions, if tracked)."""
+    @property
+    def positions(self) -> Tensor | None:
+        """int64 ``[N, *event]`` element positions of this level's rows, or None."""
+        return None if self.canvas is None else self.canvas.positions
+
+    def down(self, canvas: Canvas | None = None) -> ScoreContext:
+        """The context for the child level (with the child rows' canvas view, if tracked)."""
         return dataclasses.replace(
             self, depth=self.depth + 1, orders=self.orders[1:], masks=self.masks[1:],
-            positions=positions,
+            canvas=canvas,
         )
 
     def order(self) -> OrderSpec:
