@@ -5,12 +5,22 @@ Shape letters: N instances, D elements per instance, V values, E leaf elements.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig, SampleOptions
+from fractalkit import (
+    ARLevelConfig,
+    CategoricalLeafConfig,
+    Fractal,
+    LeafConfig,
+    MARLevelConfig,
+    RGBLeaf,
+    SampleOptions,
+    register_config,
+)
 from fractalkit.config import config_from_dict
 from fractalkit.leaves import SlotCategoricalLeafConfig, SlotKinds, SlotKindsLeaf
 from fractalkit.partition import GraphEncoding, SequenceChunks
@@ -123,6 +133,60 @@ def test_slot_leaf_needs_positions():
 
     with pytest.raises(ValueError, match="needs each element's position"):
         model.leaf.score(torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1, 16), ScoreContext("exact"))
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class _SlotRGBConfig(LeafConfig):
+    """Slot kinds around an autoregressive RGB leaf: the wrapper takes any leaf."""
+
+    kind = "slot_rgb_tests"
+    num_values: int = 3
+    element_kinds: tuple[int, ...] = ()
+    allowed_values: tuple[tuple[int, ...], ...] = ()
+
+    def build(self, event_shape, cond_dim, cond_tokens):
+        rgb = RGBLeaf(event_shape, cond_dim, cond_tokens, self.num_values, width=8, depth=1, heads=2)
+        return SlotKindsLeaf(rgb, SlotKinds(self.element_kinds, self.allowed_values))
+
+
+def test_slot_kinds_wrap_any_leaf():
+    """An autoregressive RGB leaf over 2 elements per leaf instance, wrapped: still normalised
+    over the restricted support, and only the wrapper knows about slot kinds."""
+    enc = GraphEncoding(2, 2, 1)
+    cfg = enc.slot_kinds_config()
+    leaf = _SlotRGBConfig(num_values=cfg["num_values"], element_kinds=tuple(cfg["element_kinds"]),
+                          allowed_values=tuple(tuple(v) for v in cfg["allowed_values"]))
+    torch.manual_seed(0)
+    model = Fractal([(SequenceChunks(4, 2), ARLevelConfig(width=16, depth=1, heads=4, embed="table"))], leaf=leaf)
+    model = roughen(model, seed=0, scale=0.4).eval()
+    assert isinstance(model.leaf, SlotKindsLeaf) and isinstance(model.leaf.leaf, RGBLeaf)
+    assert model.leaf.autoregressive and not hasattr(model.leaf.leaf, "slot_embed")
+    check_normalisation(model)
+    with torch.no_grad():
+        lp = model.log_prob(support(model)).value
+    inside = model.leaf.slot_kinds.support_mask(support(model))
+    assert bool(torch.isneginf(lp[~inside]).all()) and math.isclose(float(lp[inside].exp().sum()), 1.0, abs_tol=1e-5)
+
+
+def test_canvas_only_when_something_needs_it():
+    """Positions are tracked for a slot-kinds leaf or a constraint, never otherwise."""
+    plain = graph_fractal(GraphEncoding(2, 2, 1), slots=False)
+    x = torch.zeros(2, 4, dtype=torch.long)
+    assert plain._canvas(x) is None and plain._canvas(x, needed=True) is not None
+    slots = graph_fractal(GraphEncoding(2, 2, 1))
+    canvas = slots._canvas(x, torch.zeros_like(x, dtype=torch.bool))
+    assert canvas.positions.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]] and canvas.num_elements == 4
+    view = canvas.at(canvas.positions[:, 2:])
+    view.record(view.flat_positions(2), torch.tensor([[1, 2], [2, 1]]))  # shared by every view
+    calls = []
+
+    def constraint(values, decided, positions):  # what a constraint sees: the shared canvas
+        calls.append((values.tolist(), decided.tolist(), positions.tolist()))
+        return torch.ones(*positions.shape, 3, dtype=torch.bool)
+
+    assert canvas.allowed(constraint, torch.tensor([[0], [4]]), 3).shape == (2, 1, 3)
+    assert calls == [([[0, 0, 1, 2], [0, 0, 2, 1]], [[False, False, True, True]] * 2, [[0], [0]])]
 
 
 # ---- sampling constraints ----------------------------------------------------------------------

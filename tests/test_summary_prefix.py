@@ -116,3 +116,20 @@ def test_old_summary_fields_load_through_the_legacy_conversion():
     assert new[2]["summary"]["leaf"] == PAPER_SUMMARY_LEAF.to_dict()
     assert upgrade_config(upgrade_config(old)) == upgrade_config(old)  # idempotent
     assert old["levels"][1]["level"]["guiding_pixel"] is False  # the input is not modified
+
+
+def test_the_level_base_holds_no_parameters():
+    """The input network and the summary prefix are parts a level composes; the base has none."""
+    from fractalkit import ChildInputs, Level, SummaryPrefix
+
+    level = _guided(CategoricalLeafConfig(num_values=3)).levels[0]
+    assert isinstance(level.inputs, ChildInputs) and isinstance(level.summary, SummaryPrefix)
+    tops = {name.split(".")[0] for name, _ in level.named_parameters()}
+    assert tops == {"inputs", "summary", "backbone", "mask_token", "pos_embed", "child"}
+
+    class Bare(Level):
+        pass
+
+    bare = Bare(level.partitioner, level.child, cond_dim=8, cond_tokens=1, width=8, out_tokens=5)
+    assert [n for n, _ in bare.named_parameters() if not n.startswith("child.")] == []
+    assert bare.summary is None
