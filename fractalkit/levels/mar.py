@@ -28,8 +28,7 @@ from fractalkit.levels.base import EmbedMode, Level, Step, StepPlan
 from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
-from fractalkit.protocol import AbstractGenerator, Score
-from fractalkit.sampling.options import DecodeContext, ScoreContext
+from fractalkit.protocol import AbstractGenerator, DecodeContext, Score, ScoreContext
 from fractalkit.sampling.orders import masked_subset, resolve_orders
 from fractalkit.sampling.rng import uniform
 from fractalkit.sampling.schedules import decode_counts, training_mask_counts
@@ -294,7 +293,7 @@ class MARLevel(Level):
     def score_children(
         self, children: Tensor, cond: Tensor, summary: Tensor | None, ctx: ScoreContext
     ) -> Score:
-        """Teacher-forced score; see :class:`fractalkit.sampling.options.ScoreContext` for modes."""
+        """Teacher-forced score; see :class:`fractalkit.protocol.ScoreContext` for modes."""
         prefix = self.prefix(cond, summary)
         if ctx.mode == "exact":
             return self._score_exact(children, prefix, ctx)
@@ -304,10 +303,10 @@ class MARLevel(Level):
         n, k = children.shape[:2]
         device = children.device
         weight = None
-        if ctx.mode == "masks":
-            masked = ctx.mask()
-            if masked is None or masked.dtype != torch.bool or tuple(masked.shape) != (n, k):
-                got = None if masked is None else (masked.dtype, list(masked.shape))
+        masked = ctx.mask()
+        if masked is not None:  # the plan fixes the scored children (a replay): unweighted
+            if masked.dtype != torch.bool or tuple(masked.shape) != (n, k):
+                got = (masked.dtype, list(masked.shape))
                 raise ValueError(
                     f"MARLevel (level {ctx.depth}): masks[{ctx.depth}] must be a bool tensor of "
                     f"shape [{n}, {k}], got {got}"
