@@ -88,3 +88,15 @@ def test_plans_reach_each_level_once_resolved() -> None:
     assert (score.order(), score.down().order(), score.down().mask()) == ("identity", "random", None)
     with pytest.raises(ValueError, match="mode must be one of"):
         ScoreContext("masks")  # the compat-only replay is the converter's (plans with masks)
+
+
+def test_moved_names_keep_their_old_import_paths() -> None:
+    from fractalkit import sampling
+    from fractalkit.sampling import options as old
+    from fractalkit.sampling.schedules import guidance_at
+
+    for name in ("SampleOptions", "Progress", "DecodeContext", "ScoreContext", "OrderSpec"):
+        assert getattr(old, name) is getattr(protocol, name), name
+    for name in ("SampleOptions", "Progress", "DecodeContext", "ScoreContext"):
+        assert getattr(sampling, name) is getattr(protocol, name), name
+    assert guidance_at is protocol.guidance_at
