@@ -14,13 +14,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
-from fractalkit.protocol import (
-    AbstractGenerator,
-    DecodeContext,
-    Score,
-    ScoreContext,
-    accumulation_dtype,
-)
+from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 from fractalkit.sampling.guidance import guided_logits
 from fractalkit.sampling.rng import sample_categorical
 from fractalkit.validation import check_integer, check_probabilities
@@ -86,7 +81,7 @@ class Leaf(AbstractGenerator):
 
         Call it from a subclass's ``__init__`` (after ``super().__init__``); the model must then
         be scored and sampled through :class:`fractalkit.Fractal`, which tracks each element's
-        position (see :attr:`fractalkit.protocol.ScoreContext.positions`).
+        position (see :attr:`fractalkit.sampling.options.ScoreContext.positions`).
 
         Args:
             slot_kinds: the kinds (one per element of the *top-level* event, flattened) and

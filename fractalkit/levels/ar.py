@@ -23,7 +23,8 @@ from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
 from fractalkit.nn.rope import rope_2d_table
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
-from fractalkit.protocol import AbstractGenerator, DecodeContext
+from fractalkit.protocol import AbstractGenerator
+from fractalkit.protocol.contexts import DecodeContext
 
 
 @register_config

@@ -28,13 +28,8 @@ from fractalkit.config import LeafConfig
 from fractalkit.nn.linear import Linear
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
-from fractalkit.protocol import (
-    AbstractGenerator,
-    DecodeContext,
-    Score,
-    ScoreContext,
-    accumulation_dtype,
-)
+from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 
 EmbedMode = Literal["linear", "table"]
 
@@ -448,7 +443,7 @@ class Level(AbstractGenerator):
 
     def child_positions(self, positions: Tensor | None, rows: Tensor, cols: Tensor) -> Tensor | None:
         """The element positions of children ``[rows, cols]`` (see
-        :attr:`fractalkit.protocol.DecodeContext.positions`), or None when not tracked.
+        :attr:`fractalkit.sampling.options.DecodeContext.positions`), or None when not tracked.
 
         Args:
             positions: int64 ``[N, *event]`` or None.
@@ -527,7 +522,7 @@ class Level(AbstractGenerator):
     def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
         """Teacher-forced score: the summary (if any), then :meth:`score_children`.
 
-        See :class:`fractalkit.protocol.ScoreContext` for the modes.
+        See :class:`fractalkit.sampling.options.ScoreContext` for the modes.
         """
         children = self.split(x)  # [N, k, P]
         if self.guide is None:

@@ -28,7 +28,8 @@ from fractalkit.levels.base import EmbedMode, Level, Step, StepPlan
 from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
-from fractalkit.protocol import AbstractGenerator, DecodeContext, Score, ScoreContext
+from fractalkit.protocol import AbstractGenerator, Score
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 from fractalkit.sampling.orders import masked_subset, resolve_orders
 from fractalkit.sampling.rng import uniform
 from fractalkit.sampling.schedules import decode_counts, training_mask_counts
@@ -293,7 +294,7 @@ class MARLevel(Level):
     def score_children(
         self, children: Tensor, cond: Tensor, summary: Tensor | None, ctx: ScoreContext
     ) -> Score:
-        """Teacher-forced score; see :class:`fractalkit.protocol.ScoreContext` for modes."""
+        """Teacher-forced score; see :class:`fractalkit.sampling.options.ScoreContext` for modes."""
         prefix = self.prefix(cond, summary)
         if ctx.mode == "exact":
             return self._score_exact(children, prefix, ctx)

@@ -73,8 +73,9 @@ class DecodeContext:
             decoding path step by step and returning their log-probabilities (tests use this).
         plans: one :class:`LevelPlan` per level from this one down, as the composer resolved
             them (:func:`fractalkit.composer.level_plans`). None (a context built by hand or
-            by a bare generator): one plan per entry of ``options.steps``, random orders.
-            Levels past the end of the tuple get :attr:`default_plan`.
+            by a bare generator): one plan per entry of ``options.steps``, random orders,
+            resolved once when the context is built. Levels past the end of the tuple get
+            :attr:`default_plan`.
         is_top: this level's steps drive the guidance schedule and the progress callback
             (True for the outermost level; :meth:`down` clears it).
         depth: how many levels lie above (0 = top); for error messages only.
