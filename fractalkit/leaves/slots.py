@@ -17,7 +17,7 @@ over the restricted support (the tensors whose every element holds an allowed va
 around a :class:`~fractalkit.CategoricalLeaf` that :class:`SlotCategoricalLeafConfig` builds. The
 element's kind is looked up from its position in the top-level instance: the wrapper declares
 ``needs_positions``, so :class:`fractalkit.Fractal` tracks positions through every level (the same
-splits the data goes through) in a :class:`fractalkit.sampling.canvas.Canvas`.
+splits the data goes through) in a :class:`fractalkit.protocol.canvas.Canvas`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from fractalkit.config import register_config
 from fractalkit.leaves.base import Leaf
 from fractalkit.leaves.categorical import CategoricalLeaf, CategoricalLeafConfig
-from fractalkit.sampling.options import DecodeContext, ScoreContext
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,8 @@ from fractalkit.levels.summary import SummaryPrefix
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
-from fractalkit.sampling.canvas import Canvas
-from fractalkit.sampling.options import DecodeContext, ScoreContext
+from fractalkit.protocol.canvas import Canvas
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from fractalkit.nn.init import xavier_init
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score
-from fractalkit.sampling.options import DecodeContext, ScoreContext
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 
 SummaryInput = Literal["rounded", "continuous"]
 
