@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fractalkit import Fractal, SampleOptions
-from fractalkit.presets import (
+from fractalkit.imagenet.presets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PRESETS,
@@ -118,6 +118,11 @@ def test_published_sampling_settings():
     assert mar.guidance == 6.5 and mar.temperature == pytest.approx(1 / 1.02) and mar.steps == (64, 16)
     assert large.guidance == 21.0 and large.temperature == pytest.approx(1 / 1.1)
     assert large.steps == (64, 16, 16)
+    huge, base = (PRESETS[n].sampling for n in ("fractalmar-huge-in256", "fractalmar-base-in256"))
+    assert huge.guidance == 19.0 and huge.temperature == pytest.approx(1 / 1.1) and huge.steps == (64, 16, 16)
+    assert base.guidance == 29.0 and base.temperature == pytest.approx(1 / 1.1) and base.steps == (64, 16, 16)
+    assert "Not published for FractalMAR-Base-256" in PRESETS["fractalmar-base-in256"].notes
+    assert "Not published" not in PRESETS["fractalmar-huge-in256"].notes
     for name in PAPER:
         s = PRESETS[name].sampling
         assert isinstance(s, SampleOptions)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from fractalkit import SampleOptions
 from fractalkit.cli import UserError, non_negative_float, positive_float, probability, steps_list
-from fractalkit.presets import PRESETS
+from fractalkit.imagenet.presets import PRESETS
 from fractalkit.training.checkpoint import MANIFEST, resolve_checkpoint
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download at run time
