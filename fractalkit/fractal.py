@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fractalkit import persistence
+from fractalkit import legacy, persistence
 from fractalkit.composer import check_levels, compose, per_level_orders
 from fractalkit.conditioners import ClassLabel, Conditioner, ConditionerConfig, Unconditional
 from fractalkit.config import LeafConfig, LevelConfig
@@ -143,6 +143,8 @@ class Fractal(nn.Module):
 
         normalisation = ValueNormalisation.of(self.event_shape, value_mean, value_std)
         self.root: Level = compose(levels, leaf, normalisation)
+        # Old files' parameter names load through the one key map (fractalkit.legacy).
+        self._register_load_state_dict_pre_hook(legacy.state_dict_pre_hook, with_module=True)
         kinds = getattr(self.leaf, "slot_kinds", None)
         if kinds is not None and kinds.num_elements != math.prod(self.event_shape):
             raise ValueError(
