@@ -12,8 +12,9 @@ import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig, SampleOptions
 from fractalkit.config import config_from_dict
+from fractalkit.graphs import GraphEncoding
 from fractalkit.leaves import SlotCategoricalLeafConfig, SlotKinds
-from fractalkit.partition import GraphEncoding, SequenceChunks
+from fractalkit.partition import SequenceChunks
 from fractalkit.testing import (
     check_config_round_trip,
     check_decomposition,
