@@ -31,8 +31,8 @@ import torch
 
 from fractalkit import Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig
 from fractalkit.imagenet import convert as fg
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from fractalkit.imagenet.models import IMAGENET_MEAN as MEAN
+from fractalkit.imagenet.models import IMAGENET_STD as STD
 
 
 def build(**guide_kw) -> Fractal:
