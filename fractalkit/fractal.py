@@ -371,7 +371,7 @@ class Fractal(nn.Module):
         self, x: Tensor, c: Any, masks: Sequence[Tensor | None]
     ) -> LogProb:
         """Compatibility path: score with explicit MAR masks (one bool ``[n_level, L]`` per MAR
-        level, None for AR); :func:`fractalkit.compat.fractalgen.teacher_forced_leaf_logits`
+        level, None for AR); :func:`fractalkit.imagenet.convert.teacher_forced_leaf_logits`
         uses it to compare with the original.
 
         Reproduces a given computation exactly (e.g. one draw of another implementation's

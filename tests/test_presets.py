@@ -174,3 +174,25 @@ def test_registry_drives_argparse():
     assert parser.parse_args(["--preset", "fractalmar-in64"]).preset == "fractalmar-in64"
     for key, preset in PRESETS.items():
         assert preset.name == key
+
+
+def test_paper_models_are_described_once():
+    """Presets, the converter's expectations and the Hub's releases all read the one record."""
+    from fractalkit import hub
+    from fractalkit.imagenet import convert
+    from fractalkit.imagenet.models import IMAGENET_MEAN as MEAN
+    from fractalkit.imagenet.models import PAPER_MODELS
+
+    assert sorted(PAPER_MODELS) == sorted(PAPER) and MEAN is IMAGENET_MEAN
+    for name, record in PAPER_MODELS.items():
+        preset = PRESETS[name]
+        assert preset.config == record.config() and preset.sampling == record.sampling.options()
+        assert preset.image_size == record.image_size and preset.training.epochs == record.training.epochs
+        assert convert.RELEASED[name] is record
+        release = hub.RELEASES[name]
+        assert (release.url, release.size_mb, release.num_params, release.title) == (
+            record.release.url, record.release.size_mb, record.num_params, record.title)
+        assert release.sampling == preset.sampling
+        levels = [entry["level"] for entry in preset.config["levels"]]
+        assert [lv["width"] for lv in levels] + [preset.config["leaf"]["width"]] == list(record.widths)
+        assert [lv["heads"] for lv in levels] + [preset.config["leaf"]["heads"]] == list(record.heads)
