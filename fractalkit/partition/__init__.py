@@ -7,6 +7,10 @@ Shape letters: N batch, k children per instance, ``*event_shape`` one instance,
 ``PARTITIONERS`` maps each ``kind`` to its class; a plug-in partitioner joins it with the
 :func:`register_partitioner` decorator, and ``partitioner_from_config`` rebuilds any registered
 partitioner from ``p.config()`` (which is how ``Fractal.load`` finds it).
+
+Graphs, their node-row encoding and node orders are the graph wing's (:mod:`fractalkit.graphs`:
+``Graph``, ``GraphEncoding``, ``bfs_order``, ``random_bfs_order``, ...); only the partitioner
+:class:`GraphSubsets` is here.
 """
 
 from __future__ import annotations
@@ -17,31 +21,18 @@ from typing import Any
 from fractalkit.partition.base import Partitioner
 from fractalkit.partition.channels import Channels
 from fractalkit.partition.chunks import SequenceChunks
-from fractalkit.partition.graph import Graph, GraphEncoding, GraphSubsets, bfs_order
-from fractalkit.partition.orderings import (
-    random_bfs_encodings,
-    random_bfs_log_prob,
-    random_bfs_order,
-    uniform_order,
-)
+from fractalkit.partition.graph import GraphSubsets
 from fractalkit.partition.patches import ImagePatches
 
 __all__ = [
     "PARTITIONERS",
     "Channels",
-    "Graph",
-    "GraphEncoding",
     "GraphSubsets",
     "ImagePatches",
     "Partitioner",
     "SequenceChunks",
-    "bfs_order",
     "partitioner_from_config",
-    "random_bfs_encodings",
-    "random_bfs_log_prob",
-    "random_bfs_order",
     "register_partitioner",
-    "uniform_order",
 ]
 
 PARTITIONERS: dict[str, type[Partitioner]] = {}
