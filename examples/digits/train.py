@@ -180,7 +180,7 @@ def resumable(run_dir: Path, *, steps: int, batch: int, lr: float, seed: int) ->
 def run(
     out: Path, *, model_out: Path = Path("runs/digits"), steps: int = 1500, batch: int = 64, lr: float = 2e-3, per_class: int = 10,
     seed: int = 0, threads: int = 1, progress: bool = True, run_dir: Path | None = None,
-    save_every: int | None = None, resume: bool = False,
+    save_every: int | None = None, log_every: int = 50, resume: bool = False,
 ) -> dict:
     """Train, measure held-out bits/dim, draw samples and completions, write the results.
 
@@ -196,6 +196,7 @@ def run(
         run_dir: the training run's folder (``checkpoint/``, ``log.jsonl``); None: no checkpoints.
         save_every: checkpoint every this many steps (with ``run_dir``; also at the end and on
             Ctrl-C/SIGTERM).
+        log_every: steps between the records of ``run_dir/log.jsonl``.
         resume: continue the run saved in ``run_dir`` (same settings).
 
     Returns:
@@ -220,7 +221,7 @@ def run(
         model = ck.model
 
     log = train(model, train_x, train_y, steps=steps, batch=batch, lr=lr, seed=seed, progress=progress,
-                run_dir=run_dir, save_every=save_every, log_every=50 if run_dir else None, resume=ck)
+                run_dir=run_dir, save_every=save_every, log_every=log_every if run_dir else None, resume=ck)
     if log["interrupted"]:
         print(f"{log['interrupted']}: saved {run_dir / 'checkpoint'} at step {log['steps']}; continue "
               "with the same command and --resume", flush=True)
@@ -287,13 +288,14 @@ def main(argv: list[str] | None = None) -> dict:
                     help="checkpoints and log.jsonl of the training run (default runs/digits-training)")
     ap.add_argument("--save-every", type=cli.positive_int, default=250,
                     help="checkpoint every N steps (also at the end and on Ctrl-C/SIGTERM)")
+    ap.add_argument("--log-every", type=cli.positive_int, default=50, help="steps between log.jsonl records")
     ap.add_argument("--resume", action="store_true", help="continue the run saved in --run-dir")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
     return run(args.out, model_out=args.model_out, steps=args.steps, batch=args.batch, lr=args.lr, per_class=args.per_class,
                seed=args.seed, threads=args.threads, progress=not args.no_progress, run_dir=args.run_dir,
-               save_every=args.save_every, resume=args.resume)
+               save_every=args.save_every, log_every=args.log_every, resume=args.resume)
 
 
 if __name__ == "__main__":
