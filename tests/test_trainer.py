@@ -111,7 +111,7 @@ def test_deferred_non_finite_checks_still_stop_the_run() -> None:
     model = _Poisoned(at=2)
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), generator=torch.Generator(), steps=9,
                       check_every=4)
-    with pytest.raises(NonFiniteLoss, match=r"a step in 1\.\.4"):
+    with pytest.raises(NonFiniteLoss, match=r"a step in 1\.\.4: the run stopped \(checked every 4 steps"):
         trainer.fit(lambda g: torch.ones(2))
 
 

@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
                "data_classes": dataset.num_classes if use_labels else 0},
         log_every=args.log_every, on_log=on_log, evaluate=evaluate if heldout is not None and args.eval_every else None,
         eval_every=args.eval_every if heldout is not None else 0, progress=not args.no_progress,
-        skip_nonfinite=MAX_SKIPPED_IN_A_ROW if args.skip_nonfinite_batches else 0,
+        skip_nonfinite=MAX_SKIPPED_IN_A_ROW if args.skip_nonfinite_batches else 0, check_every=1,
         advice="Lower --lr/--base-lr, keep --grad-clip on, or pass --skip-nonfinite-batches",
     )
     if resume is not None:

@@ -478,7 +478,11 @@ class Trainer:
         total = nll = None
         last_log: dict[str, Any] = {}
         requests = StopRequests() if self.handle_signals else None
-        with requests if requests is not None else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if requests is not None:
+                stack.enter_context(requests)
+            if bar is not None:
+                stack.callback(bar.close)
             elapsed = self.clock() - start
             reason = self._stop_reason(elapsed, requests)
             while reason is None:
@@ -519,7 +523,7 @@ class Trainer:
                     for value in terms.values():
                         bad_seen |= ~torch.isfinite(value.float())
                     if self.step + 1 - checked >= self.check_every:
-                        self._raise_if_flagged(bad_seen, checked, self.step)
+                        self._raise_if_flagged(bad_seen, checked + 1, self.step + 1)
                         checked = self.step + 1
                     self._apply()
                 self.step += 1
@@ -540,11 +544,12 @@ class Trainer:
                 if self.out is not None and (
                     last or (self.save_every is not None and self.step % self.save_every == 0)
                 ):
+                    if self.check_every != 1:  # never save weights a NaN step may have touched
+                        self._raise_if_flagged(bad_seen, checked + 1, self.step)
+                        checked = self.step
                     self.save()
-            if self.check_every != 1:
-                self._raise_if_flagged(bad_seen, checked, self.step - 1)
-        if bar is not None:
-            bar.close()
+            if self.check_every != 1 and checked < self.step:
+                self._raise_if_flagged(bad_seen, checked + 1, self.step)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = self.clock() - start
@@ -573,7 +578,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def _nonfinite_message(self, where: str, terms: str | None = None) -> str:
+    def _nonfinite_message(self, where: str, terms: str | None = None, deferred: str | None = None) -> str:
         """``"step 3: total loss = nan, ...; NaN/inf at step 3: the run stopped ..."``."""
         path = self.checkpoint_path
         if path is None:
@@ -583,14 +588,17 @@ class Trainer:
         else:
             kept = "no checkpoint was written"
         head = f"{terms}; " if terms else ""
-        return (f"{head}the training loss or gradient became NaN/inf at {where}: the run stopped before "
-                f"applying it and {kept}. {self.advice}")
+        applied = (f"stopped ({deferred}: earlier updates of that range may have been applied)"
+                   if deferred else "stopped before applying it")
+        return f"{head}the training loss or gradient became NaN/inf at {where}: the run {applied} and {kept}. {self.advice}"
 
-    def _raise_if_flagged(self, bad_seen: Tensor, after: int, upto: int) -> None:
-        """Raise if a term of steps ``after + 1 .. upto + 1`` was NaN/inf (deferred checks)."""
+    def _raise_if_flagged(self, bad_seen: Tensor, first: int, last: int) -> None:
+        """Raise if a term of steps ``first .. last`` (1-based) was NaN/inf (deferred checks:
+        the updates before the last step of the range may have been applied)."""
         if self._any_rank(bool(bad_seen)):
-            where = f"step {upto + 1}" if upto == after else f"a step in {after + 1}..{upto + 1}"
-            raise NonFiniteLoss(self._nonfinite_message(where))
+            where = f"step {last}" if first == last else f"a step in {first}..{last}"
+            raise NonFiniteLoss(self._nonfinite_message(
+                where, deferred=f"checked every {self.check_every} steps on {self.device.type}"))
 
     def _log(self, total: Tensor, nll: Tensor, gnorm: Tensor, window_t: float, window_steps: int,
              started: float, evaluate: bool) -> dict[str, Any]:
