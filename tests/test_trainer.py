@@ -201,3 +201,15 @@ def test_every_example_trains_through_the_shared_loop(script: str) -> None:
     source = (ROOT / "examples" / script).read_text()
     assert re.search(r"\bTrainer\(|train_for_budget\(", source), script
     assert ".backward(" not in source and not re.search(r"\b(opt|optimizer)\.step\(", source), script
+
+
+def test_train_for_budget_is_a_front_to_the_trainer(monkeypatch) -> None:
+    """text, audio, molecules and graphs train with train_for_budget: it runs Trainer.fit."""
+    from fractalkit.training import loop, train_for_budget
+
+    calls = []
+    real = loop.Trainer.fit
+    monkeypatch.setattr(loop.Trainer, "fit", lambda self, *a, **k: calls.append(self) or real(self, *a, **k))
+    torch.manual_seed(0)
+    log = train_for_budget(tiny_fractal(), draw, budget_s=math.inf, max_steps=2, generator=torch.Generator())
+    assert len(calls) == 1 and log["steps"] == 2 and math.isfinite(log["last_loss_nats"])
