@@ -25,11 +25,11 @@ from typing import Any
 
 from torch import nn
 
-from fractalkit.conditioners.base import Conditioner
+# the packages' public names (not their modules), so the declarations survive moves inside them
+from fractalkit.conditioners import Conditioner
 from fractalkit.fractal import Fractal
-from fractalkit.levels.ar import ARLevel
-from fractalkit.levels.mar import MARLevel
-from fractalkit.nn.blocks import RMSNorm
+from fractalkit.levels import ARLevel, MARLevel
+from fractalkit.nn import RMSNorm
 
 __all__ = ["declare_no_weight_decay", "no_weight_decay_parameters", "parameter_groups"]
 
