@@ -25,6 +25,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -275,6 +276,38 @@ def epoch_batches(dataset, sampler, local_batch: int, per_epoch: int, use_labels
     return batches
 
 
+def build_model(args, preset, device: torch.device, resume, ckpting: bool) -> Fractal:
+    """The preset's model (or the resumed one); ``ckpting``: recompute blocks in the backward pass."""
+    if resume is not None:
+        model = resume.model
+    else:
+        overrides = {"checkpointing": ckpting, **({} if args.num_classes is None else {"num_classes": args.num_classes})}
+        model = preset.build(**overrides).to(device)
+    if args.compile:
+        model.compile()  # in place: parameter names and checkpoints are unchanged
+    return model
+
+
+def recipe(args, preset, batch: int, per_epoch: int, resume) -> SimpleNamespace:
+    """The paper's recipe with the command line's overrides: ``total`` steps of the schedule,
+    ``stop`` (this run's last step), ``peak`` lr (base lr x batch / 256), ``warmup`` steps,
+    ``weight_decay``, ``grad_clip`` (None: off), ``ema_decay`` (None: no EMA)."""
+    r = preset.training
+    total = args.steps or max(1, round((args.epochs if args.epochs is not None else r.epochs) * per_epoch))
+    if resume is not None:
+        total = resume.scheduler["total_steps"]
+    base_lr = args.base_lr if args.base_lr is not None else r.base_lr
+    warmup = args.warmup_steps if args.warmup_steps is not None else round(r.warmup_epochs * per_epoch)
+    clip = args.grad_clip if args.grad_clip is not None else r.grad_clip
+    return SimpleNamespace(
+        total=total, stop=min(total, args.stop_after) if args.stop_after else total,
+        peak=args.lr if args.lr is not None else base_lr * batch / 256, warmup=min(warmup, max(0, total - 1)),
+        weight_decay=args.weight_decay if args.weight_decay is not None else r.weight_decay,
+        grad_clip=clip or None, ema_decay=(args.ema_decay or r.ema_decay) if args.ema else None,
+        betas=r.betas, min_lr=r.min_lr,
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train; returns a summary dict (also the last line of ``log.jsonl``)."""
     args = parse_args(argv)
@@ -283,40 +316,25 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world, device = init_distributed(args.device)
     resume = load_resumable(args, device) if args.resume else None
     args.preset = args.preset or "tiny-in32"
-    preset, recipe = get_preset(args.preset), get_preset(args.preset).training
-    cuda = device.type == "cuda"
-    bf16 = cuda if args.bf16 is None else args.bf16
-    ckpting = cuda if args.grad_checkpointing is None else args.grad_checkpointing
+    preset = get_preset(args.preset)
+    bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
+    ckpting = device.type == "cuda" if args.grad_checkpointing is None else args.grad_checkpointing
     out = Path(args.out or f"runs/{args.preset}")
     torch.manual_seed(args.seed + rank)  # only for anything outside our generators (dropout)
-    if resume is not None:
-        model = resume.model
-    else:
-        overrides = {"checkpointing": ckpting, **({} if args.num_classes is None else {"num_classes": args.num_classes})}
-        model = preset.build(**overrides).to(device)
-    if args.compile:
-        model.compile()  # in place: parameter names and checkpoints are unchanged
+    model = build_model(args, preset, device, resume, ckpting)
 
     dataset, heldout, sampler, use_labels = image_data(args, preset, model.num_classes, rank, world)
-    batch = args.batch_size or recipe.batch_size
+    batch = args.batch_size or preset.training.batch_size
     if batch % world:
         raise ValueError(f"--batch-size {batch} is not divisible by the {world} processes")
     per_epoch = len(sampler) // (batch // world)
     if per_epoch < 1:
         raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch}; lower --batch-size")
-    total = args.steps or max(1, round((args.epochs if args.epochs is not None else recipe.epochs) * per_epoch))
-    if resume is not None:
-        total = resume.scheduler["total_steps"]
-    peak = args.lr if args.lr is not None else (args.base_lr if args.base_lr is not None else recipe.base_lr) * batch / 256
-    warmup = args.warmup_steps if args.warmup_steps is not None else round(recipe.warmup_epochs * per_epoch)
-    warmup = min(warmup, max(0, total - 1))
-    wd = args.weight_decay if args.weight_decay is not None else recipe.weight_decay
+    r = recipe(args, preset, batch, per_epoch, resume)
+
     # No weight decay on norms, biases, positions, mask tokens and the null class (what the
     # modules declare: fractalkit.training.parameter_groups); fused: one kernel per step.
-    optimizer = torch.optim.AdamW(parameter_groups(model, wd), lr=peak, betas=recipe.betas, fused=True)
-    grad_clip = args.grad_clip if args.grad_clip is not None else recipe.grad_clip
-    stop = min(total, args.stop_after) if args.stop_after else total
-    start = resume.step if resume is not None else 0
+    optimizer = torch.optim.AdamW(parameter_groups(model, r.weight_decay), lr=r.peak, betas=r.betas, fused=True)
 
     def on_log(record: dict) -> None:
         record.update(epoch=record["step"] / per_epoch, train_bpd=record["nll"] / math.log(2),
@@ -326,17 +344,18 @@ def main(argv: list[str] | None = None) -> dict:
         mean, se, kind = heldout_bpd(m, heldout, args.eval_images, batch // world, device, use_labels, args.seed)
         return {"heldout_bpd": mean, "heldout_stderr": se, "heldout_kind": kind}
 
+    evaluating = heldout is not None and args.eval_every > 0
     trainer = Trainer(
         model, optimizer, generator=torch.Generator(device=device).manual_seed(args.seed * 1000 + rank),
-        steps=stop, budget_s=args.minutes * 60 if args.minutes else None, grad_clip=grad_clip or None,
-        schedule=WarmupCosine(optimizer, peak_lr=peak, warmup_steps=warmup, total_steps=total, min_lr=recipe.min_lr),
-        loss=fractal_loss, ema_decay=(args.ema_decay or recipe.ema_decay) if args.ema else None, bf16=bf16,
+        steps=r.stop, budget_s=args.minutes * 60 if args.minutes else None, loss=fractal_loss,
+        schedule=WarmupCosine(optimizer, peak_lr=r.peak, warmup_steps=r.warmup, total_steps=r.total, min_lr=r.min_lr),
+        grad_clip=r.grad_clip, ema_decay=r.ema_decay, bf16=bf16, out=out,
         # default: at most 200 steps and at least four checkpoints per run (a crash costs little)
-        out=out, save_every=args.save_every or max(1, min(200, math.ceil((stop - start) / 4))),
+        save_every=args.save_every or max(1, min(200, math.ceil((r.stop - (resume.step if resume else 0)) / 4))),
         extra={"args": vars(args), "preset": args.preset, "conditional": use_labels,
                "data_classes": dataset.num_classes if use_labels else 0},
-        log_every=args.log_every, on_log=on_log, evaluate=evaluate if heldout is not None and args.eval_every else None,
-        eval_every=args.eval_every if heldout is not None else 0, progress=not args.no_progress,
+        log_every=args.log_every, on_log=on_log, progress=not args.no_progress,
+        evaluate=evaluate if evaluating else None, eval_every=args.eval_every if evaluating else 0,
         skip_nonfinite=MAX_SKIPPED_IN_A_ROW if args.skip_nonfinite_batches else 0, check_every=1,
         advice="Lower --lr/--base-lr, keep --grad-clip on, or pass --skip-nonfinite-batches",
     )
@@ -347,11 +366,18 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "args.json").write_text(json.dumps(vars(args), indent=1))
         print(f"[train] {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
               f"{device} x{world}; {len(dataset)} images ({'labelled' if use_labels else 'unconditional'}), "
-              f"batch {batch}, {total} steps ({per_epoch} per epoch), peak lr {peak:.3g}, warm-up {warmup}, "
+              f"batch {batch}, {r.total} steps ({per_epoch} per epoch), peak lr {r.peak:.3g}, warm-up {r.warmup}, "
               f"bf16 {bf16}, checkpointing {ckpting}, EMA {args.ema}; run folder {out}", flush=True)
 
     result = trainer.fit(batches=epoch_batches(dataset, sampler, batch // world, per_epoch, use_labels, args.workers))
+    summary = finish(args, out, result, r.total, rank)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return summary
 
+
+def finish(args, out: Path, result, total: int, rank: int) -> dict:
+    """The run's summary (the last line of ``log.jsonl``), its curve and the closing messages."""
     summary = {"final": True, "step": result.steps, "total_steps": total, "elapsed_s": result.seconds,
                "train_bpd_last": result.last_log.get("train_bpd"), "skipped_nonfinite": result.skipped_nonfinite,
                "interrupted": result.interrupted}
@@ -368,8 +394,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[train] done: {json.dumps(summary)}", flush=True)
         if args.preset in CPU_PRESETS:
             print(CPU_EXPECTATION, flush=True)
-    if world > 1:
-        torch.distributed.destroy_process_group()
     return summary
 
 
