@@ -165,7 +165,7 @@ class Trainer:
             written when the loop stops for any reason other than an error. None: only then.
         extra: JSON-able data stored in every checkpoint's manifest (arguments, preset, ...).
         log_every: write a ``log.jsonl`` record every this many steps and at the last step;
-            None: no log.
+            None: records only at evaluations.
         on_log: ``record -> None``, may add entries to a log record before it is written (e.g.
             the epoch, images per second).
         evaluate: ``model -> dict`` of held-out figures, run every ``eval_every`` steps and at
@@ -534,7 +534,7 @@ class Trainer:
                 evaluate = self.evaluate is not None and (
                     last or (self.eval_every > 0 and self.step % self.eval_every == 0)
                 )
-                if self.log_every is not None and (self.step % self.log_every == 0 or last or evaluate):
+                if evaluate or (self.log_every is not None and (self.step % self.log_every == 0 or last)):
                     last_log = self._log(total, nll, gnorm, window_t, window_steps, started, evaluate)
                     window_t, window_steps = time.perf_counter(), 0
                 if bar is not None:
@@ -550,8 +550,10 @@ class Trainer:
                     self.save()
             if self.check_every != 1 and checked < self.step:
                 self._raise_if_flagged(bad_seen, checked + 1, self.step)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # the seconds include queued work
             torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
         seconds = self.clock() - start
         if self.out is not None and self.saved_step != self.step:
             self.save()  # the data ran out, or the run stopped before its first step
