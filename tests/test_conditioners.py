@@ -464,12 +464,14 @@ def test_vector_fitted_normalisation() -> None:
 
 @pytest.mark.parametrize("kind", ["vector", "tokens"])
 def test_conditions_pass_through_ddp_training(kind: str, tmp_path) -> None:
-    """The ImageNet example's DDP wrapper (one gloo process) trains a vector- or
-    sequence-conditioned model: every conditioner parameter gets a gradient."""
+    """The training loop's DDP wrapper around the ImageNet example's loss (one gloo process)
+    trains a vector- or sequence-conditioned model: every conditioner parameter gets a gradient."""
     import importlib.util
     from pathlib import Path
 
     import torch.distributed as dist
+
+    from fractalkit.training.loop import LossModule
 
     path = Path(__file__).resolve().parents[1] / "examples" / "imagenet_pixels" / "train.py"
     spec = importlib.util.spec_from_file_location("imagenet_train_for_ddp", path)
@@ -478,10 +480,10 @@ def test_conditions_pass_through_ddp_training(kind: str, tmp_path) -> None:
     model = build(kind, dtype=torch.float32).train()
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        wrapped = nn.parallel.DistributedDataParallel(example.LossModule(model))
+        wrapped = nn.parallel.DistributedDataParallel(LossModule(model, example.fractal_loss))
         c = conditions(kind, 8)
         c = c.float() if isinstance(c, torch.Tensor) else c
-        total, _ = wrapped(torch.randint(0, V, (8, E)), c, torch.Generator().manual_seed(0))
+        total, _ = wrapped((torch.randint(0, V, (8, E)), c), torch.Generator().manual_seed(0))
         total.backward()
     finally:
         dist.destroy_process_group()
