@@ -8,6 +8,11 @@ figure, the tolerance and the likely cause when the contract is broken::
     check_component(level=MyLevelConfig(width=16))   # every check, on small models
     check_component(conditioner=MyConditionerConfig(), conditions=[c0, c1])  # yours
 
+``run_all(model, collect=True)`` runs every check even after a failure and raises one
+:class:`ContractFailures` listing them all; :data:`CHECKS` names the checks. A check without
+the statistical power to decide (a peaked model) raises :class:`InconclusiveCheck`, which is not
+a failure (``run_all`` records it and goes on).
+
 or one at a time, on any :class:`fractalkit.Fractal`::
 
     check_normalisation(model)           # sum of exp(log_prob) over the support is 1
@@ -51,17 +56,24 @@ from fractalkit.testing.likelihood import (
     check_orders_reach_levels,
     is_bound,
 )
-from fractalkit.testing.report import ALPHA, CheckResult, ContractError
+from fractalkit.testing.report import (
+    ALPHA,
+    CheckResult,
+    ContractError,
+    ContractFailures,
+    InconclusiveCheck,
+)
 from fractalkit.testing.samplers import (
     check_completion_law,
     check_sampler,
     completion_chi_square,
+    partial_prefix_known,
     prefix_known,
     sample_histogram,
     sampler_chi_square,
 )
 from fractalkit.testing.stats import ChiSquare, chi_square, chi_square_p_value
-from fractalkit.testing.suite import check_component, run_all, tiny_fractal
+from fractalkit.testing.suite import CHECKS, check_component, run_all, tiny_fractal
 from fractalkit.testing.support import (
     MAX_ENUMERABLE,
     decoding_order,
@@ -80,10 +92,13 @@ from fractalkit.testing.support import (
 
 __all__ = [
     "ALPHA",
+    "CHECKS",
     "MAX_ENUMERABLE",
     "CheckResult",
     "ChiSquare",
     "ContractError",
+    "ContractFailures",
+    "InconclusiveCheck",
     "check_callback",
     "check_completion",
     "check_completion_law",
@@ -111,6 +126,7 @@ __all__ = [
     "likelihood_law",
     "log_likelihood_table",
     "num_configurations",
+    "partial_prefix_known",
     "partitioners",
     "prefix_known",
     "random_conditions",
