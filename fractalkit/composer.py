@@ -67,14 +67,16 @@ def check_bijection(partitioner: Partitioner, where: str) -> None:
         ValueError: naming the partitioner and the first wrong element.
     """
     shape = tuple(partitioner.event_shape)
-    index = torch.arange(math.prod(shape), device="cpu").view(1, *shape)  # [1, *event]
-    try:
-        back = partitioner.merge(partitioner.split(index))
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(
-            f"Fractal: {where}, {partitioner!r}: merge(split(x)) fails on x = arange "
-            f"{list(shape)}: {err}"
-        ) from err
+    # On the CPU even while Fractal.load builds on the meta device (no values there).
+    with torch.device("cpu"):
+        index = torch.arange(math.prod(shape)).view(1, *shape)  # [1, *event]
+        try:
+            back = partitioner.merge(partitioner.split(index))
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(
+                f"Fractal: {where}, {partitioner!r}: merge(split(x)) fails on x = arange "
+                f"{list(shape)}: {err}"
+            ) from err
     if back.shape != index.shape or not torch.equal(back, index):
         wrong = (back != index).flatten().nonzero() if back.shape == index.shape else None
         first = "" if wrong is None or not len(wrong) else f" (first at flat element {int(wrong[0])})"

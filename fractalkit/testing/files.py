@@ -127,9 +127,9 @@ def check_save_load(
                 "only, no values) to check the file before reading it, and a component's "
                 "constructor reads the values of a tensor it made (.tolist(), .item(), "
                 "float(t), .cpu(), a Python 'if' on a tensor). Compute such constants with "
-                "plain Python or on an explicit device (torch.arange(k, device='cpu')), and "
-                "register tensors the model needs as buffers (see the tutorial 'Write your own "
-                "level', rule for constructors)"
+                "plain Python (lists, math) and only then make tensors of them, registered as "
+                "buffers if the model needs them (see the tutorial 'Write your own level', "
+                "rules for a component's constructor)"
             ) from err
     before, after = model.state_dict(), loaded.state_dict()
     if before.keys() != after.keys() or any(
