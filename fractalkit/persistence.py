@@ -27,6 +27,7 @@ import torch
 from fractalkit.conditioners import ClassLabel, Unconditional
 from fractalkit.config import config_from_dict
 from fractalkit.filemodes import apply_umask
+from fractalkit.legacy import upgrade_config
 from fractalkit.partition import partitioner_from_config
 from fractalkit.validation import checked_model_file, nonfinite_tensors
 
@@ -84,6 +85,7 @@ def model_from_config(cls: type[Fractal], config: dict[str, Any]) -> Fractal:
             f"Fractal.from_config: expected a dict with format {FORMAT!r}, got "
             f"{config.get('format') if isinstance(config, dict) else type(config)}"
         )
+    config = upgrade_config(config)  # older spellings, through the one conversion
     if config.get("version") not in READABLE_VERSIONS:
         raise ValueError(
             f"Fractal.from_config: config version {config.get('version')} is not supported "

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fractalkit.legacy import upgrade_state_dict
+
 __all__ = [
     "check_finite_number",
     "check_finite_tensor",
@@ -221,5 +223,5 @@ def checked_model_file(
     except (TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{owner}: {path}: its config does not describe a model: {err}") from err
     expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
-    check_state_fits(f"{owner}: {path}", expected, shapes)
+    check_state_fits(f"{owner}: {path}", expected, upgrade_state_dict(shapes))
     return config

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from fractalkit.config import LeafConfig, register_config
 from fractalkit.leaves.base import Leaf
 from fractalkit.protocol import accumulation_dtype
-from fractalkit.sampling.options import DecodeContext
+from fractalkit.protocol.contexts import DecodeContext
 from fractalkit.sampling.rng import uniform
 
 __all__ = [

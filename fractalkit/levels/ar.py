@@ -24,7 +24,7 @@ from fractalkit.nn.rope import rope_2d_table
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator
-from fractalkit.sampling.options import DecodeContext
+from fractalkit.protocol.contexts import DecodeContext
 
 
 @register_config
