@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kit.components import Strided
 from own_level import CachedGRULevel, CachedGRULevelConfig, GRULevelConfig
 
 from fractalkit import (
@@ -27,7 +28,6 @@ from fractalkit import (
     SequenceChunks,
     register_config,
 )
-from kit.components import Strided
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "docs" / "tutorials"

@@ -18,6 +18,7 @@ import math
 
 import pytest
 import torch
+from own_level import CachedGRULevelConfig
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, SequenceChunks
 from fractalkit.testing import (
@@ -44,7 +45,6 @@ from kit.planted import (
     Overlapping,
     SkippingGRULevelConfig,
 )
-from own_level import CachedGRULevelConfig
 
 AR = ARLevelConfig(width=16, depth=1, heads=2)
 
@@ -102,7 +102,7 @@ def _peaked(model: Fractal, factor: float = 40.0) -> Fractal:
 
 def test_a_correct_but_peaked_model_is_inconclusive_not_broken() -> None:
     model = _peaked(tiny_fractal(leaf=MarkovLeafConfig(num_values=3)))
-    with pytest.raises(InconclusiveCheck, match="check_sampler inconclusive: .*cells after pooling"):
+    with pytest.raises(InconclusiveCheck, match=r"check_sampler inconclusive: .*cells after pooling"):
         check_sampler(model, 1)
     with pytest.raises(InconclusiveCheck, match="check_seeded_sampling inconclusive"):
         check_seeded_sampling(model, num_samples=2)
