@@ -8,16 +8,16 @@ figure, the tolerance and the likely cause when the contract is broken::
     check_component(level=MyLevelConfig(width=16))   # every check, on small models
     check_component(conditioner=MyConditionerConfig(), conditions=[c0, c1])  # yours
 
-``run_all(model, collect=True)`` runs every check even after a failure and raises one
-:class:`ContractFailures` listing them all; :data:`CHECKS` names the checks. A check without
-the statistical power to decide (a peaked model) raises :class:`InconclusiveCheck`, which is not
-a failure (``run_all`` records it and goes on).
-
 or one at a time, on any :class:`fractalkit.Fractal`::
 
     check_normalisation(model)           # sum of exp(log_prob) over the support is 1
     check_decomposition(model)           # log_prob == stepwise_log_prob (decoding path)
     check_sampler(model, temperature=0.7)  # chi-square against the tempered law
+
+``run_all(model, collect=True)`` runs every check even after a failure and raises one
+:class:`ContractFailures` listing them all; :data:`CHECKS` names the checks. A check without
+the statistical power to decide (a peaked model) raises :class:`InconclusiveCheck`, which is not
+a failure (``run_all`` records it and goes on).
 
 Every check runs under a condition: ``c`` for N instances (any structure the model's
 conditioner takes; ``y=`` stays the class-label spelling), or example conditions, each for one
