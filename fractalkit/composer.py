@@ -12,8 +12,10 @@ own (``ctx.down()``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from fractalkit.config import LeafConfig, LevelConfig, check_contract
@@ -31,7 +33,8 @@ def check_levels(levels: Sequence[tuple[Partitioner, LevelConfig]], leaf: LeafCo
     Raises:
         TypeError: a pair is not ``(Partitioner, LevelConfig)`` or the leaf not a
             ``LeafConfig`` (the message names what is missing).
-        ValueError: no levels, or a level's child shape differs from the next one's event shape.
+        ValueError: no levels, a partitioner whose ``merge(split(x))`` is not ``x`` (not a
+            bijection), or a level's child shape differs from the next one's event shape.
     """
     levels = list(levels)
     if not levels:
@@ -42,6 +45,7 @@ def check_levels(levels: Sequence[tuple[Partitioner, LevelConfig]], leaf: LeafCo
         if not isinstance(pair[0], Partitioner):
             raise TypeError(f"Fractal: levels[{i}][0] must be a Partitioner, got {type(pair[0])}")
         check_contract(pair[1], LevelConfig, f"levels[{i}][1]")
+        check_bijection(pair[0], f"levels[{i}][0]")
     check_contract(leaf, LeafConfig, "leaf")
     for i in range(len(levels) - 1):
         above, below = levels[i][0], levels[i + 1][0]
@@ -51,6 +55,36 @@ def check_levels(levels: Sequence[tuple[Partitioner, LevelConfig]], leaf: LeafCo
                 f"but level {i + 1} expects instances of shape {list(below.event_shape)}"
             )
     return [(p, c) for p, c in levels]
+
+
+def check_bijection(partitioner: Partitioner, where: str) -> None:
+    """Refuse a partitioner whose ``merge(split(x))`` is not ``x``, tried on ``x = arange(E)``.
+
+    Every element must land in exactly one child position and come back: a split that drops or
+    repeats elements would make likelihoods wrong and decoding crash far from the cause.
+
+    Raises:
+        ValueError: naming the partitioner and the first wrong element.
+    """
+    shape = tuple(partitioner.event_shape)
+    # On the CPU even while Fractal.load builds on the meta device (no values there).
+    with torch.device("cpu"):
+        index = torch.arange(math.prod(shape)).view(1, *shape)  # [1, *event]
+        try:
+            back = partitioner.merge(partitioner.split(index))
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(
+                f"Fractal: {where}, {partitioner!r}: merge(split(x)) fails on x = arange "
+                f"{list(shape)}: {err}"
+            ) from err
+    if back.shape != index.shape or not torch.equal(back, index):
+        wrong = (back != index).flatten().nonzero() if back.shape == index.shape else None
+        first = "" if wrong is None or not len(wrong) else f" (first at flat element {int(wrong[0])})"
+        raise ValueError(
+            f"Fractal: {where}, {partitioner!r}, is not a bijection: merge(split(x)) differs from "
+            f"x on x = arange over {list(shape)}{first}; split must put every element in exactly "
+            "one child position and merge must be its exact inverse"
+        )
 
 
 def compose(levels: LevelPairs, leaf: LeafConfig, normalisation: ValueNormalisation) -> Level:
