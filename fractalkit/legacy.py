@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 __all__ = [
     "CONFIG_UPGRADES",
     "LEGACY_KEY_RULES",
+    "READABLE_VERSIONS",
     "state_dict_pre_hook",
     "upgrade_config",
     "upgrade_key",
@@ -36,10 +37,54 @@ __all__ = [
 T = TypeVar("T")
 
 #: ``(compiled pattern, replacement)``, applied in order to every key of an old state dict.
-LEGACY_KEY_RULES: list[tuple[re.Pattern[str], str]] = []
+LEGACY_KEY_RULES: list[tuple[re.Pattern[str], str]] = [
+    # Before issue 20 a class-label or unconditional model adopted its conditioner's parameters
+    # at the top level; the conditioner is an ordinary submodule now.
+    (re.compile(r"^null_embedding$"), "conditioner.null_embedding"),
+    (re.compile(r"^class_embedding\."), "conditioner.class_embedding."),
+]
+
+#: the model-config versions this fractalkit reads (the last one is the one it writes)
+READABLE_VERSIONS = (1, 2, 3, 4)
+
+
+def _to_version_4(config: dict[str, Any]) -> dict[str, Any]:
+    """Versions 1-3 -> 4, the one version written for every model since issue 20.
+
+    1 (fractalkit 0.1) and 2 (adds ``guide_input`` to MAR levels, defaulted when absent) say
+    what they are conditioned on by ``num_classes`` and ``label_drop``: a class-label
+    conditioner for K > 0, none otherwise (whose ``label_drop`` nothing read). 3 holds a
+    ``conditioner`` entry already. Version 4 adds ``plugins`` (kind -> module of kinds
+    defined outside fractalkit; older files recorded none).
+    """
+    if config.get("version") not in (1, 2, 3):
+        return config
+    out = {k: v for k, v in config.items() if k not in ("num_classes", "label_drop")}
+    if config["version"] < 3:
+        for key in ("num_classes", "label_drop"):
+            if key not in config:
+                raise ValueError(
+                    f"Fractal.from_config: a version-{config['version']} config lacks the "
+                    f"required key {key!r}"
+                )
+        k = config["num_classes"]
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"Fractal.from_config: num_classes must be an integer >= 0, got {k!r}")
+        out["conditioner"] = (
+            {"kind": "class_label", "num_classes": k, "drop": float(config["label_drop"])}
+            if k else {"kind": "unconditional"}
+        )
+    elif "num_classes" in config or "label_drop" in config:
+        raise ValueError(
+            "Fractal.from_config: unknown keys ['label_drop', 'num_classes'] for a version-3 config"
+        )
+    out["version"] = 4
+    out.setdefault("plugins", {})
+    return out
+
 
 #: ``config dict -> config dict`` conversions of older model configs, applied in order.
-CONFIG_UPGRADES: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+CONFIG_UPGRADES: list[Callable[[dict[str, Any]], dict[str, Any]]] = [_to_version_4]
 
 
 def upgrade_key(key: str) -> str:

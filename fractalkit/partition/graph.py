@@ -37,13 +37,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fractalkit.partition.base import Partitioner, _positive_int
 from fractalkit.partition.chunks import SequenceChunks
+from fractalkit.registry import register
 from fractalkit.validation import check_integer_tensor
 
 __all__ = ["Graph", "GraphEncoding", "GraphSubsets", "bfs_order"]
@@ -384,6 +385,7 @@ class GraphEncoding:
         return f"{type(self).__name__}({args})"
 
 
+@register("graph_subsets")
 class GraphSubsets(Partitioner):
     """Cut a node-row graph encoding ``[N, n * W]`` into k subsets of s = n / k consecutive nodes.
 
@@ -405,7 +407,6 @@ class GraphSubsets(Partitioner):
         ((81,), (27,), (1, 3))
     """
 
-    kind: ClassVar[str] = "graph_subsets"
 
     def __init__(self, num_nodes: int, row_width: int, subsets: int) -> None:
         name = type(self).__name__
