@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from fractalkit.config import FractalConfig
 from fractalkit.fractal import Fractal
 from fractalkit.sampling.options import SampleOptions
 
@@ -284,7 +285,7 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     sampling = sampling if sampling is not None else getattr(model, "pretrained_options", None)
     model.save(folder / WEIGHTS_FILE)
-    _write(folder / CONFIG_FILE, json.dumps(model.config, indent=2) + "\n")
+    _write(folder / CONFIG_FILE, json.dumps(model.config.to_dict(), indent=2) + "\n")
     if sampling is not None:
         payload = {"options": _options_dict(sampling), "published": published}
         _write(folder / SAMPLING_FILE, json.dumps(payload, indent=2) + "\n")
@@ -332,7 +333,8 @@ def _load_folder(folder: Path, device: str) -> Fractal:
         )
     model = Fractal.load(weights, device=device)
     config_path = folder / CONFIG_FILE
-    if config_path.is_file() and json.loads(config_path.read_text()) != model.config:
+    # Older folders hold an older config version: compared through the one conversion.
+    if config_path.is_file() and FractalConfig.from_dict(json.loads(config_path.read_text())) != model.config:
         raise PretrainedError(
             f"{config_path} disagrees with the config inside {weights}; the folder was edited "
             "by hand or half-written: write it again with save_pretrained"

@@ -33,10 +33,10 @@ class CachedGRULevelConfig(GRULevelConfig):
 
     kind = "gru_cached_tests"
 
-    def build(self, partitioner, child, *, cond_dim, cond_tokens, normalisation):
+    def build(self, ctx):
         return CachedGRULevel(
-            partitioner, child, self, cond_dim=cond_dim, cond_tokens=cond_tokens,
-            normalisation=normalisation,
+            ctx.partitioner, ctx.child, self, cond_dim=ctx.cond_dim, cond_tokens=ctx.cond_tokens,
+            normalisation=ctx.normalisation,
         )
 
 

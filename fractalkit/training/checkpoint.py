@@ -237,7 +237,7 @@ def save_checkpoint(
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "step": step,
-            "config": model.config,
+            "config": model.config.to_dict(),
             "extra": extra or {},
             "files": files,
         }

@@ -49,7 +49,7 @@ def poison(module, monkeypatch, at_step: int, term: str, value: float, times: in
             elif term == "nll":
                 nll = nll * value
             elif term == "gradient":  # finite loss, non-finite gradient
-                total = total + (self.model.null_embedding * 0 * value).sum()
+                total = total + (self.model.conditioner.null_embedding * 0 * value).sum()
         return total, nll
 
     monkeypatch.setattr(module.LossModule, "forward", forward)
