@@ -324,6 +324,15 @@ def _model_card(model: Fractal, sampling: SampleOptions | None, description: str
     return "\n".join(lines)
 
 
+def _folder_config(path: Path) -> FractalConfig | None:
+    """The config a folder's config.json describes (older versions through the one conversion),
+    or None when it describes none."""
+    try:
+        return FractalConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 def _load_folder(folder: Path, device: str) -> Fractal:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
@@ -333,8 +342,7 @@ def _load_folder(folder: Path, device: str) -> Fractal:
         )
     model = Fractal.load(weights, device=device)
     config_path = folder / CONFIG_FILE
-    # Older folders hold an older config version: compared through the one conversion.
-    if config_path.is_file() and FractalConfig.from_dict(json.loads(config_path.read_text())) != model.config:
+    if config_path.is_file() and _folder_config(config_path) != model.config:
         raise PretrainedError(
             f"{config_path} disagrees with the config inside {weights}; the folder was edited "
             "by hand or half-written: write it again with save_pretrained"

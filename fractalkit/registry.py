@@ -126,6 +126,11 @@ class KindView(Mapping[str, type]):
             raise KeyError(kind)
         return cls
 
+    def __delitem__(self, kind: str) -> None:
+        """Unregister ``kind`` (tests that register throw-away components clean up this way)."""
+        self[kind]  # KeyError unless registered here
+        del REGISTRY[kind]
+
     def __iter__(self) -> Iterator[str]:
         return iter([k for k, cls in REGISTRY.items() if self._accepts(cls)])
 

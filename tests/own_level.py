@@ -17,7 +17,7 @@ from fractalkit import register_config
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "own_level.md"
 _BLOCKS = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.S)
-_DEFINITIONS = _BLOCKS[0].split("# ---- using it ----")[0].replace('kind = "gru"', 'kind = "gru_tests"', 1)
+_DEFINITIONS = _BLOCKS[0].split("# ---- using it ----")[0].replace('@register("gru")', '@register("gru_tests")', 1)
 exec(compile(_DEFINITIONS, str(PAGE), "exec", dont_inherit=True), globals())  # GRULevel, GRULevelConfig
 exec(compile(_BLOCKS[1], str(PAGE), "exec", dont_inherit=True), globals())  # CachedGRULevel
 
