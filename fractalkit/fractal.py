@@ -101,8 +101,12 @@ class TrainingLoss:
 class Fractal(nn.Module):
     """A fractal generative model: levels of AR/MAR models in models, ending in a leaf.
 
+    The model is described by one :class:`fractalkit.FractalConfig` (:attr:`config`): pass one
+    (``Fractal(config)``), or the short spellings below, which build it.
+
     Args:
-        levels: ``(partitioner, level_config)`` pairs, top first; each partitioner's child shape
+        levels: ``(partitioner, level_config)`` pairs, top first, or a whole
+            :class:`fractalkit.FractalConfig` (then give nothing else); each partitioner's child shape
             must be the next one's event shape. Configs: :class:`fractalkit.ARLevelConfig`,
             :class:`fractalkit.MARLevelConfig`, or a registered plug-in.
         leaf: the leaf's config (:class:`fractalkit.RGBLeafConfig`,
@@ -117,6 +121,7 @@ class Fractal(nn.Module):
         value_mean, value_std: how integer values become floats for linear embeddings,
             ``(v / (V - 1) - mean) / std``; a number or one per entry of the data's leading axis
             (per channel; the original uses ImageNet's mean and std).
+        config: a :class:`fractalkit.FractalConfig`, instead of all of the above.
 
     Example:
         >>> from fractalkit import Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig
