@@ -31,6 +31,7 @@ __all__ = [
     "state_dict_pre_hook",
     "upgrade_config",
     "upgrade_key",
+    "upgrade_optimizer_state",
     "upgrade_state_dict",
 ]
 
@@ -130,6 +131,55 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     for upgrade in CONFIG_UPGRADES:
         config = upgrade(config)
     return config
+
+
+def _old_parameter_order(names: list[str], version: int) -> list[str]:
+    """Today's parameter names in the order a model written as config ``version`` enumerated
+    them (``model.named_parameters()``), or ``names`` when the order has not changed.
+
+    Before version 4 a class-label or unconditional model (config versions 1 and 2) held its
+    ``null_embedding`` as its own first parameter and its ``class_embedding`` as a submodule
+    registered after the levels; today they sit in the ``conditioner`` submodule, after the
+    levels.
+    """
+    if version not in (1, 2):
+        return names
+    null, labels = "conditioner.null_embedding", "conditioner.class_embedding.weight"
+    rest = [n for n in names if n not in (null, labels)]
+    return ([null] if null in names else []) + rest + ([labels] if labels in names else [])
+
+
+def upgrade_optimizer_state(
+    state: dict[str, Any] | None, names: list[str], version: Any
+) -> dict[str, Any] | None:
+    """An optimizer ``state_dict`` saved with a model of config ``version``, renumbered for
+    today's parameter order ``names`` (``[n for n, _ in model.named_parameters()]``).
+
+    A ``torch.optim`` state dict refers to parameters by their position. It is renumbered when
+    it has one parameter group holding every parameter (``Optimizer(model.parameters())``),
+    where positions are the model's order; with several groups the members of each are unknown
+    and it is returned unchanged (an optimizer built from groups then resumes with moments of
+    the class-label and null embeddings out of place).
+
+    Args:
+        state: the optimizer's ``state_dict`` (not modified), or None.
+        names: today's parameter names, in ``model.named_parameters()`` order.
+        version: the config version of the checkpoint's manifest.
+    """
+    old = _old_parameter_order(list(names), version)
+    if state is None or old == list(names):
+        return state
+    groups = state.get("param_groups") or []
+    if len(groups) != 1 or len(groups[0].get("params", ())) != len(names):
+        return state
+    ids = groups[0]["params"]
+    position = {name: i for i, name in enumerate(old)}
+    moved = {}
+    for j, name in enumerate(names):
+        old_id = ids[position[name]]
+        if old_id in state["state"]:
+            moved[ids[j]] = state["state"][old_id]
+    return {**state, "state": moved}
 
 
 def state_dict_pre_hook(module: Any, state_dict: dict, prefix: str, *args: Any) -> None:

@@ -338,3 +338,29 @@ def test_unregistered_kinds_and_partitioners_fail_clearly() -> None:
         FractalConfig.from_dict(data)
     assert isinstance(FractalConfig.from_dict(_v4()).levels[0][0], ImagePatches)
     assert Channels((3, 2)).to_dict() == Channels((3, 2)).config()
+
+
+def test_optimizer_state_of_an_older_checkpoint_is_renumbered() -> None:
+    """Older class-label models enumerated ``null_embedding`` first and ``class_embedding``
+    last; a one-group optimizer state saved then lines up with today's parameters."""
+    from fractalkit.legacy import upgrade_optimizer_state
+
+    model = Fractal.from_config(_v4())
+    names = [n for n, _ in model.named_parameters()]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.loss(torch.randint(0, 256, (2, 3, 4, 4)), torch.tensor([1, 2])).total.backward()
+    opt.step()
+    today = opt.state_dict()
+    old_order = ["conditioner.null_embedding"] + names[:-2] + ["conditioner.class_embedding.weight"]
+    assert names[-2:] == ["conditioner.null_embedding", "conditioner.class_embedding.weight"]
+    # what the older version saved: positions in its own order
+    old = {"param_groups": today["param_groups"],
+           "state": {i: today["state"][names.index(n)] for i, n in enumerate(old_order)}}
+    got = upgrade_optimizer_state(old, names, 2)
+    assert got["state"].keys() == today["state"].keys()
+    for i in today["state"]:
+        assert torch.equal(got["state"][i]["exp_avg"], today["state"][i]["exp_avg"])
+    assert upgrade_optimizer_state(today, names, 4) is today  # today's checkpoints: unchanged
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(got)
+    fresh.step()  # shapes line up

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
-from fractalkit.legacy import upgrade_config, upgrade_state_dict
+from fractalkit.legacy import upgrade_config, upgrade_optimizer_state, upgrade_state_dict
 from fractalkit.validation import nonfinite_tensors
 
 __all__ = [
@@ -343,7 +343,11 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         model=model,
         step=int(trainer["step"]),
         config=upgrade_config(manifest["config"]),
-        optimizer=trainer.get("optimizer"),
+        # positions of older class-label / unconditional models' parameters (fractalkit.legacy)
+        optimizer=upgrade_optimizer_state(
+            trainer.get("optimizer"), [n for n, _ in model.named_parameters()],
+            manifest["config"].get("version"),
+        ),
         scheduler=trainer.get("scheduler"),
         ema=ema,
         rng=trainer.get("rng") or {},
