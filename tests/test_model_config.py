@@ -351,7 +351,7 @@ def test_optimizer_state_of_an_older_checkpoint_is_renumbered() -> None:
     model.loss(torch.randint(0, 256, (2, 3, 4, 4)), torch.tensor([1, 2])).total.backward()
     opt.step()
     today = opt.state_dict()
-    old_order = ["conditioner.null_embedding"] + names[:-2] + ["conditioner.class_embedding.weight"]
+    old_order = ["conditioner.null_embedding", *names[:-2], "conditioner.class_embedding.weight"]
     assert names[-2:] == ["conditioner.null_embedding", "conditioner.class_embedding.weight"]
     # what the older version saved: positions in its own order
     old = {"param_groups": today["param_groups"],
