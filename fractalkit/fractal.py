@@ -77,6 +77,46 @@ def _conditioner_of(
     return ClassLabel(num_classes, drop=float(label_drop)) if num_classes else Unconditional()
 
 
+def _config_of(
+    levels: Any, leaf: Any, num_classes: int, label_drop: float | None, value_mean: Any,
+    value_std: Any, conditioner: ConditionerConfig | None, config: FractalConfig | None,
+) -> FractalConfig:
+    """The :class:`FractalConfig` of ``Fractal(...)``'s arguments: the one given
+    (``Fractal(config)`` or ``config=``), or the one the short spellings describe."""
+    if isinstance(levels, FractalConfig):  # Fractal(config)
+        if config is not None:
+            raise ValueError("Fractal: give the FractalConfig once (positionally or as config=)")
+        levels, config = None, levels
+    if config is None:
+        if levels is None or leaf is None:
+            raise TypeError("Fractal: give levels and leaf (or one FractalConfig)")
+        return FractalConfig(
+            tuple(check_levels(levels, leaf)),
+            leaf,
+            _conditioner_of(num_classes, label_drop, conditioner),
+            value_mean=value_mean,
+            value_std=value_std,
+        )
+    if not isinstance(config, FractalConfig):
+        raise TypeError(
+            f"Fractal: config must be a fractalkit.FractalConfig (FractalConfig.from_dict reads a "
+            f"dict), got {type(config).__name__}"
+        )
+    given = [
+        name for name, value, default in (
+            ("levels", levels, None), ("leaf", leaf, None), ("num_classes", num_classes, 0),
+            ("label_drop", label_drop, None), ("conditioner", conditioner, None),
+            ("value_mean", value_mean, _DEFAULT_NORM), ("value_std", value_std, _DEFAULT_NORM),
+        ) if value is not default
+    ]
+    if given:
+        raise ValueError(
+            f"Fractal: give either a FractalConfig or the short spellings, not both (also "
+            f"given: {given}); use dataclasses.replace(config, ...) to change one"
+        )
+    return config
+
+
 @dataclass(frozen=True)
 class TrainingLoss:
     """The training objective and its parts.
@@ -151,38 +191,7 @@ class Fractal(nn.Module):
         config: FractalConfig | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(levels, FractalConfig):  # Fractal(config)
-            if config is not None:
-                raise ValueError("Fractal: give the FractalConfig once (positionally or as config=)")
-            levels, config = None, levels
-        if config is not None:
-            if not isinstance(config, FractalConfig):
-                raise TypeError(
-                    f"Fractal: config must be a fractalkit.FractalConfig (FractalConfig.from_dict "
-                    f"reads a dict), got {type(config).__name__}"
-                )
-            given = [
-                name for name, value, default in (
-                    ("levels", levels, None), ("leaf", leaf, None), ("num_classes", num_classes, 0),
-                    ("label_drop", label_drop, None), ("conditioner", conditioner, None),
-                    ("value_mean", value_mean, _DEFAULT_NORM), ("value_std", value_std, _DEFAULT_NORM),
-                ) if value is not default
-            ]
-            if given:
-                raise ValueError(
-                    f"Fractal: give either a FractalConfig or the short spellings, not both "
-                    f"(also given: {given}); use dataclasses.replace(config, ...) to change one"
-                )
-        else:
-            if levels is None or leaf is None:
-                raise TypeError("Fractal: give levels and leaf (or one FractalConfig)")
-            config = FractalConfig(
-                tuple(check_levels(levels, leaf)),
-                leaf,
-                _conditioner_of(num_classes, label_drop, conditioner),
-                value_mean=value_mean,
-                value_std=value_std,
-            )
+        config = _config_of(levels, leaf, num_classes, label_drop, value_mean, value_std, conditioner, config)
         levels = check_levels(config.levels, config.leaf)
         if not isinstance(config.conditioner, ConditionerConfig):
             raise TypeError(
