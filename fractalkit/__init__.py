@@ -34,8 +34,14 @@ from fractalkit.partition import (
     partitioner_from_config,
     register_partitioner,
 )
-from fractalkit.protocol import AbstractGenerator, BitsPerDim, Generator, LogProb
-from fractalkit.sampling.options import Progress, SampleOptions
+from fractalkit.protocol import (
+    AbstractGenerator,
+    BitsPerDim,
+    Generator,
+    LogProb,
+    Progress,
+    SampleOptions,
+)
 
 __version__ = "0.1.0"
 

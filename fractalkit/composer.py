@@ -5,9 +5,10 @@ Shape letters: N instances, k children per instance.
 :func:`compose` validates the pairs against the declared contracts
 (:class:`fractalkit.config.LevelConfig`, :class:`fractalkit.config.LeafConfig`), gives every
 level its value normalisation and condition sizes, and builds the levels bottom-up, handing
-each ``config.build`` one :class:`fractalkit.config.BuildContext`;
-:func:`per_level_orders` resolves a user's ``orders`` once into one entry per level, which the
-contexts then hand each level as its own.
+each ``config.build`` one :class:`fractalkit.config.BuildContext`; :func:`level_plans` resolves
+a user's per-level settings (``orders``, ``steps``) once into one
+:class:`fractalkit.protocol.LevelPlan` per level, which the contexts then hand each level as its
+own (``ctx.down()``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from fractalkit.config import BuildContext, LeafConfig, LevelConfig, build_compo
 from fractalkit.levels.base import Level
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
-from fractalkit.protocol import AbstractGenerator
-from fractalkit.sampling.options import OrderSpec
+from fractalkit.protocol import AbstractGenerator, LevelPlan, OrderSpec
 
 LevelPairs = list[tuple[Partitioner, LevelConfig]]
 
@@ -118,3 +118,51 @@ def per_level_orders(
                 "fixed raster order; use None there"
             )
     return tuple(spec)
+
+
+def per_level_steps(
+    levels: Sequence[Level], steps: Sequence[int | None] | None
+) -> tuple[int | None, ...]:
+    """One decoding step count per level, top first (None: one child per step).
+
+    Args:
+        levels: the levels, top first (the leaf excluded).
+        steps: ``SampleOptions.steps``: at most one entry per level, top first (levels past its
+            end decide one child per step), or None. AR levels ignore their entry.
+
+    Raises:
+        ValueError: more entries than levels.
+    """
+    given = tuple(steps) if steps is not None else ()
+    if len(given) > len(levels):
+        raise ValueError(
+            f"steps: expected at most one entry per level ({len(levels)}), got {len(given)}"
+        )
+    return given + (None,) * (len(levels) - len(given))
+
+
+def level_plans(
+    levels: Sequence[Level],
+    orders: OrderSpec | Sequence[OrderSpec] = None,
+    steps: Sequence[int | None] | None = None,
+) -> tuple[LevelPlan, ...]:
+    """The one plan per level, top first, that a scoring or decoding context hands down.
+
+    Orders and steps are resolved the same way: checked against the levels once, one entry per
+    level (:func:`per_level_orders`, :func:`per_level_steps`).
+
+    Args:
+        levels: the levels, top first (the leaf excluded).
+        orders: as :func:`per_level_orders` takes them.
+        steps: ``SampleOptions.steps`` (None when scoring).
+
+    Returns:
+        ``len(levels)`` :class:`fractalkit.protocol.LevelPlan`.
+
+    Raises:
+        ValueError: as :func:`per_level_orders` and :func:`per_level_steps` say.
+    """
+    return tuple(
+        LevelPlan(order=o, steps=s)
+        for o, s in zip(per_level_orders(levels, orders), per_level_steps(levels, steps), strict=True)
+    )

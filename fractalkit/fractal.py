@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from fractalkit import legacy, persistence
-from fractalkit.composer import check_levels, compose, per_level_orders
+from fractalkit.composer import check_levels, compose, level_plans
 from fractalkit.conditioners import ClassLabel, Conditioner, ConditionerConfig, Unconditional
 from fractalkit.config import (
     BuildContext,
@@ -40,8 +40,16 @@ from fractalkit.leaves.base import Leaf
 from fractalkit.levels.base import Level
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
-from fractalkit.protocol import AbstractGenerator, BitsPerDim, LogProb
-from fractalkit.sampling.options import DecodeContext, OrderSpec, SampleOptions, ScoreContext
+from fractalkit.protocol import (
+    AbstractGenerator,
+    BitsPerDim,
+    DecodeContext,
+    LevelPlan,
+    LogProb,
+    OrderSpec,
+    SampleOptions,
+    ScoreContext,
+)
 from fractalkit.validation import check_log_prob
 
 # Re-exported for the converter and presets, which write version-2 (class-label) config dicts;
@@ -308,8 +316,11 @@ class Fractal(nn.Module):
             return None
         return torch.arange(x.numel(), device=x.device).view(x.shape)
 
-    def _orders(self, orders: OrderSpec | Sequence[OrderSpec]) -> tuple[OrderSpec, ...]:
-        return per_level_orders(self.levels[:-1], orders)
+    def _plans(
+        self, orders: OrderSpec | Sequence[OrderSpec] = None, steps: Sequence[int | None] | None = None
+    ) -> tuple[LevelPlan, ...]:
+        """One plan per level (order, steps), resolved once by the composer for a whole pass."""
+        return level_plans(self.levels[:-1], orders, steps)
 
     def _has_orders(self) -> bool:
         return any(level.uses_orders for level in self.levels[:-1])
@@ -337,7 +348,8 @@ class Fractal(nn.Module):
         c = self._condition(c, y, x.shape[0])
         cond = self.top_condition(c, x.shape[0], drop=self.training, generator=generator)
         score = self.root.score(
-            x.long(), cond, ScoreContext("train", generator=generator, positions=self._positions(x))
+            x.long(), cond,
+            ScoreContext("train", generator, self._plans(), positions=self._positions(x)),
         )
         dims = score.dims.sum().clamp(min=1)
         nll = -score.logp.sum() / dims
@@ -389,11 +401,11 @@ class Fractal(nn.Module):
         cond = self.top_condition(c, x.shape[0])
         positions = self._positions(x)
         if orders is not None or not self._has_orders():
-            ctx = ScoreContext("exact", generator=generator, orders=self._orders(orders), positions=positions)
+            ctx = ScoreContext("exact", generator, self._plans(orders), positions=positions)
             score = self.root.score(x, cond, ctx)
             check_log_prob("Fractal.log_prob", score.logp, self)
             return LogProb(score.logp, score.kind)
-        ctx = ScoreContext("estimate", generator=generator, orders=self._orders(None), positions=positions)
+        ctx = ScoreContext("estimate", generator, self._plans(), positions=positions)
         draws = [self.root.score(x, cond, ctx) for _ in range(num_draws)]
         values = torch.stack([d.logp for d in draws])  # [draws, N]
         check_log_prob("Fractal.log_prob", values, self)
@@ -409,26 +421,6 @@ class Fractal(nn.Module):
         """
         return self.log_prob(x, c, **kwargs).bits_per_dim(self.num_dims)
 
-    # ---- compatibility path: explicit masks --------------------------------------------------
-
-    def teacher_forced(
-        self, x: Tensor, c: Any, masks: Sequence[Tensor | None]
-    ) -> LogProb:
-        """Compatibility path: score with explicit MAR masks (one bool ``[n_level, L]`` per MAR
-        level, None for AR); :func:`fractalkit.compat.fractalgen.teacher_forced_leaf_logits`
-        uses it to compare with the original.
-
-        Reproduces a given computation exactly (e.g. one draw of another implementation's
-        estimate); the rows of level i+1 are the masked children of level i in (instance,
-        child index) order. The result is unweighted, labelled an estimate.
-        """
-        self.root.check_x(x)
-        c = self._condition(c, None, x.shape[0])
-        cond = self.top_condition(c, x.shape[0])
-        ctx = ScoreContext("masks", masks=tuple(masks), positions=self._positions(x))
-        score = self.root.score(x.long(), cond, ctx)
-        return LogProb(score.logp, "estimate")
-
     # ---- sampling ------------------------------------------------------------------------------
 
     def _decode(
@@ -442,11 +434,7 @@ class Fractal(nn.Module):
         force: bool = False,
     ) -> tuple[Tensor, Tensor]:
         n = x.shape[0]
-        if options.steps is not None and len(options.steps) > len(self.levels) - 1:
-            raise ValueError(
-                f"steps: expected at most one entry per level ({len(self.levels) - 1}), "
-                f"got {len(options.steps)}"
-            )
+        plans = self._plans(orders, options.steps)
         guided = options.guidance != 1.0
         if guided and (c is None or not self.conditioner.has_null):
             raise ValueError(
@@ -457,9 +445,7 @@ class Fractal(nn.Module):
         if guided:  # the unconditional half reads the null condition
             cond = torch.cat([cond, self.top_condition(None, n).to(cond.dtype)])
             x, known = x.repeat(2, *([1] * (x.dim() - 1))), known.repeat(2, *([1] * (x.dim() - 1)))
-        ctx = DecodeContext(
-            options, generator, guided, scale=options.guidance, force=force, orders=self._orders(orders)
-        )
+        ctx = DecodeContext(options, generator, guided, scale=options.guidance, force=force, plans=plans)
         positions = self._positions(x, needed=options.constraint is not None)
         if positions is not None:  # the leaf writes what it decides to a canvas later ones read
             ctx = dataclasses.replace(

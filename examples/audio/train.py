@@ -64,7 +64,7 @@ import torch
 from fractalkit import ARLevelConfig, Fractal, SequenceChunks, cli
 from fractalkit.baselines import NGramModel, choose_order
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
-from fractalkit.sampling.options import ScoreContext
+from fractalkit.protocol import ScoreContext
 from fractalkit.training import budget
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -107,7 +107,7 @@ from fractalkit.legacy import upgrade_key
 from fractalkit.levels.ar import ARLevelConfig
 from fractalkit.levels.mar import MARLevelConfig
 from fractalkit.partition import ImagePatches
-from fractalkit.protocol import LogProb
+from fractalkit.protocol import LevelPlan, LogProb, ScoreContext
 from fractalkit.sampling.options import SampleOptions
 
 __all__ = [
@@ -125,6 +125,8 @@ __all__ = [
     "name_table",
     "original_name",
     "published_options",
+    "replay_plans",
+    "teacher_forced",
     "teacher_forced_leaf_logits",
 ]
 
@@ -904,6 +906,66 @@ def convert_checkpoint(
     return model
 
 
+# ---- compat-only scoring: replaying given MAR masks (moved here from the core) --------------
+# The core scores in three modes (train / exact / estimate); this path replays one draw of
+# another implementation's masks by handing each MAR level a plan with its mask.
+
+
+def replay_plans(model: Fractal, masks: Sequence[Tensor | None]) -> tuple[LevelPlan, ...]:
+    """One :class:`fractalkit.protocol.LevelPlan` per level that fixes its scored children.
+
+    Args:
+        model: the model.
+        masks: per level, bool ``[n_level, L]`` (True = masked = scored and passed down) for an
+            order-dependent (MAR) level, None for an AR level; the rows of level i+1 are the
+            masked children of level i in (instance, child index) order.
+
+    Raises:
+        ValueError: more masks than levels, or no mask tensor for a MAR level.
+    """
+    levels = model.levels[:-1]
+    masks = list(masks)
+    if len(masks) > len(levels):
+        raise ValueError(f"masks: expected at most one entry per level ({len(levels)}), got {len(masks)}")
+    masks += [None] * (len(levels) - len(masks))
+    for i, (mask, level) in enumerate(zip(masks, levels, strict=True)):
+        if level.uses_orders and not isinstance(mask, Tensor):
+            raise ValueError(
+                f"MARLevel (level {i}): masks[{i}] must be a bool tensor of shape [n, L], got "
+                f"{type(mask).__name__}"
+            )
+    return tuple(LevelPlan(mask=m) for m in masks)
+
+
+def teacher_forced(
+    model: Fractal, x: Tensor, y: Tensor | None, masks: Sequence[Tensor | None]
+) -> LogProb:
+    """Score with explicit MAR masks, reproducing one given computation exactly.
+
+    E.g. one draw of the original's (or fractalkit's) estimate: each MAR level scores exactly
+    its masked children, unweighted; AR levels score every child.
+
+    Args:
+        model: the model (call ``model.eval()`` first).
+        x: integer ``[N, *event_shape]``.
+        y: int64 ``[N]`` labels, or None for the null condition.
+        masks: as in :func:`replay_plans`.
+
+    Returns:
+        :class:`fractalkit.LogProb` with ``value [N]`` in nats, labelled an estimate.
+    """
+    model.root.check_x(x)
+    n = x.shape[0]
+    if y is not None:
+        model.conditioner.check(y, n)
+    cond = model.top_condition(y, n)
+    # "estimate" scores MAR levels by masks (the plans fix them) and the guiding pixel as part
+    # of the likelihood, as the original's evaluation does; the drawn weights do not apply.
+    ctx = ScoreContext("estimate", plans=replay_plans(model, masks), positions=model._positions(x))
+    score = model.root.score(x.long(), cond, ctx)
+    return LogProb(score.logp, "estimate")
+
+
 # ---- reproducing a computation -------------------------------------------------------------
 
 
@@ -929,7 +991,7 @@ def _capture_leaf(model: Fractal):
 def teacher_forced_leaf_logits(
     model: Fractal, x: Tensor, y: Tensor | None, masks: Sequence[Tensor | None]
 ) -> tuple[LogProb, Tensor]:
-    """:meth:`Fractal.teacher_forced` plus the leaf's logits, to compare with the original.
+    """:func:`teacher_forced` plus the leaf's logits, to compare with the original.
 
     The leaf rows come in the original's order: lexicographic in (image, level-0 child, level-1
     child, ...), keeping only the masked children of MAR levels.
@@ -950,7 +1012,7 @@ def teacher_forced_leaf_logits(
     if not isinstance(model.leaf, Leaf):
         raise TypeError(f"teacher_forced_leaf_logits: {type(model.leaf).__name__} is not a Leaf")
     with _capture_leaf(model) as captured:
-        lp = model.teacher_forced(x, y, masks)
+        lp = teacher_forced(model, x, y, masks)
     if not captured:
         raise RuntimeError("teacher_forced_leaf_logits: the leaf was never called")
     return lp, torch.cat(captured)

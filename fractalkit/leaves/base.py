@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 from fractalkit.sampling.guidance import guided_logits
-from fractalkit.sampling.options import DecodeContext, ScoreContext
 from fractalkit.sampling.rng import sample_categorical
 from fractalkit.validation import check_integer, check_probabilities
 

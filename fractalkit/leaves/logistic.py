@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from fractalkit.config import BuildContext, LeafConfig
 from fractalkit.leaves.base import Leaf
 from fractalkit.protocol import accumulation_dtype
+from fractalkit.protocol.contexts import DecodeContext
 from fractalkit.registry import register
-from fractalkit.sampling.options import DecodeContext
 from fractalkit.sampling.rng import uniform
 
 __all__ = [

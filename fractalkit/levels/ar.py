@@ -24,8 +24,8 @@ from fractalkit.nn.rope import rope_2d_table
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator
+from fractalkit.protocol.contexts import DecodeContext
 from fractalkit.registry import register
-from fractalkit.sampling.options import DecodeContext
 
 
 @register("ar")

@@ -29,7 +29,7 @@ from fractalkit.nn.linear import Linear
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score, accumulation_dtype
-from fractalkit.sampling.options import DecodeContext, ScoreContext
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 
 EmbedMode = Literal["linear", "table"]
 

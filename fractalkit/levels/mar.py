@@ -29,8 +29,8 @@ from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score
+from fractalkit.protocol.contexts import DecodeContext, ScoreContext
 from fractalkit.registry import register
-from fractalkit.sampling.options import DecodeContext, ScoreContext
 from fractalkit.sampling.orders import masked_subset, resolve_orders
 from fractalkit.sampling.rng import uniform
 from fractalkit.sampling.schedules import decode_counts, training_mask_counts
@@ -296,10 +296,10 @@ class MARLevel(Level):
         n, k = children.shape[:2]
         device = children.device
         weight = None
-        if ctx.mode == "masks":
-            masked = ctx.mask()
-            if masked is None or masked.dtype != torch.bool or tuple(masked.shape) != (n, k):
-                got = None if masked is None else (masked.dtype, list(masked.shape))
+        masked = ctx.mask()
+        if masked is not None:  # the plan fixes the scored children (a replay): unweighted
+            if masked.dtype != torch.bool or tuple(masked.shape) != (n, k):
+                got = (masked.dtype, list(masked.shape))
                 raise ValueError(
                     f"MARLevel (level {ctx.depth}): masks[{ctx.depth}] must be a bool tensor of "
                     f"shape [{n}, {k}], got {got}"

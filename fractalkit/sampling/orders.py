@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fractalkit.sampling.options import OrderSpec
+from fractalkit.protocol.contexts import OrderSpec
 from fractalkit.sampling.rng import random_orders
 from fractalkit.validation import check_integer_tensor
 

@@ -6,14 +6,16 @@ Shape letters: N instances, L children per instance, S decoding steps.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+# The guidance schedule defines what SampleOptions.guidance_schedule means: it lives with the
+# options under the protocol and is re-exported here with the other schedules.
+from fractalkit.protocol.options import GuidanceSchedule, guidance_at
 from fractalkit.sampling.rng import truncated_normal
 
-GuidanceSchedule = Literal["constant", "linear"]
+__all__ = ["GuidanceSchedule", "decode_counts", "guidance_at", "training_mask_counts"]
 
 
 def training_mask_counts(
@@ -60,19 +62,3 @@ def decode_counts(unknown: Tensor, steps: int | None) -> Tensor:
         counts.append(remaining - target)
         remaining = target
     return torch.stack(counts, dim=1)
-
-
-def guidance_at(scale: float, schedule: GuidanceSchedule, progress: float) -> float:
-    """Guidance scale at a top-level step.
-
-    Args:
-        scale: w, the full classifier-free guidance scale (1 = no guidance).
-        schedule: ``"constant"`` (w throughout) or ``"linear"`` (1 + (w - 1) * progress).
-        progress: fraction of the top level's children decided once this step is done, in (0, 1];
-            the last step therefore uses the full scale.
-    """
-    if schedule == "constant":
-        return scale
-    if schedule == "linear":
-        return 1.0 + (scale - 1.0) * progress
-    raise ValueError(f"guidance_schedule: expected 'constant' or 'linear', got {schedule!r}")

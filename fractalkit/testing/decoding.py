@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
-from fractalkit.sampling.options import Progress
+from fractalkit.protocol import Progress
 from fractalkit.testing.conditions import batch_condition, random_conditions
 from fractalkit.testing.report import CheckResult, ContractError, fail
 from fractalkit.testing.support import check_model, float64_copy, random_data

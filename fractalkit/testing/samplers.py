@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
-from fractalkit.sampling.options import SampleOptions
+from fractalkit.protocol import SampleOptions
 from fractalkit.testing.conditions import describe, one_condition, repeat_condition
 from fractalkit.testing.laws import sampling_law
 from fractalkit.testing.likelihood import is_bound

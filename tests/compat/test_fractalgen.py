@@ -148,7 +148,7 @@ def test_tiny_conditions_handed_down(tiny):
     child.score, leaf.element_logits = score, element_logits
     try:
         with torch.no_grad():
-            model.teacher_forced(io["images"], None, _masks(io, model))
+            fg.teacher_forced(model, io["images"], None, _masks(io, model))
     finally:
         del child.score, leaf.element_logits
     for level in ("level0", "level1"):

@@ -1,4 +1,4 @@
-"""The Generator protocol: a conditional distribution p(x | c) over instances, and its likelihoods.
+"""The Generator contract: a conditional distribution p(x | c) over instances, and its likelihoods.
 
 Shape letters: N instances, T condition tokens, D condition width, E elements of an instance.
 
@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Protocol, runtime_checkable
 
-from fractalkit.sampling.options import DecodeContext, SampleOptions, ScoreContext
+from fractalkit.protocol.contexts import DecodeContext, LevelPlan, ScoreContext
+from fractalkit.protocol.options import SampleOptions
 from fractalkit.validation import check_finite_tensor, check_log_prob
 
 Kind = Literal["exact", "bound", "estimate"]
@@ -210,7 +211,8 @@ class AbstractGenerator(nn.Module, abc.ABC):
         Args:
             x: int64 ``[N, *event_shape]``.
             cond: ``[N, T, D]``.
-            ctx: how to score (train / exact / estimate / masks) and the random stream.
+            ctx: how to score (train / exact / estimate), this level's plan and the random
+                stream.
 
         Returns:
             A :class:`Score` of N rows.
@@ -280,7 +282,8 @@ class AbstractGenerator(nn.Module, abc.ABC):
         """
         self.check_x(x)
         self.check_cond(cond, x.shape[0])
-        score = self.score(x.long(), cond, ScoreContext("exact", orders=("identity",) * 64))
+        ctx = ScoreContext("exact", default_plan=LevelPlan(order="identity"))  # at every depth
+        score = self.score(x.long(), cond, ctx)
         check_log_prob(f"{type(self).__name__}.log_prob", score.logp, self)
         return LogProb(score.logp, score.kind)
 
