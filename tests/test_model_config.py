@@ -364,3 +364,66 @@ def test_optimizer_state_of_an_older_checkpoint_is_renumbered() -> None:
     fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
     fresh.load_state_dict(got)
     fresh.step()  # shapes line up
+
+
+def test_a_checkpoint_written_before_the_change_resumes(tmp_path) -> None:
+    """A training checkpoint as older versions wrote it (version-2 manifest config, old names in
+    the model and EMA files, optimizer positions in the old order) loads with everything in place."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from fractalkit.training import EMA, load_checkpoint, save_checkpoint
+
+    model = Fractal.from_config(_v4())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.loss(torch.randint(0, 256, (2, 3, 4, 4)), torch.tensor([1, 2])).total.backward()
+    opt.step()
+    ema = EMA(model, decay=0.5)
+    folder = save_checkpoint(tmp_path / "ck", model, step=1, optimizer=opt, ema=ema)
+    names = [n for n, _ in model.named_parameters()]
+    old_order = ["conditioner.null_embedding", *names[:-2], "conditioner.class_embedding.weight"]
+    v2 = {k: v for k, v in _v4().items() if k not in ("conditioner", "plugins")}
+    v2 |= {"version": 2, "num_classes": 7, "label_drop": 0.2}
+
+    def old_names(state):
+        return {k.removeprefix("conditioner."): v.contiguous() for k, v in state.items()}
+
+    meta = {"fractalkit_config": json.dumps(v2)}
+    save_file(old_names(model.state_dict()), str(folder / "model.safetensors"), metadata=meta)
+    with ema.applied(model):
+        save_file(old_names(model.state_dict()), str(folder / "ema.safetensors"), metadata=meta)
+    trainer = torch.load(folder / "trainer.pt", weights_only=True)
+    today = trainer["optimizer"]
+    trainer["optimizer"] = {"param_groups": today["param_groups"],
+                            "state": {i: today["state"][names.index(n)] for i, n in enumerate(old_order)}}
+    torch.save(trainer, folder / "trainer.pt")
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    manifest["config"] = v2
+    for name in manifest["files"]:
+        data = (folder / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+
+    ck = load_checkpoint(folder)
+    assert ck.config == model.config.to_dict()
+    assert all(torch.equal(ck.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert set(ck.ema) == set(names) and torch.equal(
+        ck.ema["conditioner.null_embedding"], ema.shadow["conditioner.null_embedding"])
+    for i in today["state"]:
+        assert torch.equal(ck.optimizer["state"][i]["exp_avg"], today["state"][i]["exp_avg"])
+
+
+def test_a_hub_folder_written_before_the_change_loads(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    model = Fractal.from_config(_v4()).eval()
+    folder = model.save_pretrained(tmp_path / "m")
+    v2 = {k: v for k, v in _v4().items() if k not in ("conditioner", "plugins")}
+    v2 |= {"version": 2, "num_classes": 7, "label_drop": 0.2}
+    state = {k.removeprefix("conditioner."): v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"fractalkit_config": json.dumps(v2)})
+    (folder / "config.json").write_text(json.dumps(v2, indent=2))
+    loaded = Fractal.from_pretrained(folder)
+    assert loaded.config == model.config
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
