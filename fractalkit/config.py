@@ -452,6 +452,12 @@ class FractalConfig:
                 f"Fractal.from_config: unknown keys {unknown} for a version-{data['version']} config"
             )
         modules = data["plugins"]
+        if not isinstance(modules, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in modules.items()
+        ):
+            raise ValueError(
+                f"Fractal.from_config: 'plugins' must map kinds to module names, got {modules!r:.120}"
+            )
         if not isinstance(data["levels"], list) or not data["levels"]:
             raise ValueError("Fractal.from_config: 'levels' must be a non-empty list")
         levels = []

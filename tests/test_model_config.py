@@ -150,6 +150,8 @@ def test_versions_1_2_3_read_as_today() -> None:
         FractalConfig.from_dict({k: v for k, v in v2.items() if k != "label_drop"})
     with pytest.raises(ValueError, match="version 99"):
         FractalConfig.from_dict(today | {"version": 99})
+    with pytest.raises(ValueError, match="'plugins' must map kinds to module names"):
+        FractalConfig.from_dict(today | {"plugins": ["x"]})
 
 
 def test_old_parameter_names_load_on_every_path(tmp_path) -> None:
