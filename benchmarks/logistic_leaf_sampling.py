@@ -28,7 +28,7 @@ import torch
 from fractalkit import cli
 from fractalkit.config import BuildContext
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
-from fractalkit.sampling.options import DecodeContext, SampleOptions
+from fractalkit.protocol import DecodeContext, SampleOptions
 
 
 def seconds_per_value(num_values: int, rows: int, sampling: str, repeats: int, dim: int = 64) -> float:

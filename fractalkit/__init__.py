@@ -43,6 +43,13 @@ from fractalkit.protocol import (
     SampleOptions,
 )
 
+# The top of the house: the Hub code builds Fractal by default, and the ImageNet wing registers
+# the paper models' releases (the core below never imports the wing).
+from fractalkit import hub  # isort: skip
+from fractalkit import imagenet  # noqa: F401  (isort: skip)
+
+hub.set_default_model_class(Fractal)
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -615,10 +615,13 @@ class Fractal(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> Fractal:
         """A pretrained model: a saved folder, a released model's name or a Hub id; see
-        :func:`fractalkit.hub.from_pretrained` (the keyword arguments are its)."""
+        :func:`fractalkit.hub.from_pretrained` (the keyword arguments are its).
+
+        The released paper models are found by name because ``import fractalkit`` registers
+        them (:mod:`fractalkit.imagenet`); the Hub code builds this class (``cls``)."""
         from fractalkit.hub import from_pretrained
 
-        return from_pretrained(name_or_path, **kwargs)
+        return from_pretrained(name_or_path, cls=cls, **kwargs)
 
     def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> Path:
         """Write a Hub-style folder; see :func:`fractalkit.hub.save_pretrained`."""

@@ -91,7 +91,7 @@ def test_bf16_likelihoods_within_the_stated_tolerance(kind: str) -> None:
 def test_leaf_decodes_in_its_weights_dtype_under_cpu_autocast() -> None:
     """The leaf's decoding is overhead-bound: under autocast it runs as in float32, bit for bit."""
     from fractalkit import SampleOptions
-    from fractalkit.sampling.options import DecodeContext
+    from fractalkit.protocol import DecodeContext
 
     torch.manual_seed(0)
     leaf = RGBLeafConfig(width=32, depth=1, heads=4).build(BuildContext(16, 5, (3,))).eval()

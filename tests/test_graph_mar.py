@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig
+from fractalkit.graphs import GraphEncoding
 from fractalkit.levels.mar import MARLevel
-from fractalkit.partition import GraphEncoding, SequenceChunks
+from fractalkit.partition import SequenceChunks
 from fractalkit.testing import (
     ContractError,
     check_decomposition,

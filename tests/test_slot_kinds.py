@@ -12,8 +12,9 @@ import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig, SampleOptions
 from fractalkit.config import config_from_dict
+from fractalkit.graphs import GraphEncoding
 from fractalkit.leaves import SlotCategoricalLeafConfig, SlotKinds
-from fractalkit.partition import GraphEncoding, SequenceChunks
+from fractalkit.partition import SequenceChunks
 from fractalkit.testing import (
     check_config_round_trip,
     check_decomposition,
@@ -119,7 +120,7 @@ def test_bad_slot_kind_configs():
 
 def test_slot_leaf_needs_positions():
     model = graph_fractal(GraphEncoding(2, 2, 1))
-    from fractalkit.sampling.options import ScoreContext
+    from fractalkit.protocol import ScoreContext
 
     with pytest.raises(ValueError, match="needs each element's position"):
         model.leaf.score(torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1, 16), ScoreContext("exact"))

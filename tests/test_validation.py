@@ -155,7 +155,7 @@ def test_integer_arguments_given_as_floats_raise(call) -> None:
 
 
 def _graphs():
-    from fractalkit.partition import Graph
+    from fractalkit.graphs import Graph
 
     return Graph(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, 3, dtype=torch.long),
                  torch.ones(1, 3, dtype=torch.bool))

@@ -48,8 +48,8 @@ from fractalkit.cli import (
     probability,
     run,
 )
-from fractalkit.data.images import load_image_dataset
-from fractalkit.presets import PRESETS, get_preset
+from fractalkit.imagenet.data import load_image_dataset
+from fractalkit.imagenet.presets import PRESETS, get_preset
 from fractalkit.training import EMA, WarmupCosine, load_checkpoint, save_checkpoint
 from fractalkit.training.nonfinite import NonFiniteLoss, describe, nonfinite_terms
 from fractalkit.training.signals import StopRequests

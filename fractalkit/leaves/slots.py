@@ -4,7 +4,7 @@ Shape letters: D elements of the top-level instance (flattened), K kinds, V valu
 of a leaf instance, M leaf instances, T condition tokens.
 
 Some data mixes several kinds of slot in one integer tensor: a graph encoding
-(:class:`fractalkit.partition.GraphEncoding`) holds node-type slots (values ``0..A``), edge
+(:class:`fractalkit.graphs.GraphEncoding`) holds node-type slots (values ``0..A``), edge
 slots (``0..B``) and structural zeros (always 0). A plain leaf spends probability on every one
 of the V values everywhere and cannot see which kind of slot it fills. With :class:`SlotKinds`
 the leaf (i) adds a learned embedding of the element's kind to its condition and (ii) puts

@@ -8,6 +8,10 @@ Shape letters: N batch, k children per instance, ``*event_shape`` one instance,
 one registration decorator of every component, ``@fractalkit.config.register("kind")`` (or the
 older :func:`register_partitioner`), and ``partitioner_from_config`` rebuilds any registered
 partitioner from ``p.config()`` (which is how ``Fractal.load`` finds it).
+
+Graphs, their node-row encoding and node orders are the graph wing's (:mod:`fractalkit.graphs`:
+``Graph``, ``GraphEncoding``, ``bfs_order``, ``random_bfs_order``, ...); only the partitioner
+:class:`GraphSubsets` is here.
 """
 
 from __future__ import annotations
@@ -18,32 +22,19 @@ from typing import Any
 from fractalkit.partition.base import Partitioner
 from fractalkit.partition.channels import Channels
 from fractalkit.partition.chunks import SequenceChunks
-from fractalkit.partition.graph import Graph, GraphEncoding, GraphSubsets, bfs_order
-from fractalkit.partition.orderings import (
-    random_bfs_encodings,
-    random_bfs_log_prob,
-    random_bfs_order,
-    uniform_order,
-)
+from fractalkit.partition.graph import GraphSubsets
 from fractalkit.partition.patches import ImagePatches
 from fractalkit.registry import KindView, lookup, register
 
 __all__ = [
     "PARTITIONERS",
     "Channels",
-    "Graph",
-    "GraphEncoding",
     "GraphSubsets",
     "ImagePatches",
     "Partitioner",
     "SequenceChunks",
-    "bfs_order",
     "partitioner_from_config",
-    "random_bfs_encodings",
-    "random_bfs_log_prob",
-    "random_bfs_order",
     "register_partitioner",
-    "uniform_order",
 ]
 
 PARTITIONERS: Mapping[str, type[Partitioner]] = KindView(lambda cls: issubclass(cls, Partitioner))

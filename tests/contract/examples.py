@@ -28,8 +28,9 @@ from fractalkit import (
     RGBLeafConfig,
     SequenceChunks,
 )
+from fractalkit.graphs import GraphEncoding
 from fractalkit.leaves import DiscretizedLogisticLeafConfig, SlotCategoricalLeafConfig
-from fractalkit.partition import GraphEncoding, GraphSubsets
+from fractalkit.partition import GraphSubsets
 from fractalkit.testing import enumerable as _enumerable
 from fractalkit.testing import fixed_orders, random_data, roughen
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from fractalkit.data.images import HFImageDataset, NaturalCrops, load_image_dataset, split_indices
-from fractalkit.presets import build_preset
+from fractalkit.imagenet.data import HFImageDataset, NaturalCrops, load_image_dataset, split_indices
+from fractalkit.imagenet.presets import build_preset
 from fractalkit.training import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from fractalkit.training import checkpoint as checkpoint_module
 
