@@ -112,7 +112,7 @@ def check_save_load(
             raise ContractError(
                 f"check_save_load failed: Fractal.load could not read the saved file: {err}. "
                 "Likely cause: a component's config or partitioner is not registered, so the "
-                "file cannot be rebuilt by kind (register_config / register_partitioner)"
+                "file cannot be rebuilt by kind (@fractalkit.register(\"kind\"))"
             ) from err
     before, after = model.state_dict(), loaded.state_dict()
     if before.keys() != after.keys() or any(
