@@ -14,10 +14,13 @@ from fractalkit.conditioners import (
     Vector,
 )
 from fractalkit.config import (
+    BuildContext,
     ComponentConfig,
+    FractalConfig,
     LeafConfig,
     LevelConfig,
     config_from_dict,
+    register,
     register_config,
 )
 from fractalkit.fractal import Fractal, TrainingLoss
@@ -54,6 +57,7 @@ __all__ = [
     "ARLevelConfig",
     "AbstractGenerator",
     "BitsPerDim",
+    "BuildContext",
     "CategoricalLeaf",
     "CategoricalLeafConfig",
     "Channels",
@@ -62,6 +66,7 @@ __all__ = [
     "Conditioner",
     "ConditionerConfig",
     "Fractal",
+    "FractalConfig",
     "Generator",
     "ImagePatches",
     "Leaf",
@@ -83,6 +88,7 @@ __all__ = [
     "__version__",
     "config_from_dict",
     "partitioner_from_config",
+    "register",
     "register_config",
     "register_partitioner",
 ]

@@ -4,8 +4,9 @@ Shape letters: N instances, k children per instance.
 
 :func:`compose` validates the pairs against the declared contracts
 (:class:`fractalkit.config.LevelConfig`, :class:`fractalkit.config.LeafConfig`), gives every
-level its value normalisation and condition sizes, and builds the levels bottom-up;
-:func:`level_plans` resolves a user's per-level settings (``orders``, ``steps``) once into one
+level its value normalisation and condition sizes, and builds the levels bottom-up, handing
+each ``config.build`` one :class:`fractalkit.config.BuildContext`; :func:`level_plans` resolves
+a user's per-level settings (``orders``, ``steps``) once into one
 :class:`fractalkit.protocol.LevelPlan` per level, which the contexts then hand each level as its
 own (``ctx.down()``).
 """
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fractalkit.config import LeafConfig, LevelConfig, check_contract
+from fractalkit.config import BuildContext, LeafConfig, LevelConfig, build_component, check_contract
 from fractalkit.levels.base import Level
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
@@ -99,16 +100,23 @@ def compose(levels: LevelPairs, leaf: LeafConfig, normalisation: ValueNormalisat
     norms = [normalisation]
     for i, (part, _) in enumerate(levels):
         norms.append(norms[-1].child(part, f"level {i}"))
-    child: AbstractGenerator = leaf.build(
-        tuple(levels[-1][0].child_shape), levels[-1][1].width, levels[-1][1].out_tokens
+    last_part, last_cfg = levels[-1]
+    child: AbstractGenerator = build_component(
+        leaf,
+        BuildContext(
+            last_cfg.width, last_cfg.out_tokens, tuple(last_part.child_shape),
+            normalisation=norms[-1],
+        ),
+        "leaf",
     )
     for i in reversed(range(len(levels))):
         part, cfg = levels[i]
         parent = levels[i - 1][1] if i > 0 else cfg  # the top level reads the class token
-        child = cfg.build(
-            part, child, cond_dim=parent.width, cond_tokens=parent.out_tokens,
-            normalisation=norms[i],
+        ctx = BuildContext(
+            parent.width, parent.out_tokens, tuple(part.event_shape), partitioner=part,
+            child=child, normalisation=norms[i],
         )
+        child = build_component(cfg, ctx, "level")
         if not isinstance(child, Level):
             raise TypeError(
                 f"Fractal: {type(cfg).__name__}.build must return a fractalkit.Level, got "

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fractalkit.config import FractalConfig
 from fractalkit.protocol import SampleOptions
 
 __all__ = [
@@ -316,7 +317,7 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     sampling = sampling if sampling is not None else getattr(model, "pretrained_options", None)
     model.save(folder / WEIGHTS_FILE)
-    _write(folder / CONFIG_FILE, json.dumps(model.config, indent=2) + "\n")
+    _write(folder / CONFIG_FILE, json.dumps(model.config.to_dict(), indent=2) + "\n")
     if sampling is not None:
         payload = {"options": _options_dict(sampling), "published": published}
         _write(folder / SAMPLING_FILE, json.dumps(payload, indent=2) + "\n")
@@ -355,6 +356,15 @@ def _model_card(model: Any, sampling: SampleOptions | None, description: str, pu
     return "\n".join(lines)
 
 
+def _folder_config(path: Path) -> FractalConfig | None:
+    """The config a folder's config.json describes (older versions through the one conversion),
+    or None when it describes none."""
+    try:
+        return FractalConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 def _load_folder(folder: Path, device: str, cls: type) -> Any:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
@@ -364,7 +374,7 @@ def _load_folder(folder: Path, device: str, cls: type) -> Any:
         )
     model = cls.load(weights, device=device)  # the class's loader: fractalkit.persistence
     config_path = folder / CONFIG_FILE
-    if config_path.is_file() and json.loads(config_path.read_text()) != model.config:
+    if config_path.is_file() and _folder_config(config_path) != model.config:
         raise PretrainedError(
             f"{config_path} disagrees with the config inside {weights}; the folder was edited "
             "by hand or half-written: write it again with save_pretrained"

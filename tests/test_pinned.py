@@ -69,7 +69,7 @@ def _as_version_1(config: dict) -> dict:
 @pytest.mark.parametrize("name", CASES)
 def test_pinned_behaviour(name):
     model = _model(name)
-    assert _as_version_1(model.config) == REFERENCE[name]["config"]
+    assert model.config == type(model.config).from_dict(REFERENCE[name]["config"])
     got = make_pinned.record(model)
     want = {k: v for k, v in REFERENCE[name].items() if k != "config"}
     _close(got, want, name)

@@ -153,7 +153,7 @@ def test_small_presets_are_small_and_work():
 def test_config_round_trip_and_overrides():
     model = build_preset("tiny-in32", num_classes=0, checkpointing=True)
     assert model.num_classes == 0
-    assert all(e["level"]["checkpointing"] for e in model.config["levels"])
+    assert all(cfg.checkpointing for _, cfg in model.config.levels)
     assert Fractal.from_config(model.config).config == model.config
     # the registry is not mutated by overrides
     assert PRESETS["tiny-in32"].config["num_classes"] == 1000

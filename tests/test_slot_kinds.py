@@ -83,8 +83,8 @@ def test_save_load_and_config_round_trip(tmp_path):
     model = graph_fractal(GraphEncoding(2, 2, 1))
     check_config_round_trip(model)
     check_save_load(model, x=in_support(model)[:4], directory=tmp_path)
-    leaf = model.config["leaf"]
-    assert leaf["kind"] == "slot_categorical" and config_from_dict(leaf) == model._spec["leaf"]
+    leaf = model.config.to_dict()["leaf"]
+    assert leaf["kind"] == "slot_categorical" and config_from_dict(leaf) == model.config.leaf
 
 
 def test_default_leaf_unchanged():

@@ -77,5 +77,6 @@ class _OldStyleLeafConfig(ComponentConfig):
 
 def test_leaf_configs_written_before_the_contract_still_build():
     assert isinstance(_OldStyleLeafConfig(), LeafConfig)
-    model = Fractal([(SequenceChunks(4, 2), MARLevelConfig(width=8, depth=1, heads=2))], _OldStyleLeafConfig())
+    with pytest.warns(DeprecationWarning, match="before the one build context"):  # old build signature
+        model = Fractal([(SequenceChunks(4, 2), MARLevelConfig(width=8, depth=1, heads=2))], _OldStyleLeafConfig())
     assert isinstance(model.leaf, CategoricalLeaf)

@@ -82,8 +82,8 @@ leaf ``next_fractal.next_fractal.*`` (two levels) is ``root.child.child.*``; a g
 ``attention.wo``, ``attention_norm``, ``ffn_norm``, ``feed_forward.w1/w2/w3`` -> ``attn.qkv``,
 ``attn.proj``, ``norm1``, ``norm2``, ``w1/w2/w3``; MAR and leaf blocks' ``mlp.fc1/fc2`` ->
 ``fc1/fc2``. In a leaf: ``r/g/b_codebook`` -> ``codebooks.0/1/2``, and ``r/g/b_mlm.bias``
-(``[1, V]`` each) are stacked into ``out_bias [3, V]``. ``fake_latent`` -> ``null_embedding``,
-``class_emb`` -> ``class_embedding``.
+(``[1, V]`` each) are stacked into ``out_bias [3, V]``. ``fake_latent`` ->
+``conditioner.null_embedding``, ``class_emb`` -> ``conditioner.class_embedding``.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ from fractalkit.imagenet.models import (
 from fractalkit.imagenet.models import RED_WEIGHT as R_WEIGHT
 from fractalkit.leaves.base import Leaf
 from fractalkit.leaves.rgb import RGBLeaf, RGBLeafConfig
+from fractalkit.legacy import upgrade_key
 from fractalkit.levels.ar import ARLevelConfig
 from fractalkit.levels.mar import MARLevelConfig
 from fractalkit.partition import ImagePatches
@@ -356,9 +357,9 @@ def fractalkit_name(name: str) -> str:
         FractalGenFormatError: ``name`` is not a FractalGen tensor name.
     """
     if name == "fake_latent":
-        return "null_embedding"
+        return "conditioner.null_embedding"
     if name == "class_emb.weight":
-        return "class_embedding.weight"
+        return "conditioner.class_embedding.weight"
     depth, rest = _split_prefix(name)
     prefix = "root." + "child." * depth
     mapped = None
@@ -427,9 +428,10 @@ def original_name(name: str, model: Fractal) -> list[tuple[str, int | None]]:
     Raises:
         FractalGenFormatError: the parameter has no FractalGen counterpart (e.g. a plug-in level).
     """
-    if name == "null_embedding":
+    name = upgrade_key(name)  # older fractalkit names, through the one key map
+    if name == "conditioner.null_embedding":
         return [("fake_latent", None)]
-    if name == "class_embedding.weight":
+    if name == "conditioner.class_embedding.weight":
         return [("class_emb.weight", None)]
     if not name.startswith("root."):
         raise FractalGenFormatError(f"{name!r} has no FractalGen counterpart")
@@ -517,7 +519,7 @@ def _check_fractalgen(state_dict: Mapping[str, Any]) -> None:
     if "fake_latent" not in state_dict and not any(str(k).startswith("generator.") for k in state_dict):
         first = sorted(str(k) for k in state_dict)[:5]
         hint = ""
-        if "null_embedding" in state_dict:
+        if "null_embedding" in state_dict or "conditioner.null_embedding" in state_dict:
             hint = "; it looks converted already: open it with fractalkit.Fractal.load"
         raise FractalGenFormatError(
             "not a FractalGen state dict: it has neither 'fake_latent' nor any 'generator.*' "

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fractalkit.config import register_config
+from fractalkit.config import BuildContext
 from fractalkit.leaves.categorical import CategoricalLeaf, CategoricalLeafConfig
+from fractalkit.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +138,7 @@ class SlotCategoricalLeaf(CategoricalLeaf):
         self.use_slot_kinds(slot_kinds)
 
 
-@register_config
+@register("slot_categorical")
 @dataclasses.dataclass(frozen=True)
 class SlotCategoricalLeafConfig(CategoricalLeafConfig):
     """Configuration of a :class:`SlotCategoricalLeaf` (saved and loaded like any leaf).
@@ -156,7 +157,6 @@ class SlotCategoricalLeafConfig(CategoricalLeafConfig):
         (0, 2, 0, 1)
     """
 
-    kind = "slot_categorical"
     element_kinds: tuple[int, ...] = ()
     allowed_values: tuple[tuple[int, ...], ...] = ()
 
@@ -177,10 +177,9 @@ class SlotCategoricalLeafConfig(CategoricalLeafConfig):
         out["allowed_values"] = [list(v) for v in self.allowed_values]
         return out
 
-    def build(
-        self, event_shape: tuple[int, ...], cond_dim: int, cond_tokens: int
-    ) -> SlotCategoricalLeaf:
-        """The leaf for instances of ``event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
+    def build(self, ctx: BuildContext) -> SlotCategoricalLeaf:
+        """The leaf for instances of ``ctx.event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
         return SlotCategoricalLeaf(
-            event_shape, cond_dim, cond_tokens, self.num_values, self.slot_kinds, self.channel_weights
+            tuple(ctx.event_shape), ctx.cond_dim, ctx.cond_tokens, self.num_values, self.slot_kinds,
+            self.channel_weights,
         )

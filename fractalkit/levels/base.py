@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import LeafConfig
+from fractalkit.config import BuildContext, LeafConfig, build_component
 from fractalkit.nn.linear import Linear
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
@@ -277,7 +277,9 @@ class Level(AbstractGenerator):
             self.partitioner.summary(torch.zeros(0, *self.event_shape))  # raises, naming why
         # The original's parameter names (pix_proj, guide), so converted weights load.
         self.pix_proj = nn.Linear(math.prod(shape), self.width)
-        self.guide = summary.build(tuple(shape), self.cond_dim, self.cond_tokens)
+        self.guide = build_component(
+            summary, BuildContext(self.cond_dim, self.cond_tokens, tuple(shape)), "leaf"
+        )
         if self.guide.num_values != self.child.num_values:
             raise ValueError(
                 f"{name}: the summary leaf has {self.guide.num_values} values but the data "

@@ -23,13 +23,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import CONFIG_REGISTRY, LeafConfig, LevelConfig, register_config
+from fractalkit.config import CONFIG_REGISTRY, BuildContext, LeafConfig, LevelConfig
 from fractalkit.levels.base import EmbedMode, Level, Step, StepPlan
 from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score
 from fractalkit.protocol.contexts import DecodeContext, ScoreContext
+from fractalkit.registry import register
 from fractalkit.sampling.orders import masked_subset, resolve_orders
 from fractalkit.sampling.rng import uniform
 from fractalkit.sampling.schedules import decode_counts, training_mask_counts
@@ -41,7 +42,7 @@ def _default_guide() -> LeafConfig:
     return CONFIG_REGISTRY["rgb"](width=128, depth=3, heads=4, channel_weights=(5.0, 1.0, 1.0))
 
 
-@register_config
+@register("mar")
 @dataclasses.dataclass(frozen=True)
 class MARLevelConfig(LevelConfig):
     """Configuration of a :class:`MARLevel`.
@@ -79,7 +80,6 @@ class MARLevelConfig(LevelConfig):
             under given orders. Needs ``neighbours=False`` (it replaces the grid neighbours).
     """
 
-    kind = "mar"
     width: int = 64
     depth: int = 2
     heads: int = 4
@@ -120,19 +120,11 @@ class MARLevelConfig(LevelConfig):
         """Condition tokens handed to each child: 5 with neighbours, else 1."""
         return 5 if self.neighbours else 1
 
-    def build(
-        self,
-        partitioner: Partitioner,
-        child: AbstractGenerator,
-        *,
-        cond_dim: int,
-        cond_tokens: int,
-        normalisation: ValueNormalisation | None = None,
-    ) -> MARLevel:
-        """The level over ``partitioner``'s children, delegating to ``child``."""
+    def build(self, ctx: BuildContext) -> MARLevel:
+        """The level over ``ctx.partitioner``'s children, delegating to ``ctx.child``."""
         return MARLevel(
-            partitioner, child, self, cond_dim=cond_dim, cond_tokens=cond_tokens,
-            normalisation=normalisation,
+            ctx.partitioner, ctx.child, self, cond_dim=ctx.cond_dim, cond_tokens=ctx.cond_tokens,
+            normalisation=ctx.normalisation,
         )
 
 

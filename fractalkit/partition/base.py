@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -200,6 +200,26 @@ class Partitioner(abc.ABC):
         ``type(p)(**{k: v for k, v in p.config().items() if k != "kind"})`` rebuilds ``p``;
         ``partitioner_from_config(p.config())`` does the same through the registry.
         """
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a saved model stores: :meth:`config` (the name every component shares)."""
+        return self.config()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Partitioner:
+        """Rebuild from :meth:`config` output (the ``"kind"`` entry is not checked).
+
+        Raises:
+            ValueError: the arguments do not fit the class.
+        """
+        kwargs = {k: v for k, v in data.items() if k != "kind"}
+        try:
+            return cls(**kwargs)
+        except TypeError as err:  # unexpected or missing keyword: say which class and what it got
+            raise ValueError(
+                f"partitioner_from_config: bad arguments for {cls.__name__} ({cls.kind!r}): "
+                f"{sorted(kwargs)}: {err}"
+            ) from err
 
     def _split(self, x: Tensor) -> Tensor:
         """``[N, *event_shape] -> [N, k, *child_shape]`` on an already checked tensor.

@@ -20,15 +20,17 @@ Graphs themselves, their encoding, node orders, graph likelihoods and metrics li
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
 from fractalkit.partition.base import Partitioner, _positive_int
+from fractalkit.registry import register
 
 __all__ = ["GraphSubsets"]
 
 
+@register("graph_subsets")
 class GraphSubsets(Partitioner):
     """Cut a node-row graph encoding ``[N, n * W]`` into k subsets of s = n / k consecutive nodes.
 
@@ -49,8 +51,6 @@ class GraphSubsets(Partitioner):
         >>> p.event_shape, p.child_shape, p.grid
         ((81,), (27,), (1, 3))
     """
-
-    kind: ClassVar[str] = "graph_subsets"
 
     def __init__(self, num_nodes: int, row_width: int, subsets: int) -> None:
         name = type(self).__name__

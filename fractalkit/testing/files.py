@@ -26,7 +26,7 @@ def _structure(model: Fractal) -> dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 def check_config_round_trip(model: Fractal) -> CheckResult:
-    """``Fractal.from_config(json round trip of model.config)`` rebuilds the same structure:
+    """``Fractal.from_config(json round trip of model.config.to_dict())`` rebuilds the same structure:
     the same config and the same parameter and buffer names and shapes.
 
     Returns:
@@ -38,7 +38,7 @@ def check_config_round_trip(model: Fractal) -> CheckResult:
     check_model(model, "check_config_round_trip")
     config = model.config
     try:
-        text = json.dumps(config)
+        text = json.dumps(config.to_dict())
     except TypeError as err:
         raise ContractError(
             f"check_config_round_trip failed: model.config is not JSON-serialisable ({err}). "
@@ -50,10 +50,10 @@ def check_config_round_trip(model: Fractal) -> CheckResult:
     except ValueError as err:
         raise ContractError(
             f"check_config_round_trip failed: Fractal.from_config refused the model's own config: "
-            f"{err}. Likely cause: a component's class is not registered (register_config, "
-            "register_partitioner) or its config() does not give its constructor arguments"
+            f"{err}. Likely cause: a component's class is not registered (@fractalkit.config.register('kind')) "
+            "or its to_dict()/config() does not give its constructor arguments"
         ) from err
-    if rebuilt.config != config:
+    if rebuilt.config != config or rebuilt.config.to_dict() != config.to_dict():
         raise ContractError(
             "check_config_round_trip failed: the rebuilt model's config differs from the original "
             f"one:\n{rebuilt.config}\nvs\n{config}"
@@ -116,7 +116,7 @@ def check_save_load(
             raise ContractError(
                 f"check_save_load failed: Fractal.load could not read the saved file: {err}. "
                 "Likely cause: a component's config or partitioner is not registered, so the "
-                "file cannot be rebuilt by kind (register_config / register_partitioner)"
+                "file cannot be rebuilt by kind (@fractalkit.register(\"kind\"))"
             ) from err
         except (NotImplementedError, RuntimeError) as err:
             if "meta" not in str(err):

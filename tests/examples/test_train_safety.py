@@ -51,7 +51,7 @@ def poison(module, monkeypatch, at_step: int, term: str, value: float, times: in
             elif term == "nll":
                 nll = nll * value
             elif term == "gradient":  # finite loss, non-finite gradient
-                total = total + (model.null_embedding * 0 * value).sum()
+                total = total + (model.conditioner.null_embedding * 0 * value).sum()
         return total, nll
 
     monkeypatch.setattr(module, "fractal_loss", loss)
@@ -156,7 +156,7 @@ def test_resume_of_the_wrong_run_says_why(tmp_path, case: str, message: str) -> 
     elif case == "no-trainer-state":
         save_checkpoint(run / "checkpoint", ck.model, step=1, extra=ck.extra)
     elif case == "other-architecture":
-        config = ck.model.config
+        config = ck.model.config.to_dict()
         config["levels"][0]["level"]["depth"] += 1
         state = {"optimizer": SimpleNamespace(state_dict=lambda: ck.optimizer),
                  "scheduler": SimpleNamespace(state_dict=lambda: ck.scheduler)}
