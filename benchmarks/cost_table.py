@@ -24,8 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fractalkit import Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig
+from fractalkit.imagenet.presets import PRESETS, build_preset, transformer_block_parameters
 from fractalkit.levels.base import Level
-from fractalkit.presets import PRESETS, build_preset, transformer_block_parameters
 
 # The paper's Table 1/2 figures and the original architecture's counts under the same
 # convention (from the issue that commissioned this table), GFLOPs per level.

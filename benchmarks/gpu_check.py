@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from fractalkit import SampleOptions, cli
-from fractalkit.presets import PRESETS, build_preset
+from fractalkit.imagenet.presets import PRESETS, build_preset
 
 
 class _Stop(Exception):

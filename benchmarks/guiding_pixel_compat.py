@@ -9,7 +9,7 @@ FractalGen converter sets, feeds the continuous mean.
 This script builds a 4-level guiding-pixel model the converter's way (three MAR levels on
 16x16 RGB images, the guiding pixel below the top, an RGB leaf; ImageNet normalisation; random
 weights: no guiding-pixel fixture of the original exists) and computes its teacher-forced leaf
-logits under random masks (:func:`fractalkit.compat.fractalgen.teacher_forced_leaf_logits`):
+logits under random masks (:func:`fractalkit.imagenet.convert.teacher_forced_leaf_logits`):
 
 - ``reference``: the original's computation, emulated by replacing the guiding-pixel token with
   ``pix_proj`` of the continuous normalised block mean computed as the original does
@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from fractalkit import Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig, SummaryConfig
-from fractalkit.compat import fractalgen as fg
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from fractalkit.imagenet import convert as fg
+from fractalkit.imagenet.models import IMAGENET_MEAN as MEAN
+from fractalkit.imagenet.models import IMAGENET_STD as STD
 
 
 def build(**summary_kw) -> Fractal:

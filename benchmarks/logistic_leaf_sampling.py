@@ -26,14 +26,15 @@ from pathlib import Path
 import torch
 
 from fractalkit import cli
+from fractalkit.config import BuildContext
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
-from fractalkit.sampling.options import DecodeContext, SampleOptions
+from fractalkit.protocol import DecodeContext, SampleOptions
 
 
 def seconds_per_value(num_values: int, rows: int, sampling: str, repeats: int, dim: int = 64) -> float:
     """Median CPU seconds per drawn value of one ``decode`` call of ``rows`` rows."""
     torch.manual_seed(0)
-    leaf = DiscretizedLogisticLeafConfig(num_values=num_values, num_components=10).build((1,), dim, 1)
+    leaf = DiscretizedLogisticLeafConfig(num_values=num_values, num_components=10).build(BuildContext(dim, 1, (1,)))
     leaf.sampling = sampling
     g = torch.Generator().manual_seed(0)
     cond = torch.randn(rows, 1, dim, generator=g)

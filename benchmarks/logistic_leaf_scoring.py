@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fractalkit import cli
+from fractalkit.config import BuildContext
 from fractalkit.leaves import CategoricalLeafConfig, DiscretizedLogisticLeafConfig, Leaf
 
 
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     results = []
     for v, rows_full in ((256, 4096), (65536, 64)):
-        logistic = DiscretizedLogisticLeafConfig(num_values=v, num_components=10).build((1,), 64, 1)
-        categorical = CategoricalLeafConfig(num_values=v).build((1,), 64, 1)
+        logistic = DiscretizedLogisticLeafConfig(num_values=v, num_components=10).build(BuildContext(64, 1, (1,)))
+        categorical = CategoricalLeafConfig(num_values=v).build(BuildContext(64, 1, (1,)))
         row = {
             "num_values": v,
             "observed_bin_s_per_row": seconds_per_row(type(logistic).observed_log_probs, logistic, 4096, v, args.repeats),

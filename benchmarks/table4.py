@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from fractalkit import Fractal, cli, metrics
+from fractalkit import Fractal, cli
+from fractalkit.imagenet import metrics
 
 #: The paper's Table 4 rows for the released 256x256 models (FID, IS, precision, recall).
 PAPER = {

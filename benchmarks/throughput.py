@@ -38,8 +38,8 @@ from cost_table import level_flops, mean_mask_ratio
 from machine import describe
 
 from fractalkit import SampleOptions, cli
+from fractalkit.imagenet.presets import PRESETS, build_preset
 from fractalkit.levels.base import Level
-from fractalkit.presets import PRESETS, build_preset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

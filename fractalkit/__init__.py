@@ -14,10 +14,13 @@ from fractalkit.conditioners import (
     Vector,
 )
 from fractalkit.config import (
+    BuildContext,
     ComponentConfig,
+    FractalConfig,
     LeafConfig,
     LevelConfig,
     config_from_dict,
+    register,
     register_config,
 )
 from fractalkit.fractal import Fractal, TrainingLoss
@@ -49,6 +52,13 @@ from fractalkit.protocol import (
     SampleOptions,
 )
 
+# The top of the house: the Hub code builds Fractal by default, and the ImageNet wing registers
+# the paper models' releases (the core below never imports the wing).
+from fractalkit import hub  # isort: skip
+from fractalkit import imagenet  # noqa: F401  (isort: skip)
+
+hub.set_default_model_class(Fractal)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -56,6 +66,7 @@ __all__ = [
     "ARLevelConfig",
     "AbstractGenerator",
     "BitsPerDim",
+    "BuildContext",
     "CategoricalLeaf",
     "CategoricalLeafConfig",
     "Channels",
@@ -65,6 +76,7 @@ __all__ = [
     "Conditioner",
     "ConditionerConfig",
     "Fractal",
+    "FractalConfig",
     "Generator",
     "ImagePatches",
     "Leaf",
@@ -88,6 +100,7 @@ __all__ = [
     "__version__",
     "config_from_dict",
     "partitioner_from_config",
+    "register",
     "register_config",
     "register_partitioner",
 ]

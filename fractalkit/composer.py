@@ -4,19 +4,22 @@ Shape letters: N instances, k children per instance.
 
 :func:`compose` validates the pairs against the declared contracts
 (:class:`fractalkit.config.LevelConfig`, :class:`fractalkit.config.LeafConfig`), gives every
-level its value normalisation and condition sizes, and builds the levels bottom-up;
-:func:`level_plans` resolves a user's per-level settings (``orders``, ``steps``) once into one
+level its value normalisation and condition sizes, and builds the levels bottom-up, handing
+each ``config.build`` one :class:`fractalkit.config.BuildContext`; :func:`level_plans` resolves
+a user's per-level settings (``orders``, ``steps``) once into one
 :class:`fractalkit.protocol.LevelPlan` per level, which the contexts then hand each level as its
 own (``ctx.down()``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
-from fractalkit.config import LeafConfig, LevelConfig, check_contract
+from fractalkit.config import BuildContext, LeafConfig, LevelConfig, build_component, check_contract
 from fractalkit.levels.base import Level
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
@@ -31,7 +34,8 @@ def check_levels(levels: Sequence[tuple[Partitioner, LevelConfig]], leaf: LeafCo
     Raises:
         TypeError: a pair is not ``(Partitioner, LevelConfig)`` or the leaf not a
             ``LeafConfig`` (the message names what is missing).
-        ValueError: no levels, or a level's child shape differs from the next one's event shape.
+        ValueError: no levels, a partitioner whose ``merge(split(x))`` is not ``x`` (not a
+            bijection), or a level's child shape differs from the next one's event shape.
     """
     levels = list(levels)
     if not levels:
@@ -42,6 +46,7 @@ def check_levels(levels: Sequence[tuple[Partitioner, LevelConfig]], leaf: LeafCo
         if not isinstance(pair[0], Partitioner):
             raise TypeError(f"Fractal: levels[{i}][0] must be a Partitioner, got {type(pair[0])}")
         check_contract(pair[1], LevelConfig, f"levels[{i}][1]")
+        check_bijection(pair[0], f"levels[{i}][0]")
     check_contract(leaf, LeafConfig, "leaf")
     for i in range(len(levels) - 1):
         above, below = levels[i][0], levels[i + 1][0]
@@ -51,6 +56,36 @@ def check_levels(levels: Sequence[tuple[Partitioner, LevelConfig]], leaf: LeafCo
                 f"but level {i + 1} expects instances of shape {list(below.event_shape)}"
             )
     return [(p, c) for p, c in levels]
+
+
+def check_bijection(partitioner: Partitioner, where: str) -> None:
+    """Refuse a partitioner whose ``merge(split(x))`` is not ``x``, tried on ``x = arange(E)``.
+
+    Every element must land in exactly one child position and come back: a split that drops or
+    repeats elements would make likelihoods wrong and decoding crash far from the cause.
+
+    Raises:
+        ValueError: naming the partitioner and the first wrong element.
+    """
+    shape = tuple(partitioner.event_shape)
+    # On the CPU even while Fractal.load builds on the meta device (no values there).
+    with torch.device("cpu"):
+        index = torch.arange(math.prod(shape)).view(1, *shape)  # [1, *event]
+        try:
+            back = partitioner.merge(partitioner.split(index))
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(
+                f"Fractal: {where}, {partitioner!r}: merge(split(x)) fails on x = arange "
+                f"{list(shape)}: {err}"
+            ) from err
+    if back.shape != index.shape or not torch.equal(back, index):
+        wrong = (back != index).flatten().nonzero() if back.shape == index.shape else None
+        first = "" if wrong is None or not len(wrong) else f" (first at flat element {int(wrong[0])})"
+        raise ValueError(
+            f"Fractal: {where}, {partitioner!r}, is not a bijection: merge(split(x)) differs from "
+            f"x on x = arange over {list(shape)}{first}; split must put every element in exactly "
+            "one child position and merge must be its exact inverse"
+        )
 
 
 def compose(levels: LevelPairs, leaf: LeafConfig, normalisation: ValueNormalisation) -> Level:
@@ -65,16 +100,23 @@ def compose(levels: LevelPairs, leaf: LeafConfig, normalisation: ValueNormalisat
     norms = [normalisation]
     for i, (part, _) in enumerate(levels):
         norms.append(norms[-1].child(part, f"level {i}"))
-    child: AbstractGenerator = leaf.build(
-        tuple(levels[-1][0].child_shape), levels[-1][1].width, levels[-1][1].out_tokens
+    last_part, last_cfg = levels[-1]
+    child: AbstractGenerator = build_component(
+        leaf,
+        BuildContext(
+            last_cfg.width, last_cfg.out_tokens, tuple(last_part.child_shape),
+            normalisation=norms[-1],
+        ),
+        "leaf",
     )
     for i in reversed(range(len(levels))):
         part, cfg = levels[i]
         parent = levels[i - 1][1] if i > 0 else cfg  # the top level reads the class token
-        child = cfg.build(
-            part, child, cond_dim=parent.width, cond_tokens=parent.out_tokens,
-            normalisation=norms[i],
+        ctx = BuildContext(
+            parent.width, parent.out_tokens, tuple(part.event_shape), partitioner=part,
+            child=child, normalisation=norms[i],
         )
+        child = build_component(cfg, ctx, "level")
         if not isinstance(child, Level):
             raise TypeError(
                 f"Fractal: {type(cfg).__name__}.build must return a fractalkit.Level, got "

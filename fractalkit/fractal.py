@@ -27,7 +27,14 @@ from torch import Tensor, nn
 from fractalkit import legacy, persistence
 from fractalkit.composer import check_levels, compose, level_plans
 from fractalkit.conditioners import ClassLabel, Conditioner, ConditionerConfig, Unconditional
-from fractalkit.config import LeafConfig, LevelConfig
+from fractalkit.config import (
+    BuildContext,
+    FractalConfig,
+    LeafConfig,
+    LevelConfig,
+    build_component,
+    load_entry_points,
+)
 from fractalkit.leaves.base import Leaf
 from fractalkit.levels.base import Level
 from fractalkit.normalisation import ValueNormalisation
@@ -45,8 +52,77 @@ from fractalkit.protocol import (
 )
 from fractalkit.validation import check_log_prob
 
-# Re-exported: the converter and presets build class-label configs, in this version.
+# Re-exported for the converter and presets, which write version-2 (class-label) config dicts;
+# those load through the one conversion (fractalkit.legacy.upgrade_config).
 FORMAT, FORMAT_VERSION = persistence.FORMAT, persistence.LABEL_FORMAT_VERSION
+
+
+#: the default of ``value_mean`` and ``value_std`` (a distinct object: tells "not given" apart)
+_DEFAULT_NORM: float = float("0.5")
+
+
+def _conditioner_of(
+    num_classes: int, label_drop: float | None, conditioner: ConditionerConfig | None
+) -> ConditionerConfig:
+    """The conditioner config of the short spellings (``num_classes=``, ``label_drop=``)."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise ValueError(f"Fractal: num_classes must be an integer >= 0, got {num_classes}")
+    if conditioner is not None:
+        if not isinstance(conditioner, ConditionerConfig):
+            raise TypeError(
+                "Fractal: conditioner must be a ConditionerConfig (ClassLabel(K), Vector(F), "
+                f"Sequence(...), or your own registered one), got {type(conditioner).__name__}"
+            )
+        if num_classes or label_drop is not None:
+            raise ValueError(
+                "Fractal: give either conditioner= or num_classes=/label_drop= (the old "
+                "spelling of conditioner=ClassLabel(num_classes, drop=label_drop)), not both"
+            )
+        return conditioner
+    label_drop = 0.1 if label_drop is None else label_drop
+    if not 0 <= label_drop < 1:
+        raise ValueError(f"Fractal: label_drop must lie in [0, 1), got {label_drop}")
+    return ClassLabel(num_classes, drop=float(label_drop)) if num_classes else Unconditional()
+
+
+def _config_of(
+    levels: Any, leaf: Any, num_classes: int, label_drop: float | None, value_mean: Any,
+    value_std: Any, conditioner: ConditionerConfig | None, config: FractalConfig | None,
+) -> FractalConfig:
+    """The :class:`FractalConfig` of ``Fractal(...)``'s arguments: the one given
+    (``Fractal(config)`` or ``config=``), or the one the short spellings describe."""
+    if isinstance(levels, FractalConfig):  # Fractal(config)
+        if config is not None:
+            raise ValueError("Fractal: give the FractalConfig once (positionally or as config=)")
+        levels, config = None, levels
+    if config is None:
+        if levels is None or leaf is None:
+            raise TypeError("Fractal: give levels and leaf (or one FractalConfig)")
+        return FractalConfig(
+            tuple(check_levels(levels, leaf)),
+            leaf,
+            _conditioner_of(num_classes, label_drop, conditioner),
+            value_mean=value_mean,
+            value_std=value_std,
+        )
+    if not isinstance(config, FractalConfig):
+        raise TypeError(
+            f"Fractal: config must be a fractalkit.FractalConfig (FractalConfig.from_dict reads a "
+            f"dict), got {type(config).__name__}"
+        )
+    given = [
+        name for name, value, default in (
+            ("levels", levels, None), ("leaf", leaf, None), ("num_classes", num_classes, 0),
+            ("label_drop", label_drop, None), ("conditioner", conditioner, None),
+            ("value_mean", value_mean, _DEFAULT_NORM), ("value_std", value_std, _DEFAULT_NORM),
+        ) if value is not default
+    ]
+    if given:
+        raise ValueError(
+            f"Fractal: give either a FractalConfig or the short spellings, not both (also "
+            f"given: {given}); use dataclasses.replace(config, ...) to change one"
+        )
+    return config
 
 
 @dataclass(frozen=True)
@@ -73,8 +149,12 @@ class TrainingLoss:
 class Fractal(nn.Module):
     """A fractal generative model: levels of AR/MAR models in models, ending in a leaf.
 
+    The model is described by one :class:`fractalkit.FractalConfig` (:attr:`config`): pass one
+    (``Fractal(config)``), or the short spellings below, which build it.
+
     Args:
-        levels: ``(partitioner, level_config)`` pairs, top first; each partitioner's child shape
+        levels: ``(partitioner, level_config)`` pairs, top first, or a whole
+            :class:`fractalkit.FractalConfig` (then give nothing else); each partitioner's child shape
             must be the next one's event shape. Configs: :class:`fractalkit.ARLevelConfig`,
             :class:`fractalkit.MARLevelConfig`, or a registered plug-in.
         leaf: the leaf's config (:class:`fractalkit.RGBLeafConfig`,
@@ -89,6 +169,7 @@ class Fractal(nn.Module):
         value_mean, value_std: how integer values become floats for linear embeddings,
             ``(v / (V - 1) - mean) / std``; a number or one per entry of the data's leading axis
             (per channel; the original uses ImageNet's mean and std).
+        config: a :class:`fractalkit.FractalConfig`, instead of all of the above.
 
     Example:
         >>> from fractalkit import Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig
@@ -107,50 +188,29 @@ class Fractal(nn.Module):
 
     def __init__(
         self,
-        levels: Sequence[tuple[Partitioner, LevelConfig]],
-        leaf: LeafConfig,
+        levels: Sequence[tuple[Partitioner, LevelConfig]] | FractalConfig | None = None,
+        leaf: LeafConfig | None = None,
         *,
         num_classes: int = 0,
         label_drop: float | None = None,
-        value_mean: float | Sequence[float] = 0.5,
-        value_std: float | Sequence[float] = 0.5,
+        value_mean: float | Sequence[float] = _DEFAULT_NORM,
+        value_std: float | Sequence[float] = _DEFAULT_NORM,
         conditioner: ConditionerConfig | None = None,
+        config: FractalConfig | None = None,
     ) -> None:
         super().__init__()
-        levels = check_levels(levels, leaf)
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-            raise ValueError(f"Fractal: num_classes must be an integer >= 0, got {num_classes}")
-        if conditioner is not None:
-            if not isinstance(conditioner, ConditionerConfig):
-                raise TypeError(
-                    "Fractal: conditioner must be a ConditionerConfig (ClassLabel(K), Vector(F), "
-                    f"Sequence(...), or your own registered one), got {type(conditioner).__name__}"
-                )
-            if num_classes or label_drop is not None:
-                raise ValueError(
-                    "Fractal: give either conditioner= or num_classes=/label_drop= (the old "
-                    "spelling of conditioner=ClassLabel(num_classes, drop=label_drop)), not both"
-                )
-        else:
-            label_drop = 0.1 if label_drop is None else label_drop
-            if not 0 <= label_drop < 1:
-                raise ValueError(f"Fractal: label_drop must lie in [0, 1), got {label_drop}")
-            conditioner = ClassLabel(num_classes, drop=float(label_drop)) if num_classes else Unconditional()
-        self._spec = {
-            "levels": [(p, c) for p, c in levels],
-            "leaf": leaf,
-            "conditioner": conditioner,
-            # what version-2 configs record for unconditional models too (0.1 by default)
-            "label_drop": float(label_drop) if label_drop is not None else 0.1,
-            "value_mean": value_mean,
-            "value_std": value_std,
-        }
-        self.event_shape = tuple(levels[0][0].event_shape)
-        self.num_classes = conditioner.num_classes if isinstance(conditioner, ClassLabel) else 0
-        self.label_drop = float(getattr(conditioner, "drop", self._spec["label_drop"]))
+        config = _config_of(levels, leaf, num_classes, label_drop, value_mean, value_std, conditioner, config)
+        levels = check_levels(config.levels, config.leaf)
+        if not isinstance(config.conditioner, ConditionerConfig):
+            raise TypeError(
+                "Fractal: conditioner must be a ConditionerConfig (ClassLabel(K), Vector(F), "
+                f"Sequence(...), or your own registered one), got {type(config.conditioner).__name__}"
+            )
+        self._config = config
+        self.event_shape = config.event_shape
 
-        normalisation = ValueNormalisation.of(self.event_shape, value_mean, value_std)
-        self.root: Level = compose(levels, leaf, normalisation)
+        normalisation = ValueNormalisation.of(self.event_shape, config.value_mean, config.value_std)
+        self.root: Level = compose(levels, config.leaf, normalisation)
         # Old files' parameter names load through the one key map (fractalkit.legacy).
         self._register_load_state_dict_pre_hook(legacy.state_dict_pre_hook, with_module=True)
         kinds = getattr(self.leaf, "slot_kinds", None)
@@ -160,43 +220,27 @@ class Fractal(nn.Module):
                 f"instance has {math.prod(self.event_shape)} (event shape {list(self.event_shape)})"
             )
         self.top_tokens = levels[0][1].out_tokens
-        built = conditioner.build(levels[0][1].width, self.top_tokens)
+        # Built after the levels, as always: the same weights from the same seed.
+        ctx = BuildContext(levels[0][1].width, self.top_tokens, self.event_shape)
+        built = build_component(config.conditioner, ctx, "conditioner")
         if not isinstance(built, Conditioner):
             raise TypeError(
-                f"Fractal: {type(conditioner).__name__}.build must return a "
+                f"Fractal: {type(config.conditioner).__name__}.build must return a "
                 f"fractalkit.conditioners.Conditioner, got {type(built).__name__}"
             )
-        if getattr(built, "LEGACY_NAMES", False):
-            # Class labels and no condition keep the parameter names files have always used
-            # (null_embedding, class_embedding.weight): the conditioner's parts become ours.
-            for name, p in built.named_parameters(recurse=False):
-                self.register_parameter(name, p)
-            for name, m in built.named_children():
-                self.add_module(name, m)
-            object.__setattr__(self, "conditioner", built)  # not a submodule: no second name
-            # load_state_dict(assign=True) replaces our parameters: hand them back.
-            self.register_load_state_dict_post_hook(Fractal._reshare_after_load)
-        else:
-            self.conditioner = built
+        self.conditioner = built
 
-    def _share_with_conditioner(self) -> None:
-        """Point an adopted (class-label) conditioner at our current parameters and modules."""
-        cond = self.conditioner
-        if cond is self._modules.get("conditioner"):
-            return
-        for name in list(cond._parameters):
-            cond._parameters[name] = self._parameters[name]
-        for name in list(cond._modules):
-            cond._modules[name] = self._modules[name]
+    @property
+    def num_classes(self) -> int:
+        """K for a class-label model, else 0."""
+        cond = self._config.conditioner
+        return cond.num_classes if isinstance(cond, ClassLabel) else 0
 
-    @staticmethod
-    def _reshare_after_load(module: Fractal, incompatible_keys: Any) -> None:
-        module._share_with_conditioner()
-
-    def _apply(self, fn, recurse=True):
-        out = super()._apply(fn, recurse)
-        self._share_with_conditioner()
-        return out
+    @property
+    def label_drop(self) -> float:
+        """The conditioner's condition-dropout probability (0.1 for one without dropout, the
+        default older versions reported)."""
+        return float(getattr(self._config.conditioner, "drop", 0.1))
 
     # ---- structure ---------------------------------------------------------------------------
 
@@ -230,10 +274,10 @@ class Fractal(nn.Module):
         if y is not None:
             if c is not None:
                 raise ValueError("Fractal: give the condition as c or as y (class labels), not both")
-            if not isinstance(self._spec["conditioner"], ClassLabel | Unconditional):
+            if not isinstance(self._config.conditioner, ClassLabel | Unconditional):
                 raise ValueError(
                     f"Fractal: y= is the spelling for class labels; this model's conditioner is "
-                    f"{type(self._spec['conditioner']).__name__}: pass c="
+                    f"{type(self._config.conditioner).__name__}: pass c="
                 )
             c = y
         if c is not None:
@@ -545,17 +589,19 @@ class Fractal(nn.Module):
     # ---- configuration and files -----------------------------------------------------------
 
     @property
-    def config(self) -> dict[str, Any]:
-        """A JSON-serialisable, versioned description; ``Fractal.from_config`` rebuilds the model.
+    def config(self) -> FractalConfig:
+        """The model's one description, a frozen :class:`fractalkit.FractalConfig`.
 
-        See :mod:`fractalkit.persistence` for the format and its versions.
+        ``Fractal(model.config)`` (or :meth:`from_config`) rebuilds the model freshly
+        initialised; ``model.config.to_dict()`` is the JSON a file stores.
         """
-        return persistence.model_config(self)
+        return self._config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Fractal:
-        """Build a freshly initialised model from :attr:`config` (load weights separately)."""
-        return persistence.model_from_config(cls, config)
+    def from_config(cls, config: FractalConfig | dict[str, Any]) -> Fractal:
+        """Build a freshly initialised model from a :class:`fractalkit.FractalConfig` or its dict
+        (any readable format version; load weights separately)."""
+        return cls(FractalConfig.from_dict(config))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write weights (safetensors) with the JSON config in the file's metadata, atomically.
@@ -568,10 +614,13 @@ class Fractal(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> Fractal:
         """A pretrained model: a saved folder, a released model's name or a Hub id; see
-        :func:`fractalkit.hub.from_pretrained` (the keyword arguments are its)."""
+        :func:`fractalkit.hub.from_pretrained` (the keyword arguments are its).
+
+        The released paper models are found by name because ``import fractalkit`` registers
+        them (:mod:`fractalkit.imagenet`); the Hub code builds this class (``cls``)."""
         from fractalkit.hub import from_pretrained
 
-        return from_pretrained(name_or_path, **kwargs)
+        return from_pretrained(name_or_path, cls=cls, **kwargs)
 
     def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> Path:
         """Write a Hub-style folder; see :func:`fractalkit.hub.save_pretrained`."""
@@ -586,12 +635,24 @@ class Fractal(nn.Module):
         return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Fractal:
-        """Rebuild a model saved with :meth:`save` (format version 1 or 2).
+    def load(
+        cls, path: str | os.PathLike, *, device: str | torch.device = "cpu", import_plugins: bool = False
+    ) -> Fractal:
+        """Rebuild a model saved with :meth:`save` (any format version, 1 to 4).
+
+        Args:
+            path: the file.
+            device: where to put the model.
+            import_plugins: first import every installed plug-in declared under the entry-point
+                group ``fractalkit.components`` (:func:`fractalkit.config.load_entry_points`).
+                Importing runs their code, so it is off by default.
 
         Raises:
             FileNotFoundError: no such file.
             ValueError: the file is not a fractalkit safetensors file, is truncated or corrupt,
-                or its tensors do not match its config (each names the file).
+                or its tensors do not match its config (each names the file); a plug-in kind
+                nothing registered (naming the module the file says it comes from).
         """
+        if import_plugins:
+            load_entry_points()
         return persistence.load(cls, path, device=device)

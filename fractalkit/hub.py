@@ -4,12 +4,14 @@
 
 - **a folder** written by :func:`save_pretrained` (``config.json``, ``model.safetensors``,
   ``sampling.json``, ``README.md``);
-- **a released model's name** (:data:`RELEASES`: ``"fractalar-in64"``, ``"fractalmar-in64"``,
+- **a released model's name** (:data:`RELEASES`; :mod:`fractalkit.imagenet` registers the five
+  paper models when ``fractalkit`` is imported: ``"fractalar-in64"``, ``"fractalmar-in64"``,
   ``"fractalmar-base-in256"``, ``"fractalmar-large-in256"``, ``"fractalmar-huge-in256"``): the
-  original checkpoint is downloaded once from the address its authors publish (with a progress
-  bar), converted once by :mod:`fractalkit.compat.fractalgen` (no pickle code runs), checked
-  against the preset (every tensor's name and shape, the parameter count) and cached as a folder;
-  later calls load the folder and touch no network;
+  original file is downloaded once from the address its authors publish (with a progress bar),
+  converted once by the release's own ``convert`` callable (for the paper models,
+  :mod:`fractalkit.imagenet.convert`: no pickle code runs), checked (the parameter count, then
+  the release's ``verify`` callable: every tensor's name and shape against the preset) and
+  cached as a folder; later calls load the folder and touch no network;
 - **a Hugging Face Hub repository id** (``"owner/name"``), fetched with
   ``huggingface_hub.snapshot_download`` into the Hub's own cache.
 
@@ -17,6 +19,12 @@ The cache folder is ``cache_dir=``, else ``$FRACTALKIT_CACHE``, else
 ``$XDG_CACHE_HOME/fractalkit`` (``~/.cache/fractalkit``). A released model lives in
 ``<cache>/fractalgen/<name>/``; to install one by hand (a machine without internet), put the
 original ``checkpoint-last.pth`` there: the next call converts it.
+
+This module sits below :class:`fractalkit.Fractal` (it never imports it, nor any wing): the
+model class comes in as ``cls`` (``Fractal.from_pretrained`` passes itself; a plain
+:func:`from_pretrained` call uses the class ``fractalkit`` registers with
+:func:`set_default_model_class`), and folders load through that class's ``load``
+(:mod:`fractalkit.persistence`).
 
 Example::
 
@@ -35,15 +43,14 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from fractalkit.fractal import Fractal
-from fractalkit.sampling.options import SampleOptions
+from fractalkit.config import FractalConfig
+from fractalkit.protocol import SampleOptions
 
 __all__ = [
     "CACHE_ENV",
@@ -59,6 +66,7 @@ __all__ = [
     "push_to_hub",
     "register_release",
     "save_pretrained",
+    "set_default_model_class",
 ]
 
 #: Environment variable naming the cache folder (``cache_dir=`` overrides it).
@@ -82,59 +90,84 @@ class PretrainedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Release:
-    """A released original checkpoint that :func:`from_pretrained` can fetch by name.
+    """A released file that :func:`from_pretrained` can fetch by name, and how to load it.
+
+    The Hub code knows nothing about any particular model family: a release carries the
+    callables that turn its downloaded file into a model and check it (a wing registers its
+    releases with :func:`register_release`; :mod:`fractalkit.imagenet` does for the paper models).
 
     Attributes:
-        name: the name users pass (for the paper's models, the preset's name).
-        url: where its authors publish the ``.pth`` file.
+        name: the name users pass.
+        url: where its authors publish the file.
         size_mb: its approximate size in MB (10^6 bytes), for messages.
-        preset: the :data:`fractalkit.presets.PRESETS` architecture the file must have, or None.
-        heads: attention heads per level then the leaf's, for a non-preset architecture.
+        convert: ``convert(path, cls) -> model``: the downloaded file at ``path`` as an instance
+            of the model class ``cls``; raises ``ValueError`` for a file that is not this release.
+        verify: ``verify(model)``, run after the parameter count is checked; raises
+            ``ValueError`` when the converted model is not the release (e.g. a tensor of the
+            wrong shape). None: no further check.
         num_params: the parameter count the converted model must have (None: not checked).
         title: a human name for messages and the model card.
+        sampling: the sampling settings stored with the converted model (None: none).
+        published: whether ``sampling`` are the settings published with the release.
+        notes: one paragraph for the model card (e.g. where the sampling settings come from).
+        folder: the cache subfolder the release lives in (``<cache>/<folder>/<name>/``).
     """
 
     name: str
     url: str
     size_mb: float
-    preset: str | None = None
-    heads: tuple[int, ...] | None = None
+    convert: Callable[[Path, type], Any] | None = None
+    verify: Callable[[Any], None] | None = None
     num_params: int | None = None
     title: str = ""
+    sampling: SampleOptions | None = None
+    published: bool = False
+    notes: str = ""
+    folder: str = "fractalgen"
 
 
-def _dropbox(file_id: str, rlkey: str, st: str) -> str:
-    return f"https://www.dropbox.com/scl/fi/{file_id}/checkpoint-last.pth?rlkey={rlkey}&st={st}&dl=0"
+#: The releases :func:`from_pretrained` can fetch by name (:func:`register_release` adds one;
+#: importing ``fractalkit`` registers the five paper models, see :mod:`fractalkit.imagenet`).
+RELEASES: dict[str, Release] = {}
+
+_default_model_class: list[type] = []
 
 
-#: The five released FractalGen models (addresses and sizes from the original repository's
-#: README and download script, LTH14/fractalgen).
-RELEASES: dict[str, Release] = {
-    r.name: r
-    for r in [
-        Release("fractalar-in64", _dropbox("n25tbij7aqkwo1ypqhz72", "2czevgex3ocg2ae8zde3xpb3f", "mj0subup"),
-                1688, "fractalar-in64", num_params=442_068_224, title="FractalAR-64"),
-        Release("fractalmar-in64", _dropbox("lh7fmv48pusujd6m4kcdn", "huihey61ok32h28o3tbbq6ek9", "fxtoawba"),
-                1650, "fractalmar-in64", num_params=431_995_648, title="FractalMAR-64"),
-        Release("fractalmar-base-in256", _dropbox("zrdm7853ih4tcv98wmzhe", "htq9yuzovet7d6ioa64s1xxd0", "4c4d93vs"),
-                712, "fractalmar-base-in256", num_params=186_300_224, title="FractalMAR-Base-256"),
-        Release("fractalmar-large-in256", _dropbox("y1k05xx7ry8521ckxkqgt", "wolq4krdq7z7eyjnaw5ndhq6k", "vjeu5uzo"),
-                1669, "fractalmar-large-in256", num_params=437_000_064, title="FractalMAR-Large-256"),
-        Release("fractalmar-huge-in256", _dropbox("t2rru8xr6wm23yvxskpww", "dn9ss9zw4zsnckf6bat9hss6h", "y7w921zo"),
-                3243, "fractalmar-huge-in256", num_params=849_586_240, title="FractalMAR-Huge-256"),
-    ]
-}
+def set_default_model_class(cls: type) -> None:
+    """The model class a plain :func:`from_pretrained` call builds (``fractalkit`` registers
+    :class:`fractalkit.Fractal` when imported; ``Fractal.from_pretrained`` passes its own class).
+
+    Args:
+        cls: a class with ``load(path, *, device)`` and ``from_config``.
+    """
+    if not callable(getattr(cls, "load", None)):
+        raise TypeError(f"set_default_model_class: {cls!r} has no load(path, device=...) method")
+    _default_model_class[:] = [cls]
+
+
+def _model_class(cls: type | None) -> type:
+    if cls is not None:
+        return cls
+    if not _default_model_class:
+        raise PretrainedError(
+            "from_pretrained: no model class given and none registered; call "
+            "fractalkit.Fractal.from_pretrained(...) (or pass cls=fractalkit.Fractal)"
+        )
+    return _default_model_class[0]
 
 
 def register_release(release: Release) -> None:
     """Make ``release`` fetchable by name (e.g. a mirror, or a test server's file).
 
     Raises:
-        ValueError: the name is taken by a different release, or neither ``preset`` nor
-            ``heads`` says how to build it.
+        ValueError: the name is taken by a different release, or the release has no ``convert``
+            callable (nothing would say how to turn its file into a model).
     """
-    if release.preset is None and release.heads is None:
-        raise ValueError(f"register_release: {release.name!r} needs a preset or heads")
+    if not callable(release.convert):
+        raise ValueError(
+            f"register_release: {release.name!r} needs a convert callable (path, cls) -> model "
+            "that turns its downloaded file into a model"
+        )
     old = RELEASES.get(release.name)
     if old is not None and old != release:
         raise ValueError(f"register_release: {release.name!r} is already registered as {old}")
@@ -257,7 +290,7 @@ def load_sampling_options(folder: str | os.PathLike) -> SampleOptions | None:
 
 
 def save_pretrained(
-    model: Fractal,
+    model: Any,
     folder: str | os.PathLike,
     *,
     sampling: SampleOptions | None = None,
@@ -270,7 +303,7 @@ def save_pretrained(
     ``config.json`` repeats the config for people and the Hub's file browser.
 
     Args:
-        model: the model.
+        model: the model (a :class:`fractalkit.Fractal`).
         folder: created if needed; existing files of these names are replaced (each atomically).
         sampling: the settings to draw samples with (default: the model's ``pretrained_options``
             if it has them, else none are written).
@@ -284,7 +317,7 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     sampling = sampling if sampling is not None else getattr(model, "pretrained_options", None)
     model.save(folder / WEIGHTS_FILE)
-    _write(folder / CONFIG_FILE, json.dumps(model.config, indent=2) + "\n")
+    _write(folder / CONFIG_FILE, json.dumps(model.config.to_dict(), indent=2) + "\n")
     if sampling is not None:
         payload = {"options": _options_dict(sampling), "published": published}
         _write(folder / SAMPLING_FILE, json.dumps(payload, indent=2) + "\n")
@@ -298,7 +331,7 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _model_card(model: Fractal, sampling: SampleOptions | None, description: str, published: bool) -> str:
+def _model_card(model: Any, sampling: SampleOptions | None, description: str, published: bool) -> str:
     params = sum(p.numel() for p in model.parameters())
     shape = "x".join(str(s) for s in model.event_shape)
     lines = [
@@ -323,16 +356,25 @@ def _model_card(model: Fractal, sampling: SampleOptions | None, description: str
     return "\n".join(lines)
 
 
-def _load_folder(folder: Path, device: str) -> Fractal:
+def _folder_config(path: Path) -> FractalConfig | None:
+    """The config a folder's config.json describes (older versions through the one conversion),
+    or None when it describes none."""
+    try:
+        return FractalConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _load_folder(folder: Path, device: str, cls: type) -> Any:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise PretrainedError(
             f"{folder} is not a fractalkit model folder: it has no {WEIGHTS_FILE} "
             "(write one with model.save_pretrained(folder))"
         )
-    model = Fractal.load(weights, device=device)
+    model = cls.load(weights, device=device)  # the class's loader: fractalkit.persistence
     config_path = folder / CONFIG_FILE
-    if config_path.is_file() and json.loads(config_path.read_text()) != model.config:
+    if config_path.is_file() and _folder_config(config_path) != model.config:
         raise PretrainedError(
             f"{config_path} disagrees with the config inside {weights}; the folder was edited "
             "by hand or half-written: write it again with save_pretrained"
@@ -356,16 +398,13 @@ def _offline_message(release: Release, folder: Path, reason: str) -> str:
     )
 
 
-def _convert_release(release: Release, original: Path) -> Fractal:
-    from fractalkit.compat import fractalgen as fg
-
+def _convert_release(release: Release, original: Path, cls: type) -> Any:
     what = f"the file for {release.name!r} ({original}, from {release.url})"
+    if release.convert is None:
+        raise PretrainedError(f"{release.name!r} has no convert callable: register it with one")
     try:
-        if release.preset is not None:
-            model = fg.load_fractalgen(original, preset=release.preset)
-        else:
-            model = fg.load_fractalgen(original, heads=release.heads)
-    except fg.FractalGenFormatError as err:
+        model = release.convert(original, cls)
+    except ValueError as err:  # the release's converter refuses the file
         raise PretrainedError(f"{what} is not a {release.name} checkpoint: {err}") from err
     count = sum(p.numel() for p in model.parameters())
     if release.num_params is not None and count != release.num_params:
@@ -373,16 +412,11 @@ def _convert_release(release: Release, original: Path) -> Fractal:
             f"{what} is not a {release.name} checkpoint: it holds {count:,} parameters, "
             f"{release.name} has {release.num_params:,}"
         )
-    if release.preset is not None:
-        from fractalkit.presets import get_preset
-
-        with torch.device("meta"):  # shapes only: no memory for the preset's weights
-            want = Fractal.from_config(get_preset(release.preset).config).state_dict()
-        got = model.state_dict()
-        bad = sorted(k for k in set(want) | set(got)
-                     if k not in want or k not in got or want[k].shape != got[k].shape)
-        if bad:
-            raise PretrainedError(f"{what} does not match the {release.preset} preset: {bad[:5]}")
+    if release.verify is not None:
+        try:
+            release.verify(model)
+        except ValueError as err:
+            raise PretrainedError(f"{what} {err}") from err
     return model
 
 
@@ -404,20 +438,20 @@ def _locked(folder: Path):
 
 
 def _released(release: Release, root: Path, offline: bool, progress: bool, keep_original: bool,
-              device: str) -> Fractal:
-    folder = root / "fractalgen" / release.name
+              device: str, cls: type) -> Any:
+    folder = root / release.folder / release.name
     if (folder / WEIGHTS_FILE).is_file():
-        return _load_folder(folder, device)
+        return _load_folder(folder, device, cls)
     if offline and not (folder / ORIGINAL_FILE).is_file():
         raise PretrainedError(_offline_message(release, folder, "offline mode is on"))
     with _locked(folder):
-        return _fetch_and_convert(release, folder, progress, keep_original, device)
+        return _fetch_and_convert(release, folder, progress, keep_original, device, cls)
 
 
 def _fetch_and_convert(release: Release, folder: Path, progress: bool, keep_original: bool,
-                       device: str) -> Fractal:
+                       device: str, cls: type) -> Any:
     if (folder / WEIGHTS_FILE).is_file():  # another process finished while this one waited
-        return _load_folder(folder, device)
+        return _load_folder(folder, device, cls)
     original = folder / ORIGINAL_FILE
     if not original.is_file():
         try:
@@ -428,17 +462,19 @@ def _fetch_and_convert(release: Release, folder: Path, progress: bool, keep_orig
             kept = f"; {partial} is kept and the next call resumes it" if partial.exists() else ""
             raise PretrainedError(_offline_message(release, folder, f"{type(err).__name__}: {err}{kept}")) from err
     try:
-        model = _convert_release(release, original)
+        model = _convert_release(release, original, cls)
     except PretrainedError:
         original.unlink()  # a wrong file must not poison the cache: the next call fetches again
         raise
-    options = _release_options(release)
+    options = release.sampling
     # Write the converted folder beside, then rename: a crash leaves no half-written model.
     tmp = Path(tempfile.mkdtemp(prefix=f".{release.name}-", dir=folder))
     try:
-        published = options is not None and _published(release)
-        save_pretrained(model, tmp, sampling=options, published=published,
-                        description=f"{release.title or release.name}, converted by fractalkit from {release.url}.")
+        published = options is not None and release.published
+        description = f"{release.title or release.name}, converted by fractalkit from {release.url}."
+        if release.notes:
+            description += f" {release.notes}"
+        save_pretrained(model, tmp, sampling=options, published=published, description=description)
         _write(tmp / SOURCE_FILE, json.dumps(
             {"url": release.url, "bytes": original.stat().st_size, "sha256": _sha256(original)}, indent=2) + "\n")
         # The weights go last: their presence is what marks the cached folder complete.
@@ -448,25 +484,7 @@ def _fetch_and_convert(release: Release, folder: Path, progress: bool, keep_orig
         shutil.rmtree(tmp, ignore_errors=True)
     if not keep_original:
         original.unlink()
-    return _load_folder(folder, device)
-
-
-def _published(release: Release) -> bool:
-    from fractalkit.compat.fractalgen import RELEASED
-
-    return release.preset in RELEASED and RELEASED[release.preset].sampling is not None
-
-
-def _release_options(release: Release) -> SampleOptions | None:
-    if release.preset is None:
-        return None
-    if _published(release):
-        from fractalkit.compat.fractalgen import published_options
-
-        return published_options(release.preset)
-    from fractalkit.presets import get_preset
-
-    return get_preset(release.preset).sampling
+    return _load_folder(folder, device, cls)
 
 
 # ---- the entry points ---------------------------------------------------------------------------
@@ -484,7 +502,8 @@ def from_pretrained(
     revision: str | None = None,
     token: str | bool | None = None,
     device: str = "cpu",
-) -> Fractal:
+    cls: type | None = None,
+) -> Any:
     """Load a pretrained :class:`fractalkit.Fractal`: a folder, a released name, or a Hub repo id.
 
     An existing folder wins; then a :data:`RELEASES` name; then ``"owner/name"`` is a Hub id.
@@ -504,6 +523,8 @@ def from_pretrained(
             converted folder is what is loaded).
         revision, token: for Hub ids (a branch, tag or commit; an access token).
         device: where to put the weights.
+        cls: the model class to build (``Fractal.from_pretrained`` passes its own; default: the
+            class registered with :func:`set_default_model_class`, :class:`fractalkit.Fractal`).
 
     Returns:
         The model.
@@ -513,21 +534,22 @@ def from_pretrained(
             copy (the message says what to download, from where, and where to put it); a
             downloaded file that is not the named model (it is deleted).
     """
+    cls = _model_class(cls)
     path = Path(name_or_path)
     if path.is_dir():
-        return _load_folder(path, device)
+        return _load_folder(path, device, cls)
     if path.is_file():
         raise PretrainedError(
             f"from_pretrained: {path} is a file; pass the folder save_pretrained wrote, load a "
             "fractalkit .safetensors file with Fractal.load, or convert an original .pth with "
-            "python -m fractalkit.compat.fractalgen convert IN OUT"
+            "fractalkit-convert-fractalgen convert IN OUT"
         )
     name = str(name_or_path)
     if name in RELEASES:
         return _released(RELEASES[name], _cache_root(cache_dir), _offline(offline),
-                         progress, keep_original, device)
+                         progress, keep_original, device, cls)
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return _load_folder(_hub_snapshot(name, cache_dir, _offline(offline), revision, token), device)
+        return _load_folder(_hub_snapshot(name, cache_dir, _offline(offline), revision, token), device, cls)
     raise PretrainedError(
         f"from_pretrained: {name!r} is not a folder, a released model ({sorted(RELEASES)}) or a "
         "Hugging Face Hub id ('owner/name')"
@@ -553,7 +575,7 @@ def _hub_snapshot(repo_id: str, cache: str | os.PathLike | None, offline: bool,
 
 
 def push_to_hub(
-    model: Fractal,
+    model: Any,
     repo_id: str,
     *,
     sampling: SampleOptions | None = None,

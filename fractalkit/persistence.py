@@ -1,19 +1,22 @@
-"""Persistence of a :class:`fractalkit.Fractal`: its versioned JSON config, and safetensors files.
+"""Persistence of a :class:`fractalkit.Fractal`: its config as JSON, and safetensors files.
 
-A model is described by a JSON-serialisable dict (:func:`model_config`): the format name, its
-version, each level's partitioner and level config, the leaf config, what it is conditioned on
-(the class count and label dropout, or a conditioner's config) and value normalisation. :func:`save` writes the weights as safetensors with that dict in
-the file's metadata; :func:`load` rebuilds the model from it. The training checkpoints
+A model is described by its :class:`fractalkit.FractalConfig` (``model.config``), stored as the
+dict of :meth:`fractalkit.FractalConfig.to_dict`: the format name, its version, each level's
+partitioner and level config, the leaf config, the conditioner config, the value normalisation
+and the modules of plug-in kinds. :func:`save` writes the weights as safetensors with that dict
+in the file's metadata; :func:`load` rebuilds the model from it. The training checkpoints
 (:mod:`fractalkit.training.checkpoint`) store their models through the same two functions.
 
-Versions: 1 (fractalkit 0.1); 2 adds ``guide_input`` to MAR level configs (since issue 20 the
-MAR ``summary`` setting; older level fields load through :mod:`fractalkit.legacy`); 3 replaces
-``num_classes`` and ``label_drop`` by a ``conditioner`` entry (a registered
-:class:`fractalkit.conditioners.ConditionerConfig`'s dict). Version-1 and -2 configs load
-unchanged (new fields take their defaults). A model is written in the oldest version that
-holds it: class-conditional and unconditional models still write version 2 (so files they
-write stay readable by fractalkit versions before conditioners), models with any other
-conditioner write version 3.
+Every model is written in one version, 4. Older versions load through the one conversion,
+:func:`fractalkit.legacy.upgrade_config`: 1 (fractalkit 0.1); 2 added ``guide_input`` to MAR
+level configs; 3 replaced ``num_classes`` and ``label_drop`` by a ``conditioner`` entry (2 was
+still written for class-label and unconditional models); 4 writes the ``conditioner`` entry for
+every model and adds ``plugins``, and MAR levels write one ``summary`` setting (was
+``guiding_pixel``, ``guide`` and ``guide_input``) and ``linked_neighbours`` (was
+``graph_neighbours``). Old parameter names (a class-label model's top-level
+``null_embedding`` and ``class_embedding.weight``, a level's input network and guiding pixel
+before they became the ``inputs`` and ``summary`` parts) load through
+:data:`fractalkit.legacy.LEGACY_KEY_RULES` and :data:`fractalkit.legacy.LEGACY_STATE_RULES`.
 """
 
 from __future__ import annotations
@@ -25,100 +28,43 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fractalkit.conditioners import ClassLabel, Unconditional
-from fractalkit.config import config_from_dict
+from fractalkit.config import FORMAT, FORMAT_VERSION, FractalConfig
 from fractalkit.filemodes import apply_umask
-from fractalkit.legacy import upgrade_config
-from fractalkit.partition import partitioner_from_config
+from fractalkit.legacy import READABLE_VERSIONS
 from fractalkit.validation import checked_model_file, nonfinite_tensors
 
 if TYPE_CHECKING:
     from fractalkit.fractal import Fractal
 
-FORMAT = "fractalkit.Fractal"
-#: the newest version this fractalkit writes (for models with a non-class-label conditioner)
-FORMAT_VERSION = 3
-#: the version written for class-conditional and unconditional models
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LABEL_FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "load",
+    "model_config",
+    "model_from_config",
+    "save",
+]
+
+#: the version the converter's and presets' class-label config dicts are written in (they load
+#: through :func:`fractalkit.legacy.upgrade_config`); files are always written in FORMAT_VERSION
 LABEL_FORMAT_VERSION = 2
-#: versions this fractalkit reads
-READABLE_VERSIONS = (1, 2, 3)
-_COMMON_KEYS = {"format", "version", "levels", "leaf", "value_mean", "value_std"}
-_KEYS = {
-    1: _COMMON_KEYS | {"num_classes", "label_drop"},
-    2: _COMMON_KEYS | {"num_classes", "label_drop"},
-    3: _COMMON_KEYS | {"conditioner"},
-}
 
 
 def model_config(model: Fractal) -> dict[str, Any]:
-    """The versioned, JSON-serialisable description of ``model`` (see :attr:`Fractal.config`)."""
-    spec = model._spec
-
-    def plain(v):
-        return v if isinstance(v, int | float) else [float(t) for t in v]
-
-    conditioner = spec["conditioner"]
-    labels = isinstance(conditioner, ClassLabel | Unconditional)
-    condition: dict[str, Any] = (
-        {"num_classes": model.num_classes, "label_drop": spec["label_drop"]}
-        if labels
-        else {"conditioner": conditioner.to_dict()}
-    )
-    return {
-        "format": FORMAT,
-        "version": LABEL_FORMAT_VERSION if labels else FORMAT_VERSION,
-        "levels": [{"partitioner": p.config(), "level": c.to_dict()} for p, c in spec["levels"]],
-        "leaf": spec["leaf"].to_dict(),
-        **condition,
-        "value_mean": plain(spec["value_mean"]),
-        "value_std": plain(spec["value_std"]),
-    }
+    """The JSON-serialisable dict of ``model.config`` (what :func:`save` stores)."""
+    return model.config.to_dict()
 
 
-def model_from_config(cls: type[Fractal], config: dict[str, Any]) -> Fractal:
-    """A freshly initialised ``cls`` from :func:`model_config` output (any readable version).
+def model_from_config(cls: type[Fractal], config: FractalConfig | dict[str, Any]) -> Fractal:
+    """A freshly initialised ``cls`` from a :class:`fractalkit.FractalConfig` or its dict (any
+    readable version).
 
     Raises:
         ValueError: not a fractalkit config, an unreadable version, missing or unknown keys.
     """
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(
-            f"Fractal.from_config: expected a dict with format {FORMAT!r}, got "
-            f"{config.get('format') if isinstance(config, dict) else type(config)}"
-        )
-    config = upgrade_config(config)  # older spellings, through the one conversion
-    if config.get("version") not in READABLE_VERSIONS:
-        raise ValueError(
-            f"Fractal.from_config: config version {config.get('version')} is not supported "
-            f"(this fractalkit reads versions {list(READABLE_VERSIONS)})"
-        )
-    keys = _KEYS[config["version"]]
-    unknown, missing = sorted(set(config) - keys), sorted(keys - set(config))
-    if missing:
-        names = ", ".join(repr(k) for k in missing)
-        raise ValueError(
-            f"Fractal.from_config: a version-{config['version']} config lacks the required "
-            f"key{'s' if len(missing) > 1 else ''} {names}"
-        )
-    if unknown:
-        raise ValueError(
-            f"Fractal.from_config: unknown keys {unknown} for a version-{config['version']} config"
-        )
-    levels = [
-        (partitioner_from_config(entry["partitioner"]), config_from_dict(entry["level"]))
-        for entry in config["levels"]
-    ]
-    if config["version"] >= 3:
-        condition: dict[str, Any] = {"conditioner": config_from_dict(config["conditioner"])}
-    else:
-        condition = {"num_classes": config["num_classes"], "label_drop": config["label_drop"]}
-    return cls(
-        levels,
-        config_from_dict(config["leaf"]),
-        value_mean=config["value_mean"],
-        value_std=config["value_std"],
-        **condition,
-    )
+    return cls(FractalConfig.from_dict(config))
 
 
 def save(model: Fractal, path: str | os.PathLike) -> None:

@@ -17,7 +17,7 @@ from fractalkit import register_config
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "own_level.md"
 _BLOCKS = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.S)
-_DEFINITIONS = _BLOCKS[0].split("# ---- using it ----")[0].replace('kind = "gru"', 'kind = "gru_tests"', 1)
+_DEFINITIONS = _BLOCKS[0].split("# ---- using it ----")[0].replace('@register("gru")', '@register("gru_tests")', 1)
 exec(compile(_DEFINITIONS, str(PAGE), "exec", dont_inherit=True), globals())  # GRULevel, GRULevelConfig
 exec(compile(_BLOCKS[1], str(PAGE), "exec", dont_inherit=True), globals())  # CachedGRULevel
 
@@ -33,10 +33,10 @@ class CachedGRULevelConfig(GRULevelConfig):
 
     kind = "gru_cached_tests"
 
-    def build(self, partitioner, child, *, cond_dim, cond_tokens, normalisation):
+    def build(self, ctx):
         return CachedGRULevel(
-            partitioner, child, self, cond_dim=cond_dim, cond_tokens=cond_tokens,
-            normalisation=normalisation,
+            ctx.partitioner, ctx.child, self, cond_dim=ctx.cond_dim, cond_tokens=ctx.cond_tokens,
+            normalisation=ctx.normalisation,
         )
 
 

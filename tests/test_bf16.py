@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fractalkit import Fractal, ImagePatches, RGBLeafConfig
+from fractalkit.config import BuildContext
 from fractalkit.levels.ar import ARLevelConfig
 from fractalkit.levels.mar import MARLevelConfig
 from fractalkit.nn import Linear
@@ -90,10 +91,10 @@ def test_bf16_likelihoods_within_the_stated_tolerance(kind: str) -> None:
 def test_leaf_decodes_in_its_weights_dtype_under_cpu_autocast() -> None:
     """The leaf's decoding is overhead-bound: under autocast it runs as in float32, bit for bit."""
     from fractalkit import SampleOptions
-    from fractalkit.sampling.options import DecodeContext
+    from fractalkit.protocol import DecodeContext
 
     torch.manual_seed(0)
-    leaf = RGBLeafConfig(width=32, depth=1, heads=4).build((3,), cond_dim=16, cond_tokens=5).eval()
+    leaf = RGBLeafConfig(width=32, depth=1, heads=4).build(BuildContext(16, 5, (3,))).eval()
     cond = torch.randn(6, 5, 16)
     x = torch.zeros(6, 3, dtype=torch.long)
     known = torch.zeros(6, 3, dtype=torch.bool)

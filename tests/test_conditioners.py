@@ -31,6 +31,7 @@ from fractalkit import (
     register_config,
 )
 from fractalkit.conditioners import Padded, check_instances
+from fractalkit.config import BuildContext
 from fractalkit.data import all_configurations, configuration_index
 from fractalkit.sampling.guidance import guided_logits
 from fractalkit.testing import chi_square
@@ -68,8 +69,8 @@ class Scalar(ConditionerConfig):
     drop: float = 0.1
     null: bool = True
 
-    def build(self, width: int, tokens: int) -> ScalarConditioner:
-        return ScalarConditioner(width, tokens, self)
+    def build(self, ctx: BuildContext) -> ScalarConditioner:
+        return ScalarConditioner(ctx.cond_dim, ctx.cond_tokens, self)
 
 
 def conditions(kind: str, n: int, seed: int = 0) -> Any:
@@ -332,7 +333,7 @@ def test_every_conditioner_saves_loads_and_runs_the_whole_api(kind: str, tmp_pat
     model.save(path)
     loaded = Fractal.load(path).eval()
     assert loaded.config == model.config
-    assert loaded.config["version"] == (2 if kind == "class_label" else 3)
+    assert loaded.config.to_dict()["version"] == 4  # one version for every model
     with torch.no_grad():
         torch.testing.assert_close(loaded.log_prob(x, c).value, model.log_prob(x, c).value, rtol=0, atol=0)
         bpd = loaded.bits_per_dim(x, c)
@@ -346,18 +347,23 @@ def test_every_conditioner_saves_loads_and_runs_the_whole_api(kind: str, tmp_pat
     loss.total.backward()
 
 
-def test_class_labels_keep_their_names_and_spellings() -> None:
+def test_class_labels_are_an_ordinary_submodule_and_keep_their_spellings() -> None:
     model = build("class_label")
-    assert {"null_embedding", "class_embedding.weight"} <= set(model.state_dict())
-    assert not any(k.startswith("conditioner.") for k in model.state_dict())
-    assert {"null_embedding", "class_embedding.weight"} <= dict(model.named_parameters()).keys()
+    names = {"conditioner.null_embedding", "conditioner.class_embedding.weight"}
+    assert names <= set(model.state_dict()) and names <= dict(model.named_parameters()).keys()
+    assert model.conditioner is model.get_submodule("conditioner")
+    # The names files used before (top level) load through the one key map.
+    old_names = {k.removeprefix("conditioner."): v for k, v in model.state_dict().items()}
+    again = Fractal.from_config(model.config)
+    again.load_state_dict(old_names)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
     y = torch.tensor([0, 3])
     x = torch.randint(0, V, (2, E))
     with torch.no_grad():
         torch.testing.assert_close(model.log_prob(x, y=y).value, model.log_prob(x, y).value, rtol=0, atol=0)
     old = Fractal([(SequenceChunks(E, 1), ARLevelConfig(width=8, depth=1, heads=2))],
                   leaf=CategoricalLeafConfig(num_values=V), num_classes=4, label_drop=0.2)
-    assert old.config["num_classes"] == 4 and old.config["label_drop"] == 0.2
+    assert old.config.conditioner == ClassLabel(4, drop=0.2) and old.num_classes == 4
     assert old.conditioner.drop == 0.2
 
 
@@ -464,12 +470,14 @@ def test_vector_fitted_normalisation() -> None:
 
 @pytest.mark.parametrize("kind", ["vector", "tokens"])
 def test_conditions_pass_through_ddp_training(kind: str, tmp_path) -> None:
-    """The ImageNet example's DDP wrapper (one gloo process) trains a vector- or
-    sequence-conditioned model: every conditioner parameter gets a gradient."""
+    """The training loop's DDP wrapper around the ImageNet example's loss (one gloo process)
+    trains a vector- or sequence-conditioned model: every conditioner parameter gets a gradient."""
     import importlib.util
     from pathlib import Path
 
     import torch.distributed as dist
+
+    from fractalkit.training.loop import LossModule
 
     path = Path(__file__).resolve().parents[1] / "examples" / "imagenet_pixels" / "train.py"
     spec = importlib.util.spec_from_file_location("imagenet_train_for_ddp", path)
@@ -478,10 +486,10 @@ def test_conditions_pass_through_ddp_training(kind: str, tmp_path) -> None:
     model = build(kind, dtype=torch.float32).train()
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        wrapped = nn.parallel.DistributedDataParallel(example.LossModule(model))
+        wrapped = nn.parallel.DistributedDataParallel(LossModule(model, example.fractal_loss))
         c = conditions(kind, 8)
         c = c.float() if isinstance(c, torch.Tensor) else c
-        total, _ = wrapped(torch.randint(0, V, (8, E)), c, torch.Generator().manual_seed(0))
+        total, _ = wrapped((torch.randint(0, V, (8, E)), c), torch.Generator().manual_seed(0))
         total.backward()
     finally:
         dist.destroy_process_group()
@@ -489,21 +497,26 @@ def test_conditions_pass_through_ddp_training(kind: str, tmp_path) -> None:
     assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values()), grads.keys()
 
 
-def test_class_label_parameters_stay_shared_after_assign_loads_and_conversions() -> None:
+@pytest.mark.parametrize("old_names", [False, True])
+def test_class_label_parameters_are_used_after_assign_loads_and_conversions(old_names) -> None:
     model = build("class_label")
     state = {k: v.clone() + 1 for k, v in model.state_dict().items()}
+    if old_names:  # as files written before the conditioner became a submodule name them
+        state = {k.removeprefix("conditioner."): v for k, v in state.items()}
     model.load_state_dict(state, assign=True)
-    assert model.conditioner.null_embedding is model.null_embedding
-    assert model.conditioner.class_embedding is model.class_embedding
+    assert model.conditioner.class_embedding.weight is model.state_dict(keep_vars=True)[
+        "conditioner.class_embedding.weight"]
+    key = "class_embedding.weight" if old_names else "conditioner.class_embedding.weight"
     y = torch.tensor([1, 2])
     with torch.no_grad():
-        torch.testing.assert_close(model.top_condition(y, 2)[:, 0], state["class_embedding.weight"][y])
+        torch.testing.assert_close(model.top_condition(y, 2)[:, 0], state[key][y])
     torch.__future__.set_overwrite_module_params_on_conversion(True)
     try:
         model = model.float()
     finally:
         torch.__future__.set_overwrite_module_params_on_conversion(False)
-    assert model.conditioner.null_embedding is model.null_embedding
+    null = model.state_dict(keep_vars=True)["conditioner.null_embedding"]
+    assert model.conditioner.null_embedding is null and null.dtype == torch.float32
 
 
 def test_training_checkpoints_keep_the_conditioner(tmp_path) -> None:
@@ -516,7 +529,7 @@ def test_training_checkpoints_keep_the_conditioner(tmp_path) -> None:
     x = torch.randint(0, V, (2, E))
     with torch.no_grad():
         torch.testing.assert_close(loaded.log_prob(x, c).value, model.log_prob(x, c).value, rtol=0, atol=0)
-    assert loaded.config["conditioner"] == CONFIGS["frames"].to_dict()
+    assert loaded.config.conditioner == CONFIGS["frames"]
 
 
 @pytest.mark.parametrize("kind", ["class_label", "vector"])
@@ -529,4 +542,4 @@ def test_models_pickle_whole(kind: str, tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(again.log_prob(x, c).value, model.log_prob(x, c).value, rtol=0, atol=0)
     if kind == "class_label":
-        assert again.conditioner.null_embedding is again.null_embedding
+        assert again.conditioner.null_embedding is again.get_parameter("conditioner.null_embedding")

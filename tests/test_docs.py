@@ -69,6 +69,7 @@ def test_snippets_are_found() -> None:
         "docs/tutorials/compose.md",
         "docs/tutorials/plugins.md",
         "docs/tutorials/own_level.md",
+        "docs/tutorials/own_partitioner.md",
         "docs/tutorials/completion.md",
         "docs/tutorials/sampling.md",
         "docs/tutorials/testing.md",

@@ -139,7 +139,7 @@ def test_bfloat16_model_reduces_in_float32() -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=repr)
 def test_config_round_trip_reproduces_log_prob_exactly(example: Example) -> None:
     model = example.build(torch.float32)
-    config = json.loads(json.dumps(model.config))  # plain JSON
+    config = json.loads(json.dumps(model.config.to_dict()))  # plain JSON
     rebuilt = Fractal.from_config(config)
     rebuilt.load_state_dict(model.state_dict())
     rebuilt.eval()

@@ -227,8 +227,8 @@ def test_empty_batch():
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_config_round_trip_reproduces_log_prob_exactly(name):
     model = build(name, seed=1)
-    config = json.loads(json.dumps(model.config))  # a plain JSON document
-    assert config == model.config
+    config = json.loads(json.dumps(model.config.to_dict()))  # a plain JSON document
+    assert config == model.config.to_dict()
     clone = Fractal.from_config(config).eval()
     assert clone.config == model.config
     clone.load_state_dict(model.state_dict())
@@ -297,7 +297,7 @@ def test_load_rejects_truncated_and_foreign_files(tmp_path):
     ],
 )
 def test_from_config_rejects_bad_configs(change, match):
-    config = build("ar").config
+    config = build("ar").config.to_dict()
     change(config)
     with pytest.raises(ValueError, match=match):
         Fractal.from_config(config)

@@ -11,13 +11,11 @@ import pytest
 import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig
+from fractalkit.graphs import Graph, GraphEncoding, bfs_order
 from fractalkit.partition import (
     PARTITIONERS,
-    Graph,
-    GraphEncoding,
     GraphSubsets,
     SequenceChunks,
-    bfs_order,
     partitioner_from_config,
 )
 

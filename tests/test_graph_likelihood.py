@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal
-from fractalkit.partition import (
+from fractalkit.graphs import (
     Graph,
     GraphEncoding,
     bfs_order,

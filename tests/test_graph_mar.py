@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig
+from fractalkit.graphs import GraphEncoding
 from fractalkit.levels.mar import MARLevel
 from fractalkit.levels.tokens import LinkedMeanToken
-from fractalkit.partition import GraphEncoding, GraphSubsets, SequenceChunks
+from fractalkit.partition import GraphSubsets, SequenceChunks
 from fractalkit.testing import (
     ContractError,
     check_decomposition,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fractalkit.graphs import (
+    Graph,
     clustering_coefficients,
     degree_histogram,
     gaussian,
@@ -21,7 +22,6 @@ from fractalkit.graphs import (
     mmd,
     orbit_counts,
 )
-from fractalkit.partition import Graph
 
 
 def adjacency(n: int, edges: list[tuple[int, int]]) -> np.ndarray:

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from fractalkit import Fractal, SampleOptions, hub
-from fractalkit.compat import fractalgen as fg
+from fractalkit.imagenet import convert as fg
+from fractalkit.imagenet.models import PAPER_MODELS
+from fractalkit.imagenet.releases import fractalgen_release
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "fractalgen"
 TINY_HEADS = (4, 4, 2)
@@ -106,8 +108,8 @@ def server(tmp_path):
 @pytest.fixture
 def release(server, monkeypatch, tmp_path):
     """A test release of the tiny AR fixture at the local server; the cache in tmp_path."""
-    rel = hub.Release(NAME, f"{server.url}/tiny_ar.pth?dl=0", 0.9, heads=TINY_HEADS,
-                      num_params=TINY_AR_PARAMS, title="Tiny AR")
+    rel = fractalgen_release(NAME, f"{server.url}/tiny_ar.pth?dl=0", 0.9, heads=TINY_HEADS,
+                             num_params=TINY_AR_PARAMS, title="Tiny AR")
     monkeypatch.setitem(hub.RELEASES, NAME, rel)
     monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(hub.OFFLINE_ENV, raising=False)
@@ -121,7 +123,7 @@ def _cached(tmp_path: Path) -> Path:
 
 def _use(monkeypatch, release, path: str) -> None:
     base = release.url.split("/tiny_ar.pth")[0]
-    monkeypatch.setitem(hub.RELEASES, NAME, hub.Release(
+    monkeypatch.setitem(hub.RELEASES, NAME, fractalgen_release(
         NAME, base + path, 0.9, heads=TINY_HEADS, num_params=TINY_AR_PARAMS))
 
 
@@ -209,7 +211,7 @@ def test_offline_without_cache_says_what_to_download_and_where(release, tmp_path
 
 
 def test_unreachable_server_gives_the_same_instructions(release, tmp_path, monkeypatch):
-    monkeypatch.setitem(hub.RELEASES, NAME, hub.Release(
+    monkeypatch.setitem(hub.RELEASES, NAME, fractalgen_release(
         NAME, "http://127.0.0.1:9/nothing.pth", 0.9, heads=TINY_HEADS))
     with pytest.raises(hub.PretrainedError, match="cannot be downloaded") as err:
         Fractal.from_pretrained(NAME, progress=False, cache_dir=tmp_path / "elsewhere")
@@ -221,8 +223,12 @@ def test_released_models_are_registered_against_their_presets(name):
     import json
 
     rel = hub.RELEASES[name]
-    assert rel.preset == name and rel.url.startswith("https://www.dropbox.com/scl/fi/")
+    assert rel.convert.preset == name and rel.verify.preset == name
+    assert rel.url.startswith("https://www.dropbox.com/scl/fi/")
     assert rel.num_params == fg.RELEASED[name].num_params
+    # Derived from the one record: the address, the count and the published settings.
+    assert rel.url == PAPER_MODELS[name].release.url and rel.published
+    assert rel.sampling == fg.published_options(name)
     manifest = FIXTURES / "manifests" / (name.replace("-", "_") + ".json")
     if manifest.exists():
         assert json.loads(manifest.read_text())["num_params"] == rel.num_params
@@ -332,7 +338,7 @@ def test_released_checkpoints_are_checked_against_the_preset(monkeypatch, tmp_pa
     count of the release, then every tensor's name and shape against the preset."""
     import dataclasses
 
-    from fractalkit.presets import get_preset
+    from fractalkit.imagenet.presets import get_preset
 
     def fake_load(path, *, preset=None, heads=None):
         config = {**get_preset(preset).config, "num_classes": classes}
@@ -344,20 +350,51 @@ def test_released_checkpoints_are_checked_against_the_preset(monkeypatch, tmp_pa
     if not count_known:
         release = dataclasses.replace(release, num_params=None)
     if match is None:
-        model = hub._convert_release(release, tmp_path / "checkpoint-last.pth")
+        model = hub._convert_release(release, tmp_path / "checkpoint-last.pth", Fractal)
         assert sum(p.numel() for p in model.parameters()) == release.num_params
     else:
         with pytest.raises(hub.PretrainedError, match=match):
-            hub._convert_release(release, tmp_path / "checkpoint-last.pth")
+            hub._convert_release(release, tmp_path / "checkpoint-last.pth", Fractal)
 
 
 def test_register_release(monkeypatch):
     monkeypatch.setattr(hub, "RELEASES", dict(hub.RELEASES))
-    mirror = hub.Release("mirror-ar", "http://example.invalid/a.pth", 1.0, heads=TINY_HEADS)
+    mirror = fractalgen_release("mirror-ar", "http://example.invalid/a.pth", 1.0, heads=TINY_HEADS)
     hub.register_release(mirror)
-    hub.register_release(mirror)  # the same entry again is fine
-    assert hub.RELEASES["mirror-ar"] is mirror
+    hub.register_release(fractalgen_release("mirror-ar", "http://example.invalid/a.pth", 1.0,
+                                            heads=TINY_HEADS))  # an equal entry again is fine
+    assert hub.RELEASES["mirror-ar"] == mirror
     with pytest.raises(ValueError, match="already registered"):
-        hub.register_release(hub.Release("mirror-ar", "http://example.invalid/b.pth", 1.0, heads=TINY_HEADS))
-    with pytest.raises(ValueError, match="needs a preset or heads"):
+        hub.register_release(fractalgen_release("mirror-ar", "http://example.invalid/b.pth", 1.0,
+                                                heads=TINY_HEADS))
+    with pytest.raises(ValueError, match="needs a convert callable"):
         hub.register_release(hub.Release("bare", "http://example.invalid/c.pth", 1.0))
+    with pytest.raises(ValueError, match="needs a preset or heads"):
+        fractalgen_release("bare", "http://example.invalid/c.pth", 1.0)
+
+
+def test_hub_needs_no_fractal_and_loads_any_registered_kind(tiny_model, tmp_path, monkeypatch):
+    """The generic Hub code builds the class it is given (``Fractal.from_pretrained`` passes its
+    own; a subclass gets a subclass), and a release converts with its own callable."""
+
+    class MyFractal(Fractal):
+        pass
+
+    folder = tiny_model.save_pretrained(tmp_path / "m")
+    assert type(MyFractal.from_pretrained(folder)) is MyFractal
+    assert type(hub.from_pretrained(folder)) is Fractal  # the class fractalkit registers
+    seen = []
+
+    def convert(path, cls):
+        seen.append((Path(path).read_bytes(), cls))
+        return tiny_model
+
+    original = tmp_path / "cache" / "elsewhere" / "plain" / hub.ORIGINAL_FILE
+    original.parent.mkdir(parents=True)
+    original.write_bytes(b"anything the converter understands")
+    monkeypatch.setattr(hub, "RELEASES", dict(hub.RELEASES))
+    hub.register_release(hub.Release("plain", "http://example.invalid/p.bin", 0.1, convert=convert,
+                                     folder="elsewhere", sampling=SampleOptions(guidance=1.5)))
+    model = MyFractal.from_pretrained("plain", cache_dir=tmp_path / "cache", offline=True)
+    assert seen == [(b"anything the converter understands", MyFractal)]
+    assert model.pretrained_options == SampleOptions(guidance=1.5)

@@ -19,7 +19,7 @@ from fractalkit.leaves.logistic import (
     sample_discretized_logistic,
     tempered_logistic_parameters,
 )
-from fractalkit.sampling.options import DecodeContext, SampleOptions
+from fractalkit.protocol import DecodeContext, SampleOptions
 from fractalkit.testing import ALPHA, check_sampler, chi_square
 
 DRAWS = 20_000

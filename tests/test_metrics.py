@@ -1,4 +1,4 @@
-"""FID, Inception Score, precision/recall (fractalkit.metrics) with a small stand-in feature network;
+"""FID, Inception Score, precision/recall (fractalkit.imagenet.metrics) with a small stand-in feature network;
 the real Inception-v3 path runs when its weights file is present."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fractalkit import metrics
+from fractalkit.imagenet import metrics
 
 
 class StandIn:

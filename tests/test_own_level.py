@@ -141,7 +141,7 @@ def test_saves_and_loads(layout, tmp_path):
     model.save(tmp_path / "m.safetensors")
     again = Fractal.load(tmp_path / "m.safetensors").eval()
     assert again.config == model.config
-    assert again.config["levels"][0 if layout != "below_mar" else 1]["level"]["kind"] == "gru_tests"
+    assert again.config.levels[0 if layout != "below_mar" else 1][1].kind == "gru_tests"
     every = _support(model)
     assert torch.equal(
         again.log_prob(every, orders="identity").value, model.log_prob(every, orders="identity").value

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from fractalkit import Fractal
-from fractalkit.legacy import upgrade_config
 
 HERE = Path(__file__).resolve().parent / "fixtures"
 _spec = importlib.util.spec_from_file_location("make_pinned", HERE / "make_pinned.py")
@@ -70,7 +69,7 @@ def _as_version_1(config: dict) -> dict:
 @pytest.mark.parametrize("name", CASES)
 def test_pinned_behaviour(name):
     model = _model(name)
-    assert model.config == {**upgrade_config(REFERENCE[name]["config"]), "version": 2}
+    assert model.config == type(model.config).from_dict(REFERENCE[name]["config"])
     got = make_pinned.record(model)
     want = {k: v for k, v in REFERENCE[name].items() if k != "config"}
     _close(got, want, name)

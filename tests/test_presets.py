@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fractalkit import Fractal, SampleOptions
-from fractalkit.presets import (
+from fractalkit.imagenet.presets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PRESETS,
@@ -118,6 +118,11 @@ def test_published_sampling_settings():
     assert mar.guidance == 6.5 and mar.temperature == pytest.approx(1 / 1.02) and mar.steps == (64, 16)
     assert large.guidance == 21.0 and large.temperature == pytest.approx(1 / 1.1)
     assert large.steps == (64, 16, 16)
+    huge, base = (PRESETS[n].sampling for n in ("fractalmar-huge-in256", "fractalmar-base-in256"))
+    assert huge.guidance == 19.0 and huge.temperature == pytest.approx(1 / 1.1) and huge.steps == (64, 16, 16)
+    assert base.guidance == 29.0 and base.temperature == pytest.approx(1 / 1.1) and base.steps == (64, 16, 16)
+    assert "Not published for FractalMAR-Base-256" in PRESETS["fractalmar-base-in256"].notes
+    assert "Not published" not in PRESETS["fractalmar-huge-in256"].notes
     for name in PAPER:
         s = PRESETS[name].sampling
         assert isinstance(s, SampleOptions)
@@ -148,7 +153,7 @@ def test_small_presets_are_small_and_work():
 def test_config_round_trip_and_overrides():
     model = build_preset("tiny-in32", num_classes=0, checkpointing=True)
     assert model.num_classes == 0
-    assert all(e["level"]["checkpointing"] for e in model.config["levels"])
+    assert all(cfg.checkpointing for _, cfg in model.config.levels)
     assert Fractal.from_config(model.config).config == model.config
     # the registry is not mutated by overrides
     assert PRESETS["tiny-in32"].config["num_classes"] == 1000
@@ -169,3 +174,25 @@ def test_registry_drives_argparse():
     assert parser.parse_args(["--preset", "fractalmar-in64"]).preset == "fractalmar-in64"
     for key, preset in PRESETS.items():
         assert preset.name == key
+
+
+def test_paper_models_are_described_once():
+    """Presets, the converter's expectations and the Hub's releases all read the one record."""
+    from fractalkit import hub
+    from fractalkit.imagenet import convert
+    from fractalkit.imagenet.models import IMAGENET_MEAN as MEAN
+    from fractalkit.imagenet.models import PAPER_MODELS
+
+    assert sorted(PAPER_MODELS) == sorted(PAPER) and MEAN is IMAGENET_MEAN
+    for name, record in PAPER_MODELS.items():
+        preset = PRESETS[name]
+        assert preset.config == record.config() and preset.sampling == record.sampling.options()
+        assert preset.image_size == record.image_size and preset.training.epochs == record.training.epochs
+        assert convert.RELEASED[name] is record
+        release = hub.RELEASES[name]
+        assert (release.url, release.size_mb, release.num_params, release.title) == (
+            record.release.url, record.release.size_mb, record.num_params, record.title)
+        assert release.sampling == preset.sampling
+        levels = [entry["level"] for entry in preset.config["levels"]]
+        assert [lv["width"] for lv in levels] + [preset.config["leaf"]["width"]] == list(record.widths)
+        assert [lv["heads"] for lv in levels] + [preset.config["leaf"]["heads"]] == list(record.heads)

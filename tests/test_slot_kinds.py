@@ -19,11 +19,12 @@ from fractalkit import (
     MARLevelConfig,
     RGBLeaf,
     SampleOptions,
-    register_config,
+    register,
 )
-from fractalkit.config import config_from_dict
+from fractalkit.config import BuildContext, config_from_dict
+from fractalkit.graphs import GraphEncoding
 from fractalkit.leaves import SlotCategoricalLeafConfig, SlotKinds, SlotKindsLeaf
-from fractalkit.partition import GraphEncoding, SequenceChunks
+from fractalkit.partition import SequenceChunks
 from fractalkit.testing import (
     check_config_round_trip,
     check_decomposition,
@@ -92,8 +93,8 @@ def test_save_load_and_config_round_trip(tmp_path):
     model = graph_fractal(GraphEncoding(2, 2, 1))
     check_config_round_trip(model)
     check_save_load(model, x=in_support(model)[:4], directory=tmp_path)
-    leaf = model.config["leaf"]
-    assert leaf["kind"] == "slot_categorical" and config_from_dict(leaf) == model._spec["leaf"]
+    leaf = model.config.to_dict()["leaf"]
+    assert leaf["kind"] == "slot_categorical" and config_from_dict(leaf) == model.config.leaf
 
 
 def test_default_leaf_unchanged():
@@ -129,24 +130,24 @@ def test_bad_slot_kind_configs():
 
 def test_slot_leaf_needs_positions():
     model = graph_fractal(GraphEncoding(2, 2, 1))
-    from fractalkit.sampling.options import ScoreContext
+    from fractalkit.protocol import ScoreContext
 
     with pytest.raises(ValueError, match="needs each element's position"):
         model.leaf.score(torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1, 16), ScoreContext("exact"))
 
 
-@register_config
+@register("slot_rgb_tests")
 @dataclasses.dataclass(frozen=True)
 class _SlotRGBConfig(LeafConfig):
     """Slot kinds around an autoregressive RGB leaf: the wrapper takes any leaf."""
 
-    kind = "slot_rgb_tests"
     num_values: int = 3
     element_kinds: tuple[int, ...] = ()
     allowed_values: tuple[tuple[int, ...], ...] = ()
 
-    def build(self, event_shape, cond_dim, cond_tokens):
-        rgb = RGBLeaf(event_shape, cond_dim, cond_tokens, self.num_values, width=8, depth=1, heads=2)
+    def build(self, ctx: BuildContext):
+        rgb = RGBLeaf(tuple(ctx.event_shape), ctx.cond_dim, ctx.cond_tokens, self.num_values,
+                      width=8, depth=1, heads=2)
         return SlotKindsLeaf(rgb, SlotKinds(self.element_kinds, self.allowed_values))
 
 

@@ -78,7 +78,8 @@ class _OldStyleLeafConfig(ComponentConfig):
 
 def test_leaf_configs_written_before_the_contract_still_build():
     assert isinstance(_OldStyleLeafConfig(), LeafConfig)
-    model = Fractal([(SequenceChunks(4, 2), MARLevelConfig(width=8, depth=1, heads=2))], _OldStyleLeafConfig())
+    with pytest.warns(DeprecationWarning, match="before the one build context"):  # old build signature
+        model = Fractal([(SequenceChunks(4, 2), MARLevelConfig(width=8, depth=1, heads=2))], _OldStyleLeafConfig())
     assert isinstance(model.leaf, CategoricalLeaf)
 
 
@@ -101,8 +102,8 @@ def test_summary_needs_a_leaf_config():
 def test_old_summary_fields_load_through_the_legacy_conversion():
     """A config dict with the three old fields (``guiding_pixel``, ``guide``, ``guide_input``)
     becomes the one ``summary`` setting; the old default leaf was the paper's RGB leaf."""
+    from fractalkit.imagenet.models import PAPER_SUMMARY_LEAF
     from fractalkit.legacy import upgrade_config
-    from fractalkit.presets import PAPER_SUMMARY_LEAF
 
     guide = CategoricalLeafConfig(num_values=3).to_dict()
     old = {"levels": [

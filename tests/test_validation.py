@@ -22,6 +22,7 @@ from fractalkit import (
     RGBLeafConfig,
     SampleOptions,
 )
+from fractalkit.config import BuildContext
 
 NAN, INF = float("nan"), float("inf")
 
@@ -92,7 +93,7 @@ def test_bad_normalisation_constants_raise(name: str, value, message: str) -> No
 @pytest.mark.parametrize("weights", [(NAN, 1.0, 1.0), (INF, 1.0, 1.0)])
 def test_non_finite_channel_weights_raise(weights) -> None:
     with pytest.raises(ValueError, match="finite positive"):
-        RGBLeafConfig(width=16, depth=1, heads=2, channel_weights=weights).build((3,), 16, 1)
+        RGBLeafConfig(width=16, depth=1, heads=2, channel_weights=weights).build(BuildContext(16, 1, (3,)))
 
 
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])
@@ -140,7 +141,7 @@ def test_diverged_weights_raise_instead_of_garbage(bad: float, where: str) -> No
         lambda m, x: m.complete(x, torch.ones_like(x, dtype=torch.bool),
                                 orders=torch.arange(4).double()),
         lambda m, x: m.stepwise_log_prob(x, orders=torch.tensor([True, False, True, True])),
-        lambda m, x: CategoricalLeafConfig(num_values=256.7).build((3,), 16, 1),
+        lambda m, x: CategoricalLeafConfig(num_values=256.7).build(BuildContext(16, 1, (3,))),
         lambda m, x: _graphs().permute(torch.tensor([[1.0, 0.0, 2.0]])),
     ],
     ids=["log_prob-fractional", "log_prob-whole-floats", "sample", "complete", "stepwise-bool",
@@ -154,7 +155,7 @@ def test_integer_arguments_given_as_floats_raise(call) -> None:
 
 
 def _graphs():
-    from fractalkit.partition import Graph
+    from fractalkit.graphs import Graph
 
     return Graph(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, 3, dtype=torch.long),
                  torch.ones(1, 3, dtype=torch.bool))
@@ -198,7 +199,7 @@ def _big_config() -> dict:
     return Fractal(
         [(ImagePatches(4, 2), MARLevelConfig(width=16, depth=1, heads=2))],
         RGBLeafConfig(width=16, depth=1, heads=2),
-    ).config | {"levels": [{"partitioner": ImagePatches(64, 4).config(),
+    ).config.to_dict() | {"levels": [{"partitioner": ImagePatches(64, 4).config(),
                             "level": MARLevelConfig(width=2048, depth=3, heads=16).to_dict()},
                            {"partitioner": ImagePatches(4, 1).config(),
                             "level": MARLevelConfig(width=512, depth=2, heads=8).to_dict()}]}
@@ -225,7 +226,7 @@ def test_crafted_file_does_not_allocate_the_declared_model(tmp_path, monkeypatch
 def _good(tmp_path: Path) -> tuple[dict, dict]:
     model = tiny()
     model.save(tmp_path / "good.safetensors")
-    return {k: v.contiguous() for k, v in model.state_dict().items()}, model.config
+    return {k: v.contiguous() for k, v in model.state_dict().items()}, model.config.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -250,13 +251,13 @@ def test_every_load_failure_is_a_value_error_naming_the_file(tmp_path, case: str
     elif case == "wrong-type":
         config["levels"] = 7
     elif case == "missing-tensor":
-        del state["null_embedding"]
+        del state["conditioner.null_embedding"]
     elif case == "extra-tensor":
         state["stray"] = torch.zeros(2)
     elif case == "wrong-shape":
-        state["null_embedding"] = torch.zeros(1, 8)
+        state["conditioner.null_embedding"] = torch.zeros(1, 8)
     elif case == "nan-weights":
-        state["null_embedding"] = torch.full_like(state["null_embedding"], NAN)
+        state["conditioner.null_embedding"] = torch.full_like(state["conditioner.null_embedding"], NAN)
     path = _write(tmp_path / f"{case}.safetensors", state, config)
     with pytest.raises(ValueError, match=message) as info:
         Fractal.load(path)

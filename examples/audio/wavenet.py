@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fractalkit import ChildInputs, Level, LevelConfig, register_config
+from fractalkit.config import BuildContext
 
 __all__ = ["WaveNetLevel", "WaveNetLevelConfig"]
 
@@ -131,7 +132,7 @@ class WaveNetLevelConfig(LevelConfig):
     embed: str = "linear"
     out_tokens = 1  # condition tokens per child (not a field)
 
-    def build(self, partitioner, child, *, cond_dim, cond_tokens, normalisation) -> WaveNetLevel:
-        """The level over ``partitioner``'s children, handing conditions to ``child``."""
-        return WaveNetLevel(partitioner, child, self, cond_dim=cond_dim, cond_tokens=cond_tokens,
-                            normalisation=normalisation)
+    def build(self, ctx: BuildContext) -> WaveNetLevel:
+        """The level over ``ctx.partitioner``'s children, handing conditions to ``ctx.child``."""
+        return WaveNetLevel(ctx.partitioner, ctx.child, self, cond_dim=ctx.cond_dim,
+                            cond_tokens=ctx.cond_tokens, normalisation=ctx.normalisation)

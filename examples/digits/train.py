@@ -15,17 +15,22 @@ from the model (the known half is a prefix of its raster order).
 Usage (from the repository root; ``pip install -e ".[examples]"`` brings scikit-learn)::
 
     python examples/digits/train.py                    # a few minutes on a CPU
+    python examples/digits/train.py --resume           # after Ctrl-C: continue the saved run
 
 writes ``samples.png`` (one row per digit 0-9, classifier-free guidance), ``completion.png``
 (held-out digits: top half given, bottom half drawn) and ``results.json`` into ``--out``, and the
 model as a ``save_pretrained`` folder into ``--model-out`` (``runs/digits``; load it with
-``Fractal.from_pretrained("runs/digits")``).
+``Fractal.from_pretrained("runs/digits")``). Training goes through :class:`fractalkit.training.Trainer`:
+a checkpoint goes to ``--run-dir`` (``runs/digits-training/checkpoint``) every ``--save-every``
+steps and on Ctrl-C/SIGTERM, and ``--resume`` continues it with the same result as an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -40,7 +45,7 @@ from fractalkit import (
     SampleOptions,
     cli,
 )
-from fractalkit.training import WarmupCosine, budget
+from fractalkit.training import Checkpoint, Trainer, WarmupCosine, budget, load_checkpoint
 
 LEVELS = 17  # grey levels 0..16 in load_digits
 HELD_OUT = 297  # the last images: bits/dim and completions are measured on these
@@ -120,36 +125,62 @@ def shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train(model: Fractal, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch: int = 64,
-          lr: float = 2e-3, seed: int = 0, progress: bool = True) -> dict[str, float]:
+          lr: float = 2e-3, seed: int = 0, progress: bool = True, run_dir: Path | None = None,
+          save_every: int | None = None, log_every: int | None = None,
+          resume: Checkpoint | None = None) -> dict:
     """AdamW with warm-up and a cosine (:class:`fractalkit.training.WarmupCosine`) for ``steps``
-    steps on shifted digits; batches, shifts and the loss's label dropout come from ``seed``.
+    steps on shifted digits, through :class:`fractalkit.training.Trainer`; batches, shifts and
+    the loss's label dropout come from ``seed``.
+
+    With ``run_dir`` a checkpoint goes to ``run_dir/checkpoint`` every ``save_every`` steps, at
+    the end and on Ctrl-C/SIGTERM (the run then returns early with ``"interrupted"`` set);
+    ``resume`` (a :class:`fractalkit.training.Checkpoint` of such a run, whose model is
+    ``model``) continues it exactly: the same losses and weights as an uninterrupted run.
 
     Returns:
-        ``{"steps", "seconds", "last_loss_bits_per_dim"}``.
+        ``{"steps", "seconds", "last_loss_bits_per_dim", "interrupted"}``.
     """
-    from tqdm.auto import tqdm
-
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
-    schedule = WarmupCosine(opt, peak_lr=lr, warmup_steps=min(50, steps // 10), total_steps=steps)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    start, nll = time.perf_counter(), float("nan")
-    for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress):
+    trainer = Trainer(
+        model, opt, generator=torch.Generator().manual_seed(seed), steps=steps, grad_clip=1.0,
+        schedule=WarmupCosine(opt, peak_lr=lr, warmup_steps=min(50, steps // 10), total_steps=steps),
+        out=run_dir, save_every=save_every, log_every=log_every, progress=progress,
+        extra={"example": "digits", "steps": steps, "batch": batch, "lr": lr, "seed": seed},
+    )
+    if resume is not None:
+        trainer.restore(resume)
+
+    def next_batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        loss = model.loss(shift(x[idx], g), y[idx], generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        nll = float(loss.nll.detach())
+        return shift(x[idx], g), y[idx]
+
+    result = trainer.fit(next_batch)
     model.eval()
-    return {"steps": steps, "seconds": time.perf_counter() - start, "last_loss_bits_per_dim": nll / math.log(2)}
+    return {"steps": result.steps, "seconds": result.seconds, "interrupted": result.interrupted,
+            "last_loss_bits_per_dim": result.last_nll / math.log(2)}
+
+
+def resumable(run_dir: Path, *, steps: int, batch: int, lr: float, seed: int) -> Checkpoint:
+    """The checkpoint in ``run_dir`` after checking that these settings continue it.
+
+    Raises:
+        cli.UserError: no checkpoint there, or it was written with other settings.
+    """
+    if not (run_dir / "checkpoint").exists():
+        raise cli.UserError(f"--resume: no checkpoint in {run_dir} (--run-dir); start without --resume")
+    ck = load_checkpoint(run_dir)
+    wanted = {"example": "digits", "steps": steps, "batch": batch, "lr": lr, "seed": seed}
+    got = {k: ck.extra.get(k) for k in wanted}
+    if got != wanted:
+        raise cli.UserError(f"--resume: {ck.path} was written with {got}, not {wanted}; use the same "
+                            "--steps, --batch, --lr and --seed, or another --run-dir")
+    return ck
 
 
 def run(
     out: Path, *, model_out: Path = Path("runs/digits"), steps: int = 1500, batch: int = 64, lr: float = 2e-3, per_class: int = 10,
-    seed: int = 0, threads: int = 1, progress: bool = True,
+    seed: int = 0, threads: int = 1, progress: bool = True, run_dir: Path | None = None,
+    save_every: int | None = None, log_every: int = 50, resume: bool = False,
 ) -> dict:
     """Train, measure held-out bits/dim, draw samples and completions, write the results.
 
@@ -162,21 +193,39 @@ def run(
         seed: seeds the initialisation, the batches and the samples.
         threads: ``torch.set_num_threads`` (1 is fastest for this small model on a busy CPU).
         progress: show progress bars.
+        run_dir: the training run's folder (``checkpoint/``, ``log.jsonl``); None: no checkpoints.
+        save_every: checkpoint every this many steps (with ``run_dir``; also at the end and on
+            Ctrl-C/SIGTERM).
+        log_every: steps between the records of ``run_dir/log.jsonl``.
+        resume: continue the run saved in ``run_dir`` (same settings).
 
     Returns:
-        The dict written to ``results.json``.
+        The dict written to ``results.json``, or ``{"interrupted": signal name, "step": n}``
+        when Ctrl-C/SIGTERM stopped the training (after saving it; nothing else is written).
     """
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     x, y = load_data()
     train_x, train_y = x[:-HELD_OUT], y[:-HELD_OUT]
     test_x, test_y = x[-HELD_OUT:], y[-HELD_OUT:]
+    if resume and run_dir is None:
+        raise cli.UserError("--resume needs the run's folder (--run-dir)")
+    ck = resumable(run_dir, steps=steps, batch=batch, lr=lr, seed=seed) if resume else None
+    if run_dir is not None and ck is None and (run_dir / "log.jsonl").exists():
+        (run_dir / "log.jsonl").unlink()  # a new run: the log of an older one would mix in
     torch.manual_seed(seed)
     model = build_model()
     start = time.perf_counter()
     bpd_before = bits_per_dim(model, test_x, test_y)
+    if ck is not None:  # the untrained figure above comes from the same seed as the saved run's
+        model = ck.model
 
-    log = train(model, train_x, train_y, steps=steps, batch=batch, lr=lr, seed=seed, progress=progress)
+    log = train(model, train_x, train_y, steps=steps, batch=batch, lr=lr, seed=seed, progress=progress,
+                run_dir=run_dir, save_every=save_every, log_every=log_every if run_dir else None, resume=ck)
+    if log["interrupted"]:
+        print(f"{log['interrupted']}: saved {run_dir / 'checkpoint'} at step {log['steps']}; continue "
+              "with the same command and --resume", flush=True)
+        return {"interrupted": log["interrupted"], "step": log["steps"]}
     bpd = bits_per_dim(model, test_x, test_y)
     print(f"trained {log['steps']} steps in {log['seconds']:.0f} s; held-out bits/dim "
           f"{bpd_before:.3f} -> {bpd:.3f}", flush=True)
@@ -235,11 +284,21 @@ def main(argv: list[str] | None = None) -> dict:
                     help="pictures and results.json (default examples/digits/results)")
     ap.add_argument("--model-out", type=Path, default=Path("runs/digits"),
                     help="the model folder (default runs/digits; load it with Fractal.from_pretrained)")
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/digits-training"),
+                    help="checkpoints and log.jsonl of the training run (default runs/digits-training)")
+    ap.add_argument("--save-every", type=cli.positive_int, default=250,
+                    help="checkpoint every N steps (also at the end and on Ctrl-C/SIGTERM)")
+    ap.add_argument("--log-every", type=cli.positive_int, default=50, help="steps between log.jsonl records")
+    ap.add_argument("--resume", action="store_true", help="continue the run saved in --run-dir")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
     return run(args.out, model_out=args.model_out, steps=args.steps, batch=args.batch, lr=args.lr, per_class=args.per_class,
-               seed=args.seed, threads=args.threads)
+               seed=args.seed, threads=args.threads, progress=not args.no_progress, run_dir=args.run_dir,
+               save_every=args.save_every, log_every=args.log_every, resume=args.resume)
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    result = cli.run(main)
+    if result.get("interrupted"):  # the shell's codes for a process ended by the signal
+        sys.exit({"SIGINT": 130, "SIGTERM": 143}[result["interrupted"]])

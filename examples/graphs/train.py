@@ -7,14 +7,14 @@ Data: ``../shared/data/graphs/{ego_small,community_small}_edges.npz`` (unlabelle
 graphs). Split: a seeded shuffle (``torch.randperm`` with seed 42), the first 80% train and the
 last 20% test (160 / 40 graphs for ego-small, 80 / 20 for community-small).
 
-A graph becomes a :class:`fractalkit.partition.GraphEncoding` (one node type, one edge type:
+A graph becomes a :class:`fractalkit.graphs.GraphEncoding` (one node type, one edge type:
 V = 2) in a node order; three models (a small ablation):
 
 - ``ar-canonical``: AR levels ``GraphSubsets(n -> k1 subsets) -> GraphSubsets(-> single nodes)
   -> SequenceChunks(W, 1) -> leaf``, trained on one canonical BFS encoding per graph
-  (:func:`fractalkit.partition.bfs_order` from node 0 of the file's order);
+  (:func:`fractalkit.graphs.bfs_order` from node 0 of the file's order);
 - ``ar-randbfs``: the same network, trained on a fresh random-BFS encoding of every graph at
-  every step (:func:`fractalkit.partition.random_bfs_encodings`);
+  every step (:func:`fractalkit.graphs.random_bfs_encodings`);
 - ``mar-graph``: the top level a MAR level with graph-neighbour conditions
   (``MARLevelConfig(linked_neighbours=True)``: links from ``GraphSubsets.links``), random-BFS training; scored under the identity
   MAR order (exact for that order).
@@ -41,8 +41,15 @@ import numpy as np
 import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig, cli
-from fractalkit.graphs import graph_log_likelihood, graph_mmd, graphs_to_adjacency
-from fractalkit.partition import Graph, GraphEncoding, bfs_order, random_bfs_encodings
+from fractalkit.graphs import (
+    Graph,
+    GraphEncoding,
+    bfs_order,
+    graph_log_likelihood,
+    graph_mmd,
+    graphs_to_adjacency,
+    random_bfs_encodings,
+)
 from fractalkit.training import budget
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "graphs"

@@ -29,7 +29,7 @@ from fractalkit.cli import (
     run,
     steps_list,
 )
-from fractalkit.presets import PRESETS, get_preset
+from fractalkit.imagenet.presets import PRESETS, get_preset
 
 
 def parse_args(argv=None) -> argparse.Namespace:

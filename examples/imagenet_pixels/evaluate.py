@@ -42,7 +42,7 @@ from fractalkit.cli import (
     probability,
     run,
 )
-from fractalkit.data.images import load_image_dataset
+from fractalkit.imagenet.data import load_image_dataset
 from fractalkit.training import load_model
 
 
@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def sample_quality(model: Fractal, args: argparse.Namespace, device: torch.device) -> dict:
     """FID, IS (and precision/recall with an image reference) of ``--num-samples`` samples."""
-    from fractalkit import metrics
+    from fractalkit.imagenet import metrics
 
     net = metrics.InceptionV3(args.inception, download=args.download_inception, device=str(device))
     reference = metrics.load_reference(args.reference, net, progress=True)

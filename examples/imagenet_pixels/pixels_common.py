@@ -16,7 +16,7 @@ from torch import Tensor
 
 from fractalkit import SampleOptions
 from fractalkit.cli import UserError, non_negative_float, positive_float, probability, steps_list
-from fractalkit.presets import PRESETS
+from fractalkit.imagenet.presets import PRESETS
 from fractalkit.training.checkpoint import MANIFEST, resolve_checkpoint
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download at run time
@@ -144,7 +144,7 @@ def load_image(path: str | os.PathLike, size: int) -> Tensor:
     """An image file, center-cropped and resized to ``size``: uint8 ``[3, size, size]``."""
     from PIL import Image
 
-    from fractalkit.data.images import center_crop_resize
+    from fractalkit.imagenet.data import center_crop_resize
 
     path = Path(path)
     if not path.is_file():
@@ -163,8 +163,8 @@ def photo(name: str, size: int) -> Tensor:
     import skimage.data
     from PIL import Image
 
-    from fractalkit.data.images import center_crop_resize
     from fractalkit.data.natural import PHOTOS
+    from fractalkit.imagenet.data import center_crop_resize
 
     if name not in PHOTOS:
         raise ValueError(f"--photo: expected one of {PHOTOS}, got {name!r}")

@@ -21,20 +21,13 @@ NLL and held-out bits/dim), ``args.json``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
-from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixels_common import autocast, pick_device
 
 from fractalkit import Fractal
 from fractalkit.cli import (
@@ -48,11 +41,15 @@ from fractalkit.cli import (
     probability,
     run,
 )
-from fractalkit.data.images import load_image_dataset
-from fractalkit.presets import PRESETS, get_preset
-from fractalkit.training import EMA, WarmupCosine, load_checkpoint, save_checkpoint
-from fractalkit.training.nonfinite import NonFiniteLoss, describe, nonfinite_terms
-from fractalkit.training.signals import StopRequests
+from fractalkit.imagenet.data import load_image_dataset
+from fractalkit.imagenet.presets import PRESETS, get_preset
+from fractalkit.training import (
+    Trainer,
+    WarmupCosine,
+    init_distributed,
+    load_checkpoint,
+    parameter_groups,
+)
 
 #: --skip-nonfinite-batches gives up after this many consecutive bad batches (the run diverged)
 MAX_SKIPPED_IN_A_ROW = 10
@@ -122,47 +119,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# ---- distributed ------------------------------------------------------------------------------
+# ---- the objective --------------------------------------------------------------------------------
 
 
-def setup_distributed(args) -> tuple[int, int, torch.device]:
-    """Rank, world size and device; initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and (args.device is None or args.device.startswith("cuda"))
-        if use_cuda:
-            torch.cuda.set_device(local)
-            device = torch.device("cuda", local)
-        else:
-            device = torch.device("cpu")
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        return rank, world, device
-    return 0, 1, pick_device(args.device)
-
-
-def parameter_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter's bytes, in name order (identical weights <=> equal digests)."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-class LossModule(nn.Module):
-    """Wraps ``Fractal.loss`` as ``forward`` so DistributedDataParallel can sync its gradients."""
-
-    def __init__(self, model: Fractal) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, c, generator):
-        """Returns ``(total, nll)`` scalars; ``c`` is any condition the model's conditioner
-        takes (class labels here); see :meth:`fractalkit.Fractal.loss`."""
-        out = self.model.loss(x, c, generator=generator)
-        return out.total, out.nll
+def fractal_loss(model: Fractal, batch: tuple, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(total, nll)`` of :meth:`fractalkit.Fractal.loss` on ``batch = (x, labels or None)``:
+    what the trainer back-propagates and the NLL it logs (nats per scored pixel)."""
+    x, c = batch
+    out = model.loss(x, c, generator=generator)
+    return out.total, out.nll
 
 
 # ---- curve ---------------------------------------------------------------------------------------
@@ -279,284 +244,156 @@ def load_resumable(args, device):
 # ---- main ----------------------------------------------------------------------------------------
 
 
+def image_data(args, preset, num_classes: int, rank: int, world: int):
+    """``(dataset, held-out dataset or None, sampler, uses labels)`` for this process."""
+    common = {"split": args.split, "num_classes": None if args.unconditional else num_classes, "seed": args.seed,
+              "small": "upsample" if args.upsample_small else "error", "holdout": args.holdout,
+              "natural_count": args.natural_count}
+    dataset = load_image_dataset(args.data, preset.image_size, part="train" if args.holdout > 0 else "all", **common)
+    heldout = None
+    if args.holdout > 0:
+        heldout = load_image_dataset(args.data, preset.image_size, flip=False, part="heldout", **common)
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True
+    )
+    return dataset, heldout, sampler, dataset.has_labels and not args.unconditional and num_classes > 0
+
+
+def epoch_batches(dataset, sampler, local_batch: int, per_epoch: int, use_labels: bool, workers: int):
+    """``start_step -> (x, labels or None) batches from that step on``: the data order of an
+    epoch comes from the seed and the epoch, so a resumed run sees the same batches."""
+    def batches(start: int):
+        step = start
+        while True:
+            epoch, offset = divmod(step, per_epoch)
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            order = list(sampler)
+            chunks = [order[i * local_batch : (i + 1) * local_batch] for i in range(offset, per_epoch)]
+            for x, y in torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=workers):
+                yield x, (y if use_labels else None)
+                step += 1
+    return batches
+
+
+def build_model(args, preset, device: torch.device, resume, ckpting: bool) -> Fractal:
+    """The preset's model (or the resumed one); ``ckpting``: recompute blocks in the backward pass."""
+    if resume is not None:
+        model = resume.model
+    else:
+        overrides = {"checkpointing": ckpting, **({} if args.num_classes is None else {"num_classes": args.num_classes})}
+        model = preset.build(**overrides).to(device)
+    if args.compile:
+        model.compile()  # in place: parameter names and checkpoints are unchanged
+    return model
+
+
+def recipe(args, preset, batch: int, per_epoch: int, resume) -> SimpleNamespace:
+    """The paper's recipe with the command line's overrides: ``total`` steps of the schedule,
+    ``stop`` (this run's last step), ``peak`` lr (base lr x batch / 256), ``warmup`` steps,
+    ``weight_decay``, ``grad_clip`` (None: off), ``ema_decay`` (None: no EMA)."""
+    r = preset.training
+    total = args.steps or max(1, round((args.epochs if args.epochs is not None else r.epochs) * per_epoch))
+    if resume is not None:
+        total = resume.scheduler["total_steps"]
+    base_lr = args.base_lr if args.base_lr is not None else r.base_lr
+    warmup = args.warmup_steps if args.warmup_steps is not None else round(r.warmup_epochs * per_epoch)
+    clip = args.grad_clip if args.grad_clip is not None else r.grad_clip
+    return SimpleNamespace(
+        total=total, stop=min(total, args.stop_after) if args.stop_after else total,
+        peak=args.lr if args.lr is not None else base_lr * batch / 256, warmup=min(warmup, max(0, total - 1)),
+        weight_decay=args.weight_decay if args.weight_decay is not None else r.weight_decay,
+        grad_clip=clip or None, ema_decay=(args.ema_decay or r.ema_decay) if args.ema else None,
+        betas=r.betas, min_lr=r.min_lr,
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train; returns a summary dict (also the last line of ``log.jsonl``)."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rank, world, device = setup_distributed(args)
-    main_proc = rank == 0
+    rank, world, device = init_distributed(args.device)
     resume = load_resumable(args, device) if args.resume else None
     args.preset = args.preset or "tiny-in32"
     preset = get_preset(args.preset)
-    recipe = preset.training
-    cuda = device.type == "cuda"
-    bf16 = cuda if args.bf16 is None else args.bf16
-    ckpting = cuda if args.grad_checkpointing is None else args.grad_checkpointing
+    bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
+    ckpting = device.type == "cuda" if args.grad_checkpointing is None else args.grad_checkpointing
     out = Path(args.out or f"runs/{args.preset}")
     torch.manual_seed(args.seed + rank)  # only for anything outside our generators (dropout)
+    model = build_model(args, preset, device, resume, ckpting)
 
-    # ---- model ----
-    if resume is not None:
-        model = resume.model
-    else:
-        overrides = {"checkpointing": ckpting}
-        if args.num_classes is not None:
-            overrides["num_classes"] = args.num_classes
-        model = preset.build(**overrides).to(device)
-    if args.compile:
-        model.compile()  # in place: parameter names and checkpoints are unchanged
-    num_classes = model.num_classes
-
-    # ---- data ----
-    dataset = load_image_dataset(
-        args.data,
-        preset.image_size,
-        split=args.split,
-        num_classes=None if args.unconditional else num_classes,
-        seed=args.seed,
-        small="upsample" if args.upsample_small else "error",
-        holdout=args.holdout,
-        part="train" if args.holdout > 0 else "all",
-        natural_count=args.natural_count,
-    )
-    heldout = None
-    if args.holdout > 0:
-        heldout = load_image_dataset(
-            args.data, preset.image_size, split=args.split, num_classes=None if args.unconditional else num_classes,
-            seed=args.seed, flip=False, small="upsample" if args.upsample_small else "error",
-            holdout=args.holdout, part="heldout", natural_count=args.natural_count,
-        )
-    use_labels = dataset.has_labels and not args.unconditional and num_classes > 0
-    batch = args.batch_size or recipe.batch_size
+    dataset, heldout, sampler, use_labels = image_data(args, preset, model.num_classes, rank, world)
+    batch = args.batch_size or preset.training.batch_size
     if batch % world:
         raise ValueError(f"--batch-size {batch} is not divisible by the {world} processes")
-    local_batch = batch // world
-    sampler = torch.utils.data.DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True
-    )
-    per_epoch = len(sampler) // local_batch
+    per_epoch = len(sampler) // (batch // world)
     if per_epoch < 1:
-        raise ValueError(
-            f"the dataset has {len(dataset)} images, fewer than one batch of {batch}; lower --batch-size"
-        )
-    epochs = args.epochs if args.epochs is not None else recipe.epochs
-    total = args.steps or max(1, round(epochs * per_epoch))
-    if resume is not None:
-        total = resume.scheduler["total_steps"] if resume.scheduler else total
+        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch}; lower --batch-size")
+    r = recipe(args, preset, batch, per_epoch, resume)
 
-    # ---- optimisation ----
-    base_lr = args.base_lr if args.base_lr is not None else recipe.base_lr
-    peak = args.lr if args.lr is not None else base_lr * batch / 256
-    warmup = args.warmup_steps if args.warmup_steps is not None else round(recipe.warmup_epochs * per_epoch)
-    warmup = min(warmup, max(0, total - 1))
-    decay, no_decay = [], []
-    for name, prm in model.named_parameters():
-        # No weight decay on norms, biases, embeddings of positions and tokens (as the original).
-        (no_decay if prm.ndim < 2 or "pos_embed" in name or "mask_token" in name
-         or "null_embedding" in name else decay).append(prm)
-    wd = args.weight_decay if args.weight_decay is not None else recipe.weight_decay
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=peak, betas=recipe.betas,
-        fused=True,  # one kernel per step, no full-size temporaries (the foreach default has them)
+    # No weight decay on norms, biases, positions, mask tokens and the null class (what the
+    # modules declare: fractalkit.training.parameter_groups); fused: one kernel per step.
+    optimizer = torch.optim.AdamW(parameter_groups(model, r.weight_decay), lr=r.peak, betas=r.betas, fused=True)
+
+    def on_log(record: dict) -> None:
+        record.update(epoch=record["step"] / per_epoch, train_bpd=record["nll"] / math.log(2),
+                      images_per_s=record["steps_per_s"] * batch)
+
+    def evaluate(m: Fractal) -> dict:
+        mean, se, kind = heldout_bpd(m, heldout, args.eval_images, batch // world, device, use_labels, args.seed)
+        return {"heldout_bpd": mean, "heldout_stderr": se, "heldout_kind": kind}
+
+    evaluating = heldout is not None and args.eval_every > 0
+    trainer = Trainer(
+        model, optimizer, generator=torch.Generator(device=device).manual_seed(args.seed * 1000 + rank),
+        steps=r.stop, budget_s=args.minutes * 60 if args.minutes else None, loss=fractal_loss,
+        schedule=WarmupCosine(optimizer, peak_lr=r.peak, warmup_steps=r.warmup, total_steps=r.total, min_lr=r.min_lr),
+        grad_clip=r.grad_clip, ema_decay=r.ema_decay, bf16=bf16, out=out,
+        # default: at most 200 steps and at least four checkpoints per run (a crash costs little)
+        save_every=args.save_every or max(1, min(200, math.ceil((r.stop - (resume.step if resume else 0)) / 4))),
+        extra={"args": vars(args), "preset": args.preset, "conditional": use_labels,
+               "data_classes": dataset.num_classes if use_labels else 0},
+        log_every=args.log_every, on_log=on_log, progress=not args.no_progress,
+        evaluate=evaluate if evaluating else None, eval_every=args.eval_every if evaluating else 0,
+        skip_nonfinite=MAX_SKIPPED_IN_A_ROW if args.skip_nonfinite_batches else 0, check_every=1,
+        advice="Lower --lr/--base-lr, keep --grad-clip on, or pass --skip-nonfinite-batches",
     )
-    scheduler = WarmupCosine(optimizer, peak_lr=peak, warmup_steps=warmup, total_steps=total, min_lr=recipe.min_lr)
-    ema = EMA(model, args.ema_decay or recipe.ema_decay) if args.ema else None
-    gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank)
-    step = 0
     if resume is not None:
-        optimizer.load_state_dict(resume.optimizer)
-        scheduler.load_state_dict(resume.scheduler)
-        step = resume.step
-        states = resume.rng.get("model")
-        if states is None or len(states) != world:
-            raise ValueError(
-                f"--resume: {resume.path} was written by {0 if states is None else len(states)} "
-                f"process(es); continue it with {world} (exact resumption needs the same count)"
-            )
-        gen.set_state(states[rank].cpu())
-        torch.set_rng_state(resume.rng["torch"][rank].cpu())
-        if ema is not None:
-            if resume.ema is None:
-                raise ValueError(f"--resume: {resume.path} holds no EMA weights; drop --ema")
-            ema.load_state_dict(resume.ema)
-    grad_clip = args.grad_clip if args.grad_clip is not None else recipe.grad_clip
-
-    # Parameters a step may not touch: the class table (no labels), the null embedding (no
-    # label dropout), an AR level's unused last position; DDP must be told.
-    find_unused = (not use_labels) or model.label_drop == 0 or any(
-        type(level).__name__ == "ARLevel" for level in model.levels[:-1]
-    )
-    wrapped: nn.Module = LossModule(model)
-    if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[device.index] if cuda else None, find_unused_parameters=find_unused
-        )
-
-    # ---- bookkeeping ----
-    if main_proc:
+        trainer.restore(resume)
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "args.json").write_text(json.dumps(vars(args), indent=1))
-    log_path = out / "log.jsonl"
-    n_params = sum(p.numel() for p in model.parameters())
-    if main_proc:
-        print(
-            f"[train] {args.preset}: {n_params / 1e6:.2f}M parameters on {device} x{world}; "
-            f"{len(dataset)} images ({'labelled' if use_labels else 'unconditional'}), batch {batch}, "
-            f"{total} steps ({per_epoch} per epoch), peak lr {peak:.3g}, warm-up {warmup}, "
-            f"bf16 {bf16}, checkpointing {ckpting}, EMA {ema is not None}; run folder {out}",
-            flush=True,
-        )
-    stop = min(total, args.stop_after) if args.stop_after else total
-    # Default: at most 200 steps and at least four checkpoints per run (a crash costs little).
-    save_every = args.save_every or max(1, min(200, math.ceil((stop - step) / 4)))
-    bar = None
-    if main_proc and not args.no_progress:
-        from tqdm import tqdm
+        print(f"[train] {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+              f"{device} x{world}; {len(dataset)} images ({'labelled' if use_labels else 'unconditional'}), "
+              f"batch {batch}, {r.total} steps ({per_epoch} per epoch), peak lr {r.peak:.3g}, warm-up {r.warmup}, "
+              f"bf16 {bf16}, checkpointing {ckpting}, EMA {args.ema}; run folder {out}", flush=True)
 
-        bar = tqdm(total=stop, initial=step, unit="step", dynamic_ncols=True)
-
-    last_saved = resume.step if resume is not None else None
-
-    def save():
-        nonlocal last_saved
-        states = [gen.get_state(), torch.get_rng_state()]
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, states)
-        else:
-            gathered = [states]
-        if main_proc:
-            save_checkpoint(
-                out / "checkpoint", model, step=step, optimizer=optimizer, scheduler=scheduler,
-                ema=ema, rng={"model": [s[0] for s in gathered], "torch": [s[1] for s in gathered]},
-                extra={"args": vars(args), "preset": args.preset, "world_size": world,
-                       "conditional": use_labels,
-                       "data_classes": dataset.num_classes if use_labels else 0},
-            )
-        last_saved = step
-        if world > 1:
-            dist.barrier()
-
-    model.train()
-    t_start = time.time()
-    t_window, images_window = time.time(), 0
-    last = {}
-    budget_s = args.minutes * 60 if args.minutes else None
-    skipped = skipped_in_a_row = 0
-    requests = StopRequests()
-    with requests:  # Ctrl-C / SIGTERM: finish the step, save, stop
-        while step < stop:
-            epoch, offset = divmod(step, per_epoch)
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            order = list(sampler)
-            batches = [order[i * local_batch : (i + 1) * local_batch] for i in range(offset, per_epoch)]
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers)
-            for x, y in loader:
-                x = x.to(device, non_blocking=True)
-                y = y.to(device) if use_labels else None
-                with autocast(device, bf16):
-                    total_loss, nll = wrapped(x, y, gen)
-                optimizer.zero_grad(set_to_none=True)
-                total_loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), grad_clip if grad_clip > 0 else float("inf")
-                )
-                lr_used = optimizer.param_groups[0]["lr"]
-                bad = nonfinite_terms({"total loss": total_loss, "nll": nll, "gradient norm": gnorm})
-                if world > 1:  # every rank takes the same decision
-                    flag = torch.tensor([float(bool(bad))], device=device)
-                    dist.all_reduce(flag)
-                    bad = bad or ({"loss on another rank": math.nan} if float(flag) > 0 else {})
-                if bad:
-                    optimizer.zero_grad(set_to_none=True)
-                    if main_proc:
-                        with open(log_path, "a") as f:
-                            f.write(json.dumps({"step": step + 1, "nonfinite": bad}) + "\n")
-                    if not args.skip_nonfinite_batches or skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                        kept = (f"the last good checkpoint {out / 'checkpoint'} (step {last_saved}) is "
-                                "untouched" if last_saved is not None else "no checkpoint was written")
-                        raise NonFiniteLoss(
-                            f"{describe(step + 1, bad)}; the run stopped before applying it and {kept}. "
-                            "Lower --lr/--base-lr, keep --grad-clip on, or pass --skip-nonfinite-batches"
-                        )
-                    skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
-                else:  # the step counts either way: data order and schedule stay the run's
-                    skipped_in_a_row = 0
-                    optimizer.step()
-                    if ema is not None:
-                        ema.update(model)
-                scheduler.step()
-                step += 1
-                images_window += batch
-                nll_v = float(nll.detach())
-                out_of_time = budget_s is not None and time.time() - t_start > budget_s
-                out_of_time = out_of_time or requests.requested is not None  # Ctrl-C / SIGTERM
-                if world > 1:
-                    flag = torch.tensor([float(out_of_time)], device=device)
-                    dist.all_reduce(flag)
-                    out_of_time = bool(flag > 0)
-                last_step = step >= stop or out_of_time
-                evaluate = heldout is not None and args.eval_every > 0 and (
-                    step % args.eval_every == 0 or last_step
-                )
-                logging = step % args.log_every == 0 or last_step or evaluate
-                if world > 1 and logging:
-                    t = torch.tensor([nll_v], device=device)
-                    dist.all_reduce(t)
-                    nll_v = float(t) / world
-                bpd = nll_v / math.log(2)
-                if bar is not None:
-                    rate = images_window / max(time.time() - t_window, 1e-9)
-                    bar.set_postfix(loss=f"{float(total_loss.detach()):.4f}", bpd=f"{bpd:.3f}", img_s=f"{rate:.1f}")
-                    bar.update(1)
-                if logging:
-                    now = time.time()
-                    rec = {
-                        "step": step, "epoch": step / per_epoch, "loss": float(total_loss.detach()),
-                        "nll": nll_v, "train_bpd": bpd, "lr": lr_used,
-                        "grad_norm": float(gnorm), "images_per_s": images_window / max(now - t_window, 1e-9),
-                        "elapsed_s": now - t_start,
-                    }
-                    if evaluate:
-                        mean, se, kind = heldout_bpd(model, heldout, args.eval_images, local_batch, device, use_labels, args.seed)
-                        rec.update(heldout_bpd=mean, heldout_stderr=se, heldout_kind=kind)
-                    t_window, images_window = time.time(), 0  # evaluation time is not training time
-                    if main_proc:
-                        with open(log_path, "a") as f:
-                            f.write(json.dumps(rec) + "\n")
-                    last = rec
-                if step % save_every == 0 or step == stop or out_of_time:
-                    save()
-                if step >= stop or out_of_time:
-                    stop = step
-                    break
-    if bar is not None:
-        bar.close()
-    if requests.requested and main_proc:
-        print(f"[train] {requests.requested}: saved {out / 'checkpoint'} at step {step}; continue "
-              f"with --resume {out}", flush=True)
-
-    summary = {"final": True, "step": step, "total_steps": total, "elapsed_s": time.time() - t_start,
-               "train_bpd_last": last.get("train_bpd"), "skipped_nonfinite": skipped,
-               "interrupted": requests.requested}
+    result = trainer.fit(batches=epoch_batches(dataset, sampler, batch // world, per_epoch, use_labels, args.workers))
+    summary = finish(args, out, result, r.total, rank)
     if world > 1:
-        digests = [None] * world
-        dist.all_gather_object(digests, parameter_digest(model))
-        summary["parameter_digests"] = digests
-        summary["ranks_identical"] = len(set(digests)) == 1
-    if main_proc:
-        with open(log_path, "a") as f:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def finish(args, out: Path, result, total: int, rank: int) -> dict:
+    """The run's summary (the last line of ``log.jsonl``), its curve and the closing messages."""
+    summary = {"final": True, "step": result.steps, "total_steps": total, "elapsed_s": result.seconds,
+               "train_bpd_last": result.last_log.get("train_bpd"), "skipped_nonfinite": result.skipped_nonfinite,
+               "interrupted": result.interrupted}
+    if result.parameter_digests is not None:
+        summary.update(parameter_digests=result.parameter_digests,
+                       ranks_identical=len(set(result.parameter_digests)) == 1)
+    if rank == 0:
+        if result.interrupted:
+            print(f"[train] {result.interrupted}: saved {out / 'checkpoint'} at step {result.steps}; continue "
+                  f"with --resume {out}", flush=True)
+        with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(summary) + "\n")
-        if log_path.exists():
-            plot_curve(log_path, out / "curve.png", f"{args.preset} on {data_name(args.data)}")
+        plot_curve(out / "log.jsonl", out / "curve.png", f"{args.preset} on {data_name(args.data)}")
         print(f"[train] done: {json.dumps(summary)}", flush=True)
         if args.preset in CPU_PRESETS:
             print(CPU_EXPECTATION, flush=True)
-    if world > 1:
-        dist.destroy_process_group()
     return summary
 
 

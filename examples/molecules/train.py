@@ -14,8 +14,8 @@ Data: QM9's SMILES. Two atom vocabularies:
 Both drop radicals (a graph with implicit hydrogens cannot hold one), SMILES RDKit cannot
 parse, and molecules that cannot be kekulised. Molecules are kekulised (no aromatic bond type),
 hydrogens are implicit. Atoms are put in a canonical order: RDKit's canonical ranking, then
-breadth-first from the atom ranked first (:func:`fractalkit.partition.bfs_order`). A molecule
-becomes a :class:`fractalkit.partition.GraphEncoding` of ``9 x 9 = 81`` integers, 45 of which
+breadth-first from the atom ranked first (:func:`fractalkit.graphs.bfs_order`). A molecule
+becomes a :class:`fractalkit.graphs.GraphEncoding` of ``9 x 9 = 81`` integers, 45 of which
 carry information (9 atom slots with an end value, 36 bond slots to earlier atoms). Split: a
 seeded random 90% / 10% train / test.
 
@@ -31,7 +31,7 @@ Models (``--models``, comma-separated; ``+`` adds options to a base model):
   on values above the slot's range.
 - ``+charges``: the ``charged`` vocabulary (otherwise ``neutral``).
 - ``+randbfs``: train on a fresh random-BFS encoding of every molecule at every step
-  (:func:`fractalkit.partition.random_bfs_encodings`, seeded) instead of its one canonical
+  (:func:`fractalkit.graphs.random_bfs_encodings`, seeded) instead of its one canonical
   encoding; evaluation and sampling are unchanged.
 
 Metrics: the exact NLL of each test molecule's *canonical encoding* (nats; also per
@@ -65,15 +65,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, ConditionerConfig, Fractal, cli
-from fractalkit.graphs import graph_log_likelihood
-from fractalkit.leaves import SlotCategoricalLeafConfig
-from fractalkit.partition import (
+from fractalkit.graphs import (
     Graph,
     GraphEncoding,
-    SequenceChunks,
     bfs_order,
+    graph_log_likelihood,
     random_bfs_encodings,
 )
+from fractalkit.leaves import SlotCategoricalLeafConfig
+from fractalkit.partition import SequenceChunks
 from fractalkit.training import budget
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qm9" / "qm9.csv"
@@ -447,7 +447,7 @@ def train(model: Fractal, x: torch.Tensor, *, budget_s: float, batch: int = 64, 
     """AdamW, 20 warm-up steps then a cosine; batches drawn uniformly from the encodings.
 
     With ``random_bfs`` (the encoding of ``x``), every molecule of a batch is re-encoded in a
-    fresh random BFS order (:func:`fractalkit.partition.random_bfs_encodings`, from the same
+    fresh random BFS order (:func:`fractalkit.graphs.random_bfs_encodings`, from the same
     seeded stream) instead of its canonical encoding ``x``.
 
     With ``max_steps`` the cosine runs over the steps (the run is the same on any machine and

@@ -1,7 +1,8 @@
-"""Loaders for checkpoints made by other implementations.
+"""Deprecated: loaders for checkpoints made by other implementations.
 
-- :mod:`fractalkit.compat.fractalgen`: the official FractalGen code (LTH14/fractalgen) and its
-  five released ImageNet checkpoints; ``python -m fractalkit.compat.fractalgen convert IN OUT``.
+- :mod:`fractalkit.compat.fractalgen`: an alias of :mod:`fractalkit.imagenet.convert` (the
+  converter of the official FractalGen checkpoints moved into the ImageNet wing);
+  ``python -m fractalkit.compat.fractalgen convert IN OUT`` still runs it.
 
 The submodules are imported on first use, so ``python -m fractalkit.compat.fractalgen`` runs
 the module once (importing it here would make ``runpy`` warn).

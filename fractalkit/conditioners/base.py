@@ -3,9 +3,11 @@
 Shape letters: N instances, T the condition tokens the top level reads (its ``out_tokens``),
 D its width.
 
-A conditioner is described by a :class:`ConditionerConfig` (a frozen dataclass with a ``kind``,
-registered with :func:`fractalkit.register_config`, so it saves and loads with the model) whose
-``build(width, tokens)`` returns a :class:`Conditioner` module. The module
+A conditioner is described by a :class:`ConditionerConfig` (a frozen dataclass registered with
+``@fractalkit.config.register("kind")``, so it saves and loads with the model) whose
+``build(ctx)`` returns a :class:`Conditioner` module for the top condition
+``[N, ctx.cond_tokens, ctx.cond_dim]``; the model holds it as its ``conditioner`` submodule. The
+module
 
 - checks a condition (:meth:`Conditioner.check`: clear errors for a wrong N, wrong shapes or
   dtypes, non-finite values) and returns N;
@@ -21,12 +23,12 @@ registered with :func:`fractalkit.register_config`, so it saves and loads with t
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import ComponentConfig
+from fractalkit.config import BuildContext, ComponentConfig
 from fractalkit.sampling.rng import uniform
 
 
@@ -45,9 +47,6 @@ class Conditioner(nn.Module, abc.ABC):
     """
 
     null_embedding: nn.Parameter | None
-    #: True for the built-ins whose parameters keep the names files used before conditioners
-    #: (``null_embedding``, ``class_embedding.weight``): the Fractal adopts them as its own.
-    LEGACY_NAMES: ClassVar[bool] = False
 
     def __init__(self, width: int, tokens: int, *, drop: float = 0.0) -> None:
         super().__init__()
@@ -126,14 +125,15 @@ class Conditioner(nn.Module, abc.ABC):
 class ConditionerConfig(ComponentConfig, abc.ABC):
     """The contract of a conditioner's config: a registered frozen dataclass with ``build``.
 
-    Subclasses set a unique ``kind``, define their fields (JSON values only) and are
-    decorated with :func:`fractalkit.register_config`; the model's config stores them, so a
-    saved model rebuilds its conditioner.
+    Subclasses define their fields (JSON values only) and are registered with
+    ``@fractalkit.config.register("kind")``; the model's config stores them, so a saved model
+    rebuilds its conditioner.
     """
 
     @abc.abstractmethod
-    def build(self, width: int, tokens: int) -> Conditioner:
-        """The conditioner for a top level of width ``D = width`` reading ``T = tokens`` tokens."""
+    def build(self, ctx: BuildContext) -> Conditioner:
+        """The conditioner for a top level of width ``D = ctx.cond_dim`` reading
+        ``T = ctx.cond_tokens`` tokens (``ctx.event_shape`` is the model's instance shape)."""
 
 
 def check_instances(c: Tensor, n: int | None, what: str) -> int:

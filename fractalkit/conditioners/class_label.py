@@ -2,22 +2,23 @@
 
 Shape letters: N instances, K classes, D the top level's width.
 
-Both keep the names today's files use: a :class:`fractalkit.Fractal` adopts their parameters
-as its own ``null_embedding`` ``[1, D]`` and ``class_embedding.weight`` ``[K, D]``
-(``LEGACY_NAMES``), so models and files from before conditioners existed load unchanged and
-give the same numbers.
+Their parameters are the model's ``conditioner.null_embedding`` ``[1, D]`` and
+``conditioner.class_embedding.weight`` ``[K, D]``; files written before the conditioner became an
+ordinary submodule (top-level ``null_embedding`` and ``class_embedding.weight``) load through the
+rules of :mod:`fractalkit.legacy`, and give the same numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fractalkit.conditioners.base import Conditioner, ConditionerConfig
-from fractalkit.config import register_config
+from fractalkit.config import BuildContext
+from fractalkit.registry import register
 
 
 class ClassLabelConditioner(Conditioner):
@@ -29,8 +30,6 @@ class ClassLabelConditioner(Conditioner):
         num_classes: K > 0.
         drop: whole-label dropout probability in training mode.
     """
-
-    LEGACY_NAMES: ClassVar[bool] = True
 
     def __init__(self, width: int, tokens: int, num_classes: int, *, drop: float = 0.1) -> None:
         super().__init__(width, tokens, drop=drop)
@@ -72,8 +71,6 @@ class UnconditionalConditioner(Conditioner):
         tokens: T.
     """
 
-    LEGACY_NAMES: ClassVar[bool] = True
-
     def __init__(self, width: int, tokens: int) -> None:
         super().__init__(width, tokens)
         self.null_embedding = nn.Parameter(torch.zeros(1, width))
@@ -91,7 +88,7 @@ class UnconditionalConditioner(Conditioner):
         raise AssertionError("unreachable")
 
 
-@register_config
+@register("class_label")
 @dataclasses.dataclass(frozen=True)
 class ClassLabel(ConditionerConfig):
     """Condition on an integer class label (what ``Fractal(num_classes=K)`` builds).
@@ -103,7 +100,6 @@ class ClassLabel(ConditionerConfig):
         drop: probability of replacing a label by the null embedding in training mode.
     """
 
-    kind: ClassVar[str] = "class_label"
     num_classes: int
     drop: float = 0.1
 
@@ -111,19 +107,18 @@ class ClassLabel(ConditionerConfig):
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise ValueError(f"ClassLabel: num_classes must be an integer >= 1, got {self.num_classes}")
 
-    def build(self, width: int, tokens: int) -> ClassLabelConditioner:
-        """A :class:`ClassLabelConditioner`."""
-        return ClassLabelConditioner(width, tokens, self.num_classes, drop=self.drop)
+    def build(self, ctx: BuildContext) -> ClassLabelConditioner:
+        """A :class:`ClassLabelConditioner` for the top condition ``[N, ctx.cond_tokens, ctx.cond_dim]``."""
+        return ClassLabelConditioner(ctx.cond_dim, ctx.cond_tokens, self.num_classes, drop=self.drop)
 
 
-@register_config
+@register("unconditional")
 @dataclasses.dataclass(frozen=True)
 class Unconditional(ConditionerConfig):
     """No condition (what ``Fractal(num_classes=0)`` builds): ``c`` must be None."""
 
-    kind: ClassVar[str] = "unconditional"
 
-    def build(self, width: int, tokens: int) -> UnconditionalConditioner:
-        """An :class:`UnconditionalConditioner`."""
-        return UnconditionalConditioner(width, tokens)
+    def build(self, ctx: BuildContext) -> UnconditionalConditioner:
+        """An :class:`UnconditionalConditioner` for the top condition ``[N, ctx.cond_tokens, ctx.cond_dim]``."""
+        return UnconditionalConditioner(ctx.cond_dim, ctx.cond_tokens)
 

@@ -19,13 +19,14 @@ step) and lets the condition carry T different summaries.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from fractalkit.conditioners.base import Conditioner, ConditionerConfig
-from fractalkit.config import register_config
+from fractalkit.config import BuildContext
+from fractalkit.registry import register
 
 
 class Padded(NamedTuple):
@@ -130,7 +131,7 @@ class SequenceConditioner(Conditioner):
         return self.norm(out + q)
 
 
-@register_config
+@register("sequence")
 @dataclasses.dataclass(frozen=True)
 class Sequence(ConditionerConfig):
     """Condition on a variable-length sequence of tokens (``vocab > 0``) or frames (``features > 0``).
@@ -147,7 +148,6 @@ class Sequence(ConditionerConfig):
         drop: whole-condition dropout probability in training mode.
     """
 
-    kind: ClassVar[str] = "sequence"
     max_len: int
     vocab: int = 0
     features: int = 0
@@ -166,6 +166,6 @@ class Sequence(ConditionerConfig):
         if self.depth < 0 or self.heads < 1 or not 0 <= self.drop < 1:
             raise ValueError(f"Sequence: need depth >= 0, heads >= 1, drop in [0, 1); got {self}")
 
-    def build(self, width: int, tokens: int) -> SequenceConditioner:
-        """A :class:`SequenceConditioner`."""
-        return SequenceConditioner(width, tokens, self)
+    def build(self, ctx: BuildContext) -> SequenceConditioner:
+        """A :class:`SequenceConditioner` for the top condition ``[N, ctx.cond_tokens, ctx.cond_dim]``."""
+        return SequenceConditioner(ctx.cond_dim, ctx.cond_tokens, self)

@@ -11,13 +11,14 @@ Each feature f is normalised, ``z = (v - mean_f) / std_f``, and embedded as
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fractalkit.conditioners.base import Conditioner, ConditionerConfig, check_instances
-from fractalkit.config import register_config
+from fractalkit.config import BuildContext
+from fractalkit.registry import register
 from fractalkit.sampling.rng import uniform
 
 
@@ -106,7 +107,7 @@ class VectorConditioner(Conditioner):
         return self.mlp(per_feature.sum(1))
 
 
-@register_config
+@register("vector")
 @dataclasses.dataclass(frozen=True)
 class Vector(ConditionerConfig):
     """Condition on F continuous features: ``c`` is float ``[N, F]`` or ``(values, missing)``.
@@ -120,7 +121,6 @@ class Vector(ConditionerConfig):
             learned "missing" embedding), so partial conditions work at sampling time.
     """
 
-    kind: ClassVar[str] = "vector"
     dim: int
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -160,6 +160,6 @@ class Vector(ConditionerConfig):
         std = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
         return cls(values.shape[1], tuple(mean.tolist()), tuple(std.tolist()), **kwargs)
 
-    def build(self, width: int, tokens: int) -> VectorConditioner:
-        """A :class:`VectorConditioner`."""
-        return VectorConditioner(width, tokens, self)
+    def build(self, ctx: BuildContext) -> VectorConditioner:
+        """A :class:`VectorConditioner` for the top condition ``[N, ctx.cond_tokens, ctx.cond_dim]``."""
+        return VectorConditioner(ctx.cond_dim, ctx.cond_tokens, self)

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from fractalkit.partition.graph import Graph
+from fractalkit.graphs.encoding import Graph
 
 __all__ = ["log_automorphisms"]
 
@@ -45,11 +45,11 @@ def log_automorphisms(graph: Graph) -> Tensor:
 
     Raises:
         ImportError: if ``pynauty`` (the ``graphs`` extra) is not installed.
-        TypeError: if ``graph`` is not a :class:`~fractalkit.partition.Graph`.
+        TypeError: if ``graph`` is not a :class:`~fractalkit.graphs.Graph`.
 
     Example:
         >>> import torch
-        >>> from fractalkit.partition import Graph
+        >>> from fractalkit.graphs import Graph
         >>> star = torch.zeros(1, 4, 4, dtype=torch.long)
         >>> star[0, 0, 1:] = star[0, 1:, 0] = 1
         >>> g = Graph(torch.zeros(1, 4, dtype=torch.long), star, torch.ones(1, 4, dtype=torch.bool))
@@ -57,7 +57,7 @@ def log_automorphisms(graph: Graph) -> Tensor:
         6
     """
     if not isinstance(graph, Graph):
-        raise TypeError(f"log_automorphisms: graph must be a fractalkit.partition.Graph, got {type(graph)}")
+        raise TypeError(f"log_automorphisms: graph must be a fractalkit.graphs.Graph, got {type(graph)}")
     pynauty = _pynauty()
     types = graph.node_types.cpu().tolist()
     adj = graph.adjacency.cpu().tolist()

@@ -1,4 +1,4 @@
-"""Graph-level likelihoods of a model over :class:`~fractalkit.partition.GraphEncoding` encodings.
+"""Graph-level likelihoods of a model over :class:`~fractalkit.graphs.GraphEncoding` encodings.
 
 Shape letters: N graphs, n node slots, K sampled orders, E = n * W encoding elements.
 
@@ -11,16 +11,16 @@ automorphism giving the same tensor), and
 Two figures follow, each labelled for what it is:
 
 - the **canonical bound** ``log p(E_canonical)``: the graph encoded in the order it is given
-  (e.g. :func:`~fractalkit.partition.bfs_order`); since p(G) >= p(one encoding), it is a lower
+  (e.g. :func:`~fractalkit.graphs.bfs_order`); since p(G) >= p(one encoding), it is a lower
   bound on log p(G), loose by the log of the mass the model puts on G's other encodings;
 - the **importance-sampled estimate** over orders: draw ``pi_k ~ q`` (K orders), and average
   ``p(E(pi_k)) / q(E(pi_k))`` with ``q(E) = |Aut(G)| q(pi)`` for an automorphism-invariant q,
   counting the canonical encoding's own mass exactly (see :func:`graph_log_likelihood`).
-  With ``ordering="bfs"`` (:func:`~fractalkit.partition.random_bfs_order`) it estimates, without
+  With ``ordering="bfs"`` (:func:`~fractalkit.graphs.random_bfs_order`) it estimates, without
   bias, the mass on G's *BFS encodings* (those a breadth-first search can produce), which is
   <= p(G) (the model may put mass on non-BFS encodings); by Jensen its log is in expectation a
   lower bound on that mass's log, and hence on log p(G). With ``ordering="uniform"``
-  (:func:`~fractalkit.partition.uniform_order`) every encoding has ``q > 0`` and the estimate is
+  (:func:`~fractalkit.graphs.uniform_order`) every encoding has ``q > 0`` and the estimate is
   unbiased for p(G) itself, at a much larger variance for a model trained on BFS orders.
 """
 
@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from fractalkit.graphs.automorphisms import log_automorphisms
-from fractalkit.partition.graph import Graph, GraphEncoding
-from fractalkit.partition.orderings import random_bfs_log_prob, random_bfs_order, uniform_order
+from fractalkit.graphs.encoding import Graph, GraphEncoding
+from fractalkit.graphs.orders import random_bfs_log_prob, random_bfs_order, uniform_order
 
 __all__ = ["GraphLogLikelihood", "graph_log_likelihood", "graph_log_likelihood_exact"]
 
@@ -115,7 +115,7 @@ def _check(encoding: GraphEncoding, graph: Graph, where: str) -> None:
     if not isinstance(encoding, GraphEncoding):
         raise TypeError(f"{where}: encoding must be a GraphEncoding, got {type(encoding)}")
     if not isinstance(graph, Graph):
-        raise TypeError(f"{where}: graph must be a fractalkit.partition.Graph, got {type(graph)}")
+        raise TypeError(f"{where}: graph must be a fractalkit.graphs.Graph, got {type(graph)}")
     if graph.node_types.shape[1] > encoding.max_nodes:
         raise ValueError(
             f"{where}: graphs have {graph.node_types.shape[1]} node slots > the encoding's "
@@ -146,7 +146,7 @@ def graph_log_likelihood(
     This is unbiased for the mass on ``{E_c}`` and the other encodings q can draw, and never
     below the canonical bound (a plain ``mean_k w_k`` falls far below it when the model
     concentrates on ``E_c``, which q rarely draws). With ``"bfs"`` and a BFS canonical order
-    (:func:`~fractalkit.partition.bfs_order`) that is the model's mass on G's BFS encodings, a
+    (:func:`~fractalkit.graphs.bfs_order`) that is the model's mass on G's BFS encodings, a
     lower bound on p(G) (the model may put mass on non-BFS encodings); with ``"uniform"``,
     p(G) itself. By Jensen, ``log_p`` is low in expectation. The standard error reflects the
     drawn weights only: a mode that q never draws is invisible to it.
@@ -154,7 +154,7 @@ def graph_log_likelihood(
     Args:
         model: a :class:`fractalkit.Fractal` (anything with ``log_prob(x, **kw).value`` and
             ``parameters()``) over ``encoding.event_shape``.
-        encoding: the :class:`~fractalkit.partition.GraphEncoding` the model was trained on.
+        encoding: the :class:`~fractalkit.graphs.GraphEncoding` the model was trained on.
         graph: N graphs with at most ``encoding.max_nodes`` node slots, *in their canonical
             order* (the order the canonical bound is scored in).
         num_orders: K >= 1, orders drawn per graph.

@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch import Tensor
 
-from fractalkit.partition.graph import Graph
+from fractalkit.graphs.encoding import Graph
 
 __all__ = [
     "MMD_SETTINGS",
@@ -82,7 +82,7 @@ def _adjacency(adj: Tensor | np.ndarray, where: str) -> np.ndarray:
 
 
 def graphs_to_adjacency(graph: Graph, *, drop_isolated: bool = False) -> list[np.ndarray]:
-    """A :class:`~fractalkit.partition.Graph` batch as a list of bool ``[n_g, n_g]`` arrays.
+    """A :class:`~fractalkit.graphs.Graph` batch as a list of bool ``[n_g, n_g]`` arrays.
 
     Args:
         graph: N graphs (padding nodes are dropped; edge types are ignored).

@@ -10,8 +10,9 @@ import math
 
 from torch import Tensor, nn
 
-from fractalkit.config import LeafConfig, register_config
+from fractalkit.config import BuildContext, LeafConfig
 from fractalkit.leaves.base import Leaf
+from fractalkit.registry import register
 
 
 class CategoricalLeaf(Leaf):
@@ -51,7 +52,7 @@ class CategoricalLeaf(Leaf):
         return logits.view(x.shape[0], x.shape[1], self.num_values)
 
 
-@register_config
+@register("categorical")
 @dataclasses.dataclass(frozen=True)
 class CategoricalLeafConfig(LeafConfig):
     """Configuration of a :class:`CategoricalLeaf`.
@@ -61,14 +62,11 @@ class CategoricalLeafConfig(LeafConfig):
         channel_weights: training-only per-element weights, or None.
     """
 
-    kind = "categorical"
     num_values: int = 256
     channel_weights: tuple[float, ...] | None = None
 
-    def build(
-        self, event_shape: tuple[int, ...], cond_dim: int, cond_tokens: int
-    ) -> CategoricalLeaf:
-        """The leaf for instances of ``event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
+    def build(self, ctx: BuildContext) -> CategoricalLeaf:
+        """The leaf for instances of ``ctx.event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
         return CategoricalLeaf(
-            event_shape, cond_dim, cond_tokens, self.num_values, self.channel_weights
+            tuple(ctx.event_shape), ctx.cond_dim, ctx.cond_tokens, self.num_values, self.channel_weights
         )

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fractalkit.config import LeafConfig, register_config
+from fractalkit.config import BuildContext, LeafConfig
 from fractalkit.leaves.base import Leaf
 from fractalkit.protocol import accumulation_dtype
 from fractalkit.protocol.contexts import DecodeContext
+from fractalkit.registry import register
 from fractalkit.sampling.rng import uniform
 
 __all__ = [
@@ -334,7 +335,7 @@ class DiscretizedLogisticLeaf(Leaf):
         return discretized_logistic_log_prob_at(weights, means, log_scales, x, self.num_values)
 
 
-@register_config
+@register("discretized_logistic")
 @dataclasses.dataclass(frozen=True)
 class DiscretizedLogisticLeafConfig(LeafConfig):
     """Configuration of a :class:`DiscretizedLogisticLeaf`.
@@ -345,19 +346,16 @@ class DiscretizedLogisticLeafConfig(LeafConfig):
         channel_weights: training-only per-element weights, or None.
     """
 
-    kind = "discretized_logistic"
     num_values: int = 256
     num_components: int = 10
     channel_weights: tuple[float, ...] | None = None
 
-    def build(
-        self, event_shape: tuple[int, ...], cond_dim: int, cond_tokens: int
-    ) -> DiscretizedLogisticLeaf:
-        """The leaf for instances of ``event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
+    def build(self, ctx: BuildContext) -> DiscretizedLogisticLeaf:
+        """The leaf for instances of ``ctx.event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
         return DiscretizedLogisticLeaf(
-            event_shape,
-            cond_dim,
-            cond_tokens,
+            tuple(ctx.event_shape),
+            ctx.cond_dim,
+            ctx.cond_tokens,
             self.num_values,
             self.num_components,
             self.channel_weights,

@@ -12,10 +12,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import LeafConfig, register_config
+from fractalkit.config import BuildContext, LeafConfig
 from fractalkit.leaves.base import Leaf
 from fractalkit.nn.blocks import Backbone
 from fractalkit.nn.linear import Linear
+from fractalkit.registry import register
 
 
 class RGBLeaf(Leaf):
@@ -80,7 +81,7 @@ class RGBLeaf(Leaf):
         return torch.einsum("mew,evw->mev", h, weights) + self.out_bias  # [M, E, V]
 
 
-@register_config
+@register("rgb")
 @dataclasses.dataclass(frozen=True)
 class RGBLeafConfig(LeafConfig):
     """Configuration of an :class:`RGBLeaf`.
@@ -93,19 +94,18 @@ class RGBLeafConfig(LeafConfig):
         channel_weights: training-only per-channel weights, e.g. ``(5.0, 1.0, 1.0)``.
     """
 
-    kind = "rgb"
     width: int = 64
     depth: int = 1
     heads: int = 4
     num_values: int = 256
     channel_weights: tuple[float, ...] | None = None
 
-    def build(self, event_shape: tuple[int, ...], cond_dim: int, cond_tokens: int) -> RGBLeaf:
-        """The leaf for instances of ``event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
+    def build(self, ctx: BuildContext) -> RGBLeaf:
+        """The leaf for instances of ``ctx.event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
         return RGBLeaf(
-            event_shape,
-            cond_dim,
-            cond_tokens,
+            tuple(ctx.event_shape),
+            ctx.cond_dim,
+            ctx.cond_tokens,
             self.num_values,
             width=self.width,
             depth=self.depth,

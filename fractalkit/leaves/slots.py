@@ -4,7 +4,7 @@ Shape letters: D elements of the top-level instance (flattened), K kinds, V valu
 of a leaf instance, M leaf instances, T condition tokens.
 
 Some data mixes several kinds of slot in one integer tensor: a graph encoding
-(:class:`fractalkit.partition.GraphEncoding`) holds node-type slots (values ``0..A``), edge
+(:class:`fractalkit.graphs.GraphEncoding`) holds node-type slots (values ``0..A``), edge
 slots (``0..B``) and structural zeros (always 0). A plain leaf spends probability on every one
 of the V values everywhere and cannot see which kind of slot it fills. With :class:`SlotKinds`
 the leaf (i) adds a learned embedding of the element's kind to its condition and (ii) puts
@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import register_config
+from fractalkit.config import BuildContext
 from fractalkit.leaves.base import Leaf
 from fractalkit.leaves.categorical import CategoricalLeaf, CategoricalLeafConfig
 from fractalkit.protocol.contexts import DecodeContext, ScoreContext
+from fractalkit.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +210,7 @@ class SlotCategoricalLeaf(SlotKindsLeaf):
         )
 
 
-@register_config
+@register("slot_categorical")
 @dataclasses.dataclass(frozen=True)
 class SlotCategoricalLeafConfig(CategoricalLeafConfig):
     """Configuration of a :class:`SlotCategoricalLeaf` (saved and loaded like any leaf).
@@ -228,7 +229,6 @@ class SlotCategoricalLeafConfig(CategoricalLeafConfig):
         (0, 2, 0, 1)
     """
 
-    kind = "slot_categorical"
     element_kinds: tuple[int, ...] = ()
     allowed_values: tuple[tuple[int, ...], ...] = ()
 
@@ -249,10 +249,9 @@ class SlotCategoricalLeafConfig(CategoricalLeafConfig):
         out["allowed_values"] = [list(v) for v in self.allowed_values]
         return out
 
-    def build(
-        self, event_shape: tuple[int, ...], cond_dim: int, cond_tokens: int
-    ) -> SlotCategoricalLeaf:
-        """The leaf for instances of ``event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
+    def build(self, ctx: BuildContext) -> SlotCategoricalLeaf:
+        """The leaf for instances of ``ctx.event_shape`` under ``[*, cond_tokens, cond_dim]`` conditions."""
         return SlotCategoricalLeaf(
-            event_shape, cond_dim, cond_tokens, self.num_values, self.slot_kinds, self.channel_weights
+            tuple(ctx.event_shape), ctx.cond_dim, ctx.cond_tokens, self.num_values, self.slot_kinds,
+            self.channel_weights,
         )

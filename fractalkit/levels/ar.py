@@ -17,7 +17,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import LevelConfig, register_config
+from fractalkit.config import BuildContext, LevelConfig
 from fractalkit.levels.base import Level, Step
 from fractalkit.levels.inputs import ChildInputs, EmbedMode
 from fractalkit.nn.blocks import Backbone, BlockStyle, check_transformer
@@ -26,9 +26,10 @@ from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator
 from fractalkit.protocol.contexts import DecodeContext
+from fractalkit.registry import register
 
 
-@register_config
+@register("ar")
 @dataclasses.dataclass(frozen=True)
 class ARLevelConfig(LevelConfig):
     """Configuration of an :class:`ARLevel`.
@@ -44,7 +45,6 @@ class ARLevelConfig(LevelConfig):
         checkpointing: recompute blocks in the backward pass to save memory.
     """
 
-    kind = "ar"
     width: int = 64
     depth: int = 2
     heads: int = 4
@@ -60,19 +60,11 @@ class ARLevelConfig(LevelConfig):
     def __post_init__(self) -> None:
         check_transformer(self, self.rope)
 
-    def build(
-        self,
-        partitioner: Partitioner,
-        child: AbstractGenerator,
-        *,
-        cond_dim: int,
-        cond_tokens: int,
-        normalisation: ValueNormalisation | None = None,
-    ) -> ARLevel:
-        """The level over ``partitioner``'s children, delegating to ``child``."""
+    def build(self, ctx: BuildContext) -> ARLevel:
+        """The level over ``ctx.partitioner``'s children, delegating to ``ctx.child``."""
         return ARLevel(
-            partitioner, child, self, cond_dim=cond_dim, cond_tokens=cond_tokens,
-            normalisation=normalisation,
+            ctx.partitioner, ctx.child, self, cond_dim=ctx.cond_dim, cond_tokens=ctx.cond_tokens,
+            normalisation=ctx.normalisation,
         )
 
 

@@ -24,7 +24,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import LevelConfig, register_config
+from fractalkit.config import BuildContext, LevelConfig
 from fractalkit.levels.base import Level, Step, StepPlan
 from fractalkit.levels.inputs import ChildInputs, EmbedMode
 from fractalkit.levels.summary import SummaryConfig, SummaryPrefix
@@ -34,12 +34,13 @@ from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score
 from fractalkit.protocol.contexts import DecodeContext, ScoreContext
+from fractalkit.registry import register
 from fractalkit.sampling.orders import masked_subset, resolve_orders
 from fractalkit.sampling.rng import uniform
 from fractalkit.sampling.schedules import decode_counts, training_mask_counts
 
 
-@register_config
+@register("mar")
 @dataclasses.dataclass(frozen=True)
 class MARLevelConfig(LevelConfig):
     """Configuration of a :class:`MARLevel`.
@@ -70,7 +71,6 @@ class MARLevelConfig(LevelConfig):
             replaces the grid neighbours).
     """
 
-    kind = "mar"
     width: int = 64
     depth: int = 2
     heads: int = 4
@@ -110,19 +110,11 @@ class MARLevelConfig(LevelConfig):
         """Condition tokens handed to each child: 5 with neighbours, else 1."""
         return 5 if self.neighbours else 1
 
-    def build(
-        self,
-        partitioner: Partitioner,
-        child: AbstractGenerator,
-        *,
-        cond_dim: int,
-        cond_tokens: int,
-        normalisation: ValueNormalisation | None = None,
-    ) -> MARLevel:
-        """The level over ``partitioner``'s children, delegating to ``child``."""
+    def build(self, ctx: BuildContext) -> MARLevel:
+        """The level over ``ctx.partitioner``'s children, delegating to ``ctx.child``."""
         return MARLevel(
-            partitioner, child, self, cond_dim=cond_dim, cond_tokens=cond_tokens,
-            normalisation=normalisation,
+            ctx.partitioner, ctx.child, self, cond_dim=ctx.cond_dim, cond_tokens=ctx.cond_tokens,
+            normalisation=ctx.normalisation,
         )
 
 

@@ -24,17 +24,24 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from fractalkit.config import ComponentConfig, LeafConfig, check_contract, register_config
+from fractalkit.config import (
+    BuildContext,
+    ComponentConfig,
+    LeafConfig,
+    build_component,
+    check_contract,
+)
 from fractalkit.nn.init import xavier_init
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, Score
 from fractalkit.protocol.contexts import DecodeContext, ScoreContext
+from fractalkit.registry import register
 
 SummaryInput = Literal["rounded", "continuous"]
 
 
-@register_config
+@register("summary")
 @dataclasses.dataclass(frozen=True)
 class SummaryConfig(ComponentConfig):
     """A level's summary prefix (the guiding pixel): see :mod:`fractalkit.levels.summary`.
@@ -42,7 +49,7 @@ class SummaryConfig(ComponentConfig):
     Attributes:
         leaf: the summary leaf's config (any leaf config; its ``num_values`` must be the data's).
             Required: no level picks a particular leaf. The paper's is
-            :data:`fractalkit.presets.PAPER_SUMMARY_LEAF` (an RGB leaf, width 128, 3 blocks,
+            :data:`fractalkit.imagenet.models.PAPER_SUMMARY_LEAF` (an RGB leaf, width 128, 3 blocks,
             red weighted 5).
         input: what the summary token sees in teacher-forced scoring: ``"rounded"`` (the value
             the summary leaf scores; keeps the bound) or ``"continuous"`` (the unrounded
@@ -51,7 +58,6 @@ class SummaryConfig(ComponentConfig):
             decided value.
     """
 
-    kind = "summary"
     leaf: LeafConfig
     input: SummaryInput = "rounded"
 
@@ -59,7 +65,7 @@ class SummaryConfig(ComponentConfig):
         if self.leaf is None:
             raise ValueError(
                 "SummaryConfig: leaf is required (the summary leaf's config, e.g. "
-                "fractalkit.presets.PAPER_SUMMARY_LEAF for the paper's guiding pixel)"
+                "fractalkit.imagenet.models.PAPER_SUMMARY_LEAF for the paper's guiding pixel)"
             )
         check_contract(self.leaf, LeafConfig, "SummaryConfig.leaf")
         if self.input not in ("rounded", "continuous"):
@@ -112,7 +118,9 @@ class SummaryPrefix(nn.Module):
         if shape is None:
             partitioner.summary(torch.zeros(0, *partitioner.event_shape))  # raises, naming why
         self.proj = nn.Linear(math.prod(shape), width)
-        self.leaf: AbstractGenerator = leaf.build(tuple(shape), cond_dim, cond_tokens)
+        self.leaf: AbstractGenerator = build_component(
+            leaf, BuildContext(cond_dim, cond_tokens, tuple(shape)), "leaf"
+        )
         if self.leaf.num_values != num_values:
             raise ValueError(
                 f"{owner}: the summary leaf has {self.leaf.num_values} values but the data "

@@ -5,8 +5,13 @@ Shape letters: N batch, k children per instance, ``*event_shape`` one instance,
 
 ``split(x)``: ``[N, *event_shape] -> [N, k, *child_shape]``; ``merge`` is its exact inverse.
 ``PARTITIONERS`` maps each ``kind`` to its class; a plug-in partitioner joins it with the
-:func:`register_partitioner` decorator, and ``partitioner_from_config`` rebuilds any registered
+one registration decorator of every component, ``@fractalkit.config.register("kind")`` (or the
+older :func:`register_partitioner`), and ``partitioner_from_config`` rebuilds any registered
 partitioner from ``p.config()`` (which is how ``Fractal.load`` finds it).
+
+Graphs, their node-row encoding and node orders are the graph wing's (:mod:`fractalkit.graphs`:
+``Graph``, ``GraphEncoding``, ``bfs_order``, ``random_bfs_order``, ...); only the partitioner
+:class:`GraphSubsets` is here.
 """
 
 from __future__ import annotations
@@ -17,44 +22,33 @@ from typing import Any
 from fractalkit.partition.base import Partitioner
 from fractalkit.partition.channels import Channels
 from fractalkit.partition.chunks import SequenceChunks
-from fractalkit.partition.graph import Graph, GraphEncoding, GraphSubsets, bfs_order
-from fractalkit.partition.orderings import (
-    random_bfs_encodings,
-    random_bfs_log_prob,
-    random_bfs_order,
-    uniform_order,
-)
+from fractalkit.partition.graph import GraphSubsets
 from fractalkit.partition.patches import ImagePatches
+from fractalkit.registry import KindView, lookup, register
 
 __all__ = [
     "PARTITIONERS",
     "Channels",
-    "Graph",
-    "GraphEncoding",
     "GraphSubsets",
     "ImagePatches",
     "Partitioner",
     "SequenceChunks",
-    "bfs_order",
     "partitioner_from_config",
-    "random_bfs_encodings",
-    "random_bfs_log_prob",
-    "random_bfs_order",
     "register_partitioner",
-    "uniform_order",
 ]
 
-PARTITIONERS: dict[str, type[Partitioner]] = {}
-"""Registry of partitioner classes by their ``kind`` (the key in ``config()``)."""
+PARTITIONERS: Mapping[str, type[Partitioner]] = KindView(lambda cls: issubclass(cls, Partitioner))
+"""The registered partitioner classes by ``kind`` (a live view of the one registry,
+:data:`fractalkit.registry.REGISTRY`)."""
 
 
 def register_partitioner(cls: type[Partitioner]) -> type[Partitioner]:
-    """Class decorator: make ``cls`` loadable from a config whose ``"kind"`` is ``cls.kind``.
+    """Class decorator (the older spelling of :func:`fractalkit.config.register` for
+    partitioners): register ``cls`` under the ``kind`` its class body sets.
 
-    The same style as :func:`fractalkit.register_config` for level and leaf configs: decorate a
-    :class:`Partitioner` subclass and ``partitioner_from_config``, ``Fractal.from_config`` and
-    ``Fractal.load`` rebuild it by its ``kind``. Registering the same class twice is harmless
-    (a module imported again); another class under a taken ``kind`` is refused.
+    ``@register("my_kind")`` is the one style for every component; this alias keeps existing
+    plug-ins working. Registering the same class twice is harmless (a module imported again);
+    another class under a taken ``kind`` is refused.
 
     Args:
         cls: a concrete :class:`Partitioner` subclass with a non-empty string ``kind``.
@@ -81,25 +75,14 @@ def register_partitioner(cls: type[Partitioner]) -> type[Partitioner]:
             f"register_partitioner: {cls.__name__} needs a non-empty string class attribute "
             f"'kind' (the key its config() saves), got {kind!r}"
         )
-    taken = PARTITIONERS.get(kind)
-    if taken is not None and taken is not cls:
-        raise ValueError(
-            f"register_partitioner: kind {kind!r} is already registered to "
-            f"{taken.__module__}.{taken.__qualname__}; give {cls.__name__} another kind"
-        )
-    PARTITIONERS[kind] = cls
-    return cls
-
-
-for _builtin in (ImagePatches, Channels, SequenceChunks, GraphSubsets):
-    register_partitioner(_builtin)
+    return register(cls)
 
 
 def partitioner_from_config(config: Mapping[str, Any]) -> Partitioner:
     """Rebuild a partitioner from its ``config()``.
 
     Args:
-        config: A mapping with ``"kind"`` (a key of ``PARTITIONERS``) and the constructor
+        config: A mapping with ``"kind"`` (a registered partitioner kind) and the constructor
             arguments of that class, as returned by ``Partitioner.config()``.
 
     Returns:
@@ -110,17 +93,9 @@ def partitioner_from_config(config: Mapping[str, Any]) -> Partitioner:
     """
     if not isinstance(config, Mapping) or "kind" not in config:
         raise ValueError(f"partitioner_from_config: config needs a 'kind' key, got {config!r}")
-    kind = config["kind"]
-    if kind not in PARTITIONERS:
+    cls = lookup(config["kind"], "partitioner_from_config")
+    if not issubclass(cls, Partitioner):
         raise ValueError(
-            f"partitioner_from_config: unknown kind {kind!r}; known kinds: {sorted(PARTITIONERS)}"
+            f"partitioner_from_config: kind {config['kind']!r} is a {cls.__name__}, not a partitioner"
         )
-    cls = PARTITIONERS[kind]
-    kwargs = {k: v for k, v in config.items() if k != "kind"}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # unexpected or missing keyword: say which class and what it got
-        raise ValueError(
-            f"partitioner_from_config: bad arguments for {cls.__name__} ({kind!r}): "
-            f"{sorted(kwargs)}: {err}"
-        ) from err
+    return cls.from_dict(config)

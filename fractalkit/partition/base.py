@@ -7,15 +7,18 @@ Shape letters used in this package:
     L  sequence length, c chunk length
 
 A partitioner is pure tensor code with no parameters. ``split`` maps ``[N, *event_shape]`` to
-``[N, k, *child_shape]`` with the children in raster order of ``grid``; ``merge`` is its exact
-inverse. Partitioners also describe where each child sits on a 2-D grid (``positions``) and who
-its neighbours are (``neighbours``), so levels never need to know what the data is.
+``[N, k, *child_shape]``; ``merge`` is its exact inverse (the composer refuses a partitioner
+for which ``merge(split(x)) != x``). Partitioners also describe where each child sits on a 2-D
+grid (``positions``: raster order of ``grid`` by default, overridable) and who its neighbours
+are (``neighbours``, derived from the positions), so levels never need to know what the data is.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import math
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -28,8 +31,11 @@ class Partitioner(abc.ABC):
     """Splits instances into a grid of children and merges them back, exactly.
 
     Subclasses set ``event_shape``, ``child_shape`` and ``grid`` in their constructor (after
-    validating their arguments) and implement ``_split``/``_merge`` on tensors whose shapes have
-    already been checked, plus ``config``.
+    validating their arguments) and implement :meth:`split` and :meth:`merge` (the base class
+    checks the shapes of their inputs before they run, so they see checked tensors) plus
+    :meth:`config`; they may override :meth:`positions` to place the children on the grid in
+    another order than raster order. The names ``_split``/``_merge`` of earlier releases still
+    work as the two methods to implement.
 
     Attributes:
         kind: Registry key of the concrete class, e.g. ``"image_patches"``.
@@ -54,15 +60,27 @@ class Partitioner(abc.ABC):
         """Number of elements in one child, ``prod(child_shape)``."""
         return math.prod(self.child_shape)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass implements split/merge under their public names; wrap them so that the
+        # shapes are still checked before its code runs (as for the old _split/_merge hooks).
+        for name in ("split", "merge"):
+            own = cls.__dict__.get(name)
+            if callable(own) and not getattr(own, "_shape_checked", False):
+                setattr(cls, name, _shape_checked(own, name))
+
     def split(self, x: Tensor) -> Tensor:
         """Cut instances into children.
+
+        Implement it in a subclass (the base class checks ``x``'s shape before calling it).
 
         Args:
             x: ``[N, *event_shape]``, any dtype (including bool).
 
         Returns:
-            ``[N, k, *child_shape]`` with the same dtype and device, children in raster order
-            of ``grid`` (child ``j`` sits at row ``j // cols``, column ``j % cols``).
+            ``[N, k, *child_shape]`` with the same dtype and device; child ``j`` sits at
+            ``positions()[j]`` on the grid (raster order by default: row ``j // cols``,
+            column ``j % cols``).
 
         Raises:
             TypeError: if ``x`` is not a tensor.
@@ -73,6 +91,8 @@ class Partitioner(abc.ABC):
 
     def merge(self, children: Tensor) -> Tensor:
         """Put children back together; the exact inverse of ``split``.
+
+        Implement it in a subclass (the base class checks the shape before calling it).
 
         Args:
             children: ``[N, k, *child_shape]``, any dtype, children in raster order of ``grid``.
@@ -90,8 +110,12 @@ class Partitioner(abc.ABC):
     def positions(self) -> Tensor:
         """Grid position of every child.
 
+        Override it to place the children on the grid in another order than raster order
+        (e.g. a snake order); :meth:`neighbours` and the levels' 2-D position encodings follow.
+        Every child must sit on its own cell of ``grid``.
+
         Returns:
-            int64 ``[k, 2]``: ``(row, col)`` of child ``j``, i.e. ``(j // cols, j % cols)``.
+            int64 ``[k, 2]``: ``(row, col)`` of child ``j``; by default ``(j // cols, j % cols)``.
             On the CPU; move it with ``.to(device)`` where needed.
         """
         rows, cols = self.grid
@@ -105,15 +129,40 @@ class Partitioner(abc.ABC):
             int64 ``[k, 4]``: the child index of the (top, right, bottom, left) neighbour of
             child ``j``, or ``-1`` where that neighbour would be off the grid. On the CPU.
         """
+        # Computed on the CPU even under another default device (Fractal.load checks files on
+        # the meta device, where no value can be read).
+        device = torch.get_default_device()
+        with torch.device("cpu"):
+            table = self._neighbours()
+        return table.to(device)  # where positions() is: the default device
+
+    def _neighbours(self) -> Tensor:
         rows, cols = self.grid
-        pos = self.positions()  # [k, 2]
-        row, col = pos[:, 0], pos[:, 1]
-        index = row * cols + col  # [k]
-        minus_one = torch.full_like(index, -1)
-        top = torch.where(row > 0, index - cols, minus_one)
-        right = torch.where(col < cols - 1, index + 1, minus_one)
-        bottom = torch.where(row < rows - 1, index + cols, minus_one)
-        left = torch.where(col > 0, index - 1, minus_one)
+        pos = self.positions().cpu()  # [k, 2]
+        k = self.num_children
+        if tuple(pos.shape) != (k, 2):
+            raise ValueError(
+                f"{type(self).__name__}.positions() must be int64 [{k}, 2], got {list(pos.shape)}"
+            )
+        row, col = pos[:, 0].long(), pos[:, 1].long()
+        cell = row * cols + col  # [k]: the raster cell of each child
+        inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
+        if not bool(inside.all()) or cell.unique().numel() != k:
+            raise ValueError(
+                f"{type(self).__name__}.positions() must put every child on its own cell of the "
+                f"{rows}x{cols} grid, got {pos.tolist()}"
+            )
+        child_at = torch.full((rows * cols,), -1, dtype=torch.long)  # [cells]: child or -1
+        child_at[cell] = torch.arange(k)
+        minus_one = torch.full_like(cell, -1)
+
+        def at(ok: Tensor, target: Tensor) -> Tensor:
+            return torch.where(ok, child_at[target.clamp(0, rows * cols - 1)], minus_one)
+
+        top = at(row > 0, cell - cols)
+        right = at(col < cols - 1, cell + 1)
+        bottom = at(row < rows - 1, cell + cols)
+        left = at(col > 0, cell - 1)
         return torch.stack([top, right, bottom, left], dim=1)  # [k, 4]
 
     @property
@@ -174,13 +223,39 @@ class Partitioner(abc.ABC):
         ``partitioner_from_config(p.config())`` does the same through the registry.
         """
 
-    @abc.abstractmethod
-    def _split(self, x: Tensor) -> Tensor:
-        """``[N, *event_shape] -> [N, k, *child_shape]`` on an already checked tensor."""
+    def to_dict(self) -> dict[str, Any]:
+        """What a saved model stores: :meth:`config` (the name every component shares)."""
+        return self.config()
 
-    @abc.abstractmethod
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Partitioner:
+        """Rebuild from :meth:`config` output (the ``"kind"`` entry is not checked).
+
+        Raises:
+            ValueError: the arguments do not fit the class.
+        """
+        kwargs = {k: v for k, v in data.items() if k != "kind"}
+        try:
+            return cls(**kwargs)
+        except TypeError as err:  # unexpected or missing keyword: say which class and what it got
+            raise ValueError(
+                f"partitioner_from_config: bad arguments for {cls.__name__} ({cls.kind!r}): "
+                f"{sorted(kwargs)}: {err}"
+            ) from err
+
+    def _split(self, x: Tensor) -> Tensor:
+        """``[N, *event_shape] -> [N, k, *child_shape]`` on an already checked tensor.
+
+        The name of earlier releases for what a subclass implements; implement :meth:`split`.
+        """
+        raise NotImplementedError(f"{type(self).__name__}: implement split(x) and merge(children)")
+
     def _merge(self, children: Tensor) -> Tensor:
-        """``[N, k, *child_shape] -> [N, *event_shape]`` on an already checked tensor."""
+        """``[N, k, *child_shape] -> [N, *event_shape]`` on an already checked tensor.
+
+        The name of earlier releases for what a subclass implements; implement :meth:`merge`.
+        """
+        raise NotImplementedError(f"{type(self).__name__}: implement split(x) and merge(children)")
 
     def _check(self, t: Tensor, name: str, expected: tuple[int, ...], method: str) -> None:
         # Never reshape what a user passed: the trailing shape must match exactly.
@@ -202,6 +277,21 @@ class Partitioner(abc.ABC):
 
     def __hash__(self) -> int:
         return hash(repr(self))
+
+
+def _shape_checked(method: Callable[[Partitioner, Tensor], Tensor], name: str) -> Callable[[Partitioner, Tensor], Tensor]:
+    """``method`` (a subclass's ``split`` or ``merge``) behind the base class's shape check."""
+
+    @functools.wraps(method)
+    def checked(self: Partitioner, t: Tensor) -> Tensor:
+        if name == "split":
+            self._check(t, "x", self.event_shape, "split")
+        else:
+            self._check(t, "children", (self.num_children, *self.child_shape), "merge")
+        return method(self, t)
+
+    checked._shape_checked = True  # type: ignore[attr-defined]
+    return checked
 
 
 def _positive_int(owner: str, name: str, value: object) -> int:

@@ -5,15 +5,17 @@ Shape letters: N batch, k = C children, C leading (channel) axis, ``*rest`` the 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
 from fractalkit.partition.base import Partitioner, _shape_tuple
+from fractalkit.registry import register
 
 __all__ = ["Channels"]
 
 
+@register("channels")
 class Channels(Partitioner):
     """Split ``[N, C, *rest]`` along the leading event axis into C children of ``[1, *rest]``.
 
@@ -31,7 +33,6 @@ class Channels(Partitioner):
         ((1,), (1, 3))
     """
 
-    kind: ClassVar[str] = "channels"
 
     def __init__(self, event_shape: int | tuple[int, ...]) -> None:
         shape = _shape_tuple(type(self).__name__, "event_shape", event_shape)

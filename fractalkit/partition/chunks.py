@@ -6,15 +6,17 @@ of one element (``()`` for scalar tokens).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
 from fractalkit.partition.base import Partitioner, _positive_int, _shape_tuple
+from fractalkit.registry import register
 
 __all__ = ["SequenceChunks"]
 
 
+@register("sequence_chunks")
 class SequenceChunks(Partitioner):
     """Cut ``[N, L, *e]`` sequences into ``L / c`` consecutive chunks of ``[c, *e]``.
 
@@ -34,7 +36,6 @@ class SequenceChunks(Partitioner):
         ((12,), (4,), (1, 3))
     """
 
-    kind: ClassVar[str] = "sequence_chunks"
 
     def __init__(self, length: int, chunk: int, element_shape: tuple[int, ...] = ()) -> None:
         name = type(self).__name__

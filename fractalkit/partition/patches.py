@@ -6,16 +6,18 @@ ph/pw patch height/width, gh/gw grid rows/cols (H / ph, W / pw).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from einops import rearrange
 from torch import Tensor
 
 from fractalkit.partition.base import Partitioner, _pair, _positive_int
+from fractalkit.registry import register
 
 __all__ = ["ImagePatches"]
 
 
+@register("image_patches")
 class ImagePatches(Partitioner):
     """Cut ``[N, C, H, W]`` images into ``(H / ph) x (W / pw)`` patches of ``[C, ph, pw]``.
 
@@ -38,7 +40,6 @@ class ImagePatches(Partitioner):
         ((3, 8, 8), (3, 4, 4), (2, 2))
     """
 
-    kind: ClassVar[str] = "image_patches"
 
     def __init__(
         self, size: int | tuple[int, int], patch: int | tuple[int, int], channels: int = 3

@@ -14,6 +14,11 @@ or one at a time, on any :class:`fractalkit.Fractal`::
     check_decomposition(model)           # log_prob == stepwise_log_prob (decoding path)
     check_sampler(model, temperature=0.7)  # chi-square against the tempered law
 
+``run_all(model, collect=True)`` runs every check even after a failure and raises one
+:class:`ContractFailures` listing them all; :data:`CHECKS` names the checks. A check without
+the statistical power to decide (a peaked model) raises :class:`InconclusiveCheck`, which is not
+a failure (``run_all`` records it and goes on).
+
 Every check runs under a condition: ``c`` for N instances (any structure the model's
 conditioner takes; ``y=`` stays the class-label spelling), or example conditions, each for one
 instance (``conditions=[...]``; defaults for the built-in conditioners).
@@ -51,17 +56,24 @@ from fractalkit.testing.likelihood import (
     check_orders_reach_levels,
     is_bound,
 )
-from fractalkit.testing.report import ALPHA, CheckResult, ContractError
+from fractalkit.testing.report import (
+    ALPHA,
+    CheckResult,
+    ContractError,
+    ContractFailures,
+    InconclusiveCheck,
+)
 from fractalkit.testing.samplers import (
     check_completion_law,
     check_sampler,
     completion_chi_square,
+    partial_prefix_known,
     prefix_known,
     sample_histogram,
     sampler_chi_square,
 )
 from fractalkit.testing.stats import ChiSquare, chi_square, chi_square_p_value
-from fractalkit.testing.suite import check_component, run_all, tiny_fractal
+from fractalkit.testing.suite import CHECKS, check_component, run_all, tiny_fractal
 from fractalkit.testing.support import (
     MAX_ENUMERABLE,
     decoding_order,
@@ -80,10 +92,13 @@ from fractalkit.testing.support import (
 
 __all__ = [
     "ALPHA",
+    "CHECKS",
     "MAX_ENUMERABLE",
     "CheckResult",
     "ChiSquare",
     "ContractError",
+    "ContractFailures",
+    "InconclusiveCheck",
     "check_callback",
     "check_completion",
     "check_completion_law",
@@ -111,6 +126,7 @@ __all__ = [
     "likelihood_law",
     "log_likelihood_table",
     "num_configurations",
+    "partial_prefix_known",
     "partitioners",
     "prefix_known",
     "random_conditions",

@@ -17,7 +17,7 @@ from torch import Tensor
 from fractalkit.fractal import Fractal
 from fractalkit.protocol import Progress
 from fractalkit.testing.conditions import batch_condition, random_conditions
-from fractalkit.testing.report import CheckResult, ContractError, fail
+from fractalkit.testing.report import ALPHA, CheckResult, ContractError, fail, inconclusive
 from fractalkit.testing.support import check_model, float64_copy, random_data
 
 __all__ = ["check_callback", "check_completion", "check_kv_cache", "check_seeded_sampling"]
@@ -153,7 +153,10 @@ def check_seeded_sampling(
         :class:`CheckResult` (figure: fraction of elements that differ between two seeds).
 
     Raises:
-        ContractError: wrong dtype, shape or range, or sampling not reproducible from a seed.
+        ContractError: wrong dtype, shape or range, sampling not reproducible from a seed, or
+            five seeds drawing the same samples where the model makes that unlikely.
+        InconclusiveCheck: five seeds drew the same samples and the model gives them a
+            probability above ``ALPHA`` (too peaked a model for the check to have power).
     """
     check_model(model, "check_seeded_sampling")
     c = batch_condition(c, y, "check_seeded_sampling")
@@ -182,10 +185,28 @@ def check_seeded_sampling(
             "down (use fractalkit.sampling.rng helpers with ctx.generator)",
         )
     changed = float((a != other).double().mean())
+    for extra in range(2, 5):  # a peaked model may repeat itself once: try more seeds
+        if changed > 0:
+            break
+        changed = float((a != draw(seed + extra)).double().mean())
     if changed == 0:
+        # Every seed drew the same samples. A model peaked enough does that by chance: the
+        # probability of drawing ``a`` again is prod_i p(a_i | c_i); only if that is small is a
+        # sampler that ignores its generator the likely cause.
+        with torch.no_grad():
+            repeat = float(float64_copy(model).log_prob(a, c).value.sum().exp())
+        if repeat > ALPHA:
+            raise inconclusive(
+                "check_seeded_sampling", "five seeds drew the same samples, and the model gives "
+                "them together the probability", repeat, f"<= {ALPHA:g} for the test to have power",
+                "the model is too peaked to tell whether sampling follows its generator: use a "
+                "less peaked model (a smaller tiny_fractal scale) or more samples (num_samples)",
+            )
         raise fail(
-            "check_seeded_sampling", "fraction of elements that differ between two seeds",
-            changed, "> 0", "sampling ignores its generator (or the model is deterministic)",
+            "check_seeded_sampling", "fraction of elements that differ between five seeds "
+            f"(the model gives these samples together the probability {repeat:.3g})",
+            changed, "> 0", "sampling ignores its generator (a component decodes "
+            "deterministically, e.g. an argmax, or draws from a fixed generator of its own)",
         )
     _same_samples_without_cache(model, c, num_samples, seed, "check_seeded_sampling")
     return CheckResult("check_seeded_sampling", changed, 0.0)

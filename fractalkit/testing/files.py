@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
-from fractalkit.testing.conditions import batch_condition, random_conditions
+from fractalkit.testing.conditions import batch_condition, conditional, random_conditions
 from fractalkit.testing.report import CheckResult, ContractError, fail
 from fractalkit.testing.support import check_model, random_data
 
@@ -26,7 +26,7 @@ def _structure(model: Fractal) -> dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 def check_config_round_trip(model: Fractal) -> CheckResult:
-    """``Fractal.from_config(json round trip of model.config)`` rebuilds the same structure:
+    """``Fractal.from_config(json round trip of model.config.to_dict())`` rebuilds the same structure:
     the same config and the same parameter and buffer names and shapes.
 
     Returns:
@@ -38,7 +38,7 @@ def check_config_round_trip(model: Fractal) -> CheckResult:
     check_model(model, "check_config_round_trip")
     config = model.config
     try:
-        text = json.dumps(config)
+        text = json.dumps(config.to_dict())
     except TypeError as err:
         raise ContractError(
             f"check_config_round_trip failed: model.config is not JSON-serialisable ({err}). "
@@ -50,10 +50,10 @@ def check_config_round_trip(model: Fractal) -> CheckResult:
     except ValueError as err:
         raise ContractError(
             f"check_config_round_trip failed: Fractal.from_config refused the model's own config: "
-            f"{err}. Likely cause: a component's class is not registered (register_config, "
-            "register_partitioner) or its config() does not give its constructor arguments"
+            f"{err}. Likely cause: a component's class is not registered (@fractalkit.config.register('kind')) "
+            "or its to_dict()/config() does not give its constructor arguments"
         ) from err
-    if rebuilt.config != config:
+    if rebuilt.config != config or rebuilt.config.to_dict() != config.to_dict():
         raise ContractError(
             "check_config_round_trip failed: the rebuilt model's config differs from the original "
             f"one:\n{rebuilt.config}\nvs\n{config}"
@@ -81,7 +81,9 @@ def check_save_load(
     seed: int = 0,
 ) -> CheckResult:
     """``save`` then ``Fractal.load`` gives the same tensors, the same ``log_prob`` (bitwise,
-    identity orders) and the same samples from the same seed.
+    identity orders) and the same samples from the same seed; on a model with a null condition
+    also the same ``log_prob`` under the null condition and the same guided samples (guidance
+    3, linear schedule), which read tensors no other comparison does.
 
     Args:
         model: any :class:`fractalkit.Fractal` whose components are registered.
@@ -95,7 +97,9 @@ def check_save_load(
         :class:`CheckResult` with the largest ``|log_prob before - after|``.
 
     Raises:
-        ContractError: loading fails or the loaded model differs.
+        ContractError: loading fails (a file that cannot be rebuilt by kind, or a constructor
+            that reads tensor values, which fails on the meta device ``Fractal.load`` builds
+            on first) or the loaded model differs.
     """
     check_model(model, "check_save_load")
     c = batch_condition(c, y, "check_save_load")
@@ -112,7 +116,20 @@ def check_save_load(
             raise ContractError(
                 f"check_save_load failed: Fractal.load could not read the saved file: {err}. "
                 "Likely cause: a component's config or partitioner is not registered, so the "
-                "file cannot be rebuilt by kind (register_config / register_partitioner)"
+                "file cannot be rebuilt by kind (@fractalkit.register(\"kind\"))"
+            ) from err
+        except (NotImplementedError, RuntimeError) as err:
+            if "meta" not in str(err):
+                raise
+            raise ContractError(
+                f"check_save_load failed: Fractal.load could not build the model: {err}. "
+                "Likely cause: Fractal.load first builds the model on the meta device (shapes "
+                "only, no values) to check the file before reading it, and a component's "
+                "constructor reads the values of a tensor it made (.tolist(), .item(), "
+                "float(t), .cpu(), a Python 'if' on a tensor). Compute such constants with "
+                "plain Python (lists, math) and only then make tensors of them, registered as "
+                "buffers if the model needs them (see the tutorial 'Write your own level', "
+                "rules for a component's constructor)"
             ) from err
     before, after = model.state_dict(), loaded.state_dict()
     if before.keys() != after.keys() or any(
@@ -135,12 +152,40 @@ def check_save_load(
             raise fail("check_save_load", "largest |log_prob before - after save/load|", diff, "0",
                         "the loaded model is built differently (a config field not saved)")
         n = x.shape[0]
+        has_null = conditional(model) and model.conditioner.has_null and c is not None
+        if has_null:  # the null condition: what guidance's unconditional half reads
+            with torch.no_grad():
+                a = model.log_prob(x, None, orders="identity").value
+                b = loaded.log_prob(x, None, orders="identity").value
+            null_diff = float((a - b).abs().max()) if a.numel() else 0.0
+            diff = max(diff, null_diff)
+            if not null_diff == 0:
+                raise fail(
+                    "check_save_load", "largest |log_prob before - after save/load| under the "
+                    "null condition (c=None)", null_diff, "0", _NOT_SAVED,
+                )
         s1 = model.sample(n, c, generator=torch.Generator().manual_seed(seed))
         s2 = loaded.sample(n, c, generator=torch.Generator().manual_seed(seed))
+        draws = [("", s1, s2)]
+        if has_null:
+            guided = {"guidance": 3.0, "guidance_schedule": "linear"}
+            g1 = model.sample(n, c, generator=torch.Generator().manual_seed(seed), **guided)
+            g2 = loaded.sample(n, c, generator=torch.Generator().manual_seed(seed), **guided)
+            draws.append((" with guidance 3 (linear schedule)", g1, g2))
     finally:
         model.train(was_training)
-    if not torch.equal(s1, s2):
-        raise fail("check_save_load", "fraction of sampled elements that differ after save/load",
-                    float((s1 != s2).double().mean()), "0",
-                    "a sampling-relevant setting is not part of the saved config")
+    for how, d1, d2 in draws:
+        if not torch.equal(d1, d2):
+            raise fail(
+                "check_save_load", f"fraction of sampled elements that differ after save/load{how}",
+                float((d1 != d2).double().mean()), "0",
+                "a sampling-relevant setting is not part of the saved config" if not how else _NOT_SAVED,
+            )
     return CheckResult("check_save_load", diff, 0.0)
+
+
+_NOT_SAVED = (
+    "the null condition (or another tensor guidance reads) is not saved: a null embedding kept "
+    "in a non-persistent buffer, or made from random numbers in a constructor, comes back "
+    "different after loading; make it an nn.Parameter or a persistent buffer"
+)

@@ -18,7 +18,7 @@ from fractalkit.protocol import SampleOptions
 from fractalkit.testing.conditions import describe, one_condition, repeat_condition
 from fractalkit.testing.laws import sampling_law
 from fractalkit.testing.likelihood import is_bound
-from fractalkit.testing.report import ALPHA, ContractError, fail
+from fractalkit.testing.report import ALPHA, ContractError, fail, inconclusive
 from fractalkit.testing.stats import ChiSquare, chi_square
 from fractalkit.testing.support import (
     check_model,
@@ -30,7 +30,15 @@ from fractalkit.testing.support import (
     support_index,
 )
 
-__all__ = ["check_completion_law", "check_sampler", "completion_chi_square", "prefix_known", "sample_histogram", "sampler_chi_square"]
+__all__ = [
+    "check_completion_law",
+    "check_sampler",
+    "completion_chi_square",
+    "partial_prefix_known",
+    "prefix_known",
+    "sample_histogram",
+    "sampler_chi_square",
+]
 
 
 def _sample_law(model: Fractal, c: Any, orders: object, options: SampleOptions) -> Tensor:
@@ -144,18 +152,21 @@ def check_sampler(
         The :class:`~fractalkit.testing.stats.ChiSquare`.
 
     Raises:
-        ContractError: p-value at most ``alpha``, or too few cells for the test to mean anything.
+        ContractError: p-value at most ``alpha``.
+        InconclusiveCheck: fewer than ``min_cells`` cells after pooling: the model is too
+            peaked for the test to have power (not a failure of the component).
     """
     c = one_condition(model, c, y, "check_sampler")
     result = sampler_chi_square(
         model, c, num_samples=num_samples, seed=seed, orders=orders, law=law, **options
     )
     what = f"{describe(c)}, options={options or 'defaults'}"
-    if result.cells < min_cells:
-        raise fail(
+    if result.cells < min_cells:  # no power: says nothing against the sampler
+        raise inconclusive(
             "check_sampler", f"{what}: cells after pooling", result.cells, f">= {min_cells}",
             "too few samples or too peaked a model for the test to have power: draw more "
-            "samples or use a model with more configurations",
+            "samples (num_samples), lower the guidance, or use a less peaked model (a smaller "
+            "tiny_fractal scale) or one with more configurations",
         )
     if not result.p_value > alpha:
         raise fail(
@@ -178,6 +189,27 @@ def prefix_known(model: Fractal, orders: object = "identity", fraction: float = 
     count = max(1, min(k - 1, round(k * fraction)))
     numel = math.prod(model.event_shape)
     first = decoding_order(model, orders)[: count * (numel // k)]
+    known = torch.zeros(numel, dtype=torch.bool)
+    known[first] = True
+    return known.view(model.event_shape)
+
+
+def partial_prefix_known(model: Fractal, orders: object = "identity") -> Tensor | None:
+    """A known-mask that ends inside a top-level child: bool ``[*event_shape]``, or None.
+
+    The first top-level child in decoding order is known whole, and the next one in part: its
+    first half, in decoding order (at least one element). So every level below the top (and
+    the leaf) decodes an instance whose first children (elements) are known and the rest not:
+    completion there is exact, and a cache that does not advance over known children (a
+    stale cache) draws from another law. None when a top-level child has a single element
+    (there is nothing to know in part).
+    """
+    k = partitioners(model)[0].num_children
+    numel = math.prod(model.event_shape)
+    per_child = numel // k
+    if per_child < 2 or k < 2:
+        return None
+    first = decoding_order(model, orders)[: per_child + max(1, per_child // 2)]
     known = torch.zeros(numel, dtype=torch.bool)
     known[first] = True
     return known.view(model.event_shape)
@@ -251,16 +283,30 @@ def check_completion_law(
     *,
     y: int | None = None,
     alpha: float = ALPHA,
+    min_cells: int = 2,
     **kwargs: Any,
 ) -> ChiSquare:
     """Completion of known elements that come first in the decoding order is an exact draw from
     the model's conditional. Arguments as in :func:`completion_chi_square`.
 
+    Args:
+        alpha: the p-value must exceed this.
+        min_cells: the test needs at least this many cells after pooling (2: one degree of
+            freedom).
+
     Raises:
         ContractError: p-value at most ``alpha``.
+        InconclusiveCheck: fewer than ``min_cells`` cells after pooling (too peaked a
+            conditional for the test to have power).
     """
     c = one_condition(model, c, y, "check_completion_law")
     result = completion_chi_square(model, known, c, **kwargs)
+    if result.cells < min_cells:
+        raise inconclusive(
+            "check_completion_law", f"{describe(c)}: cells after pooling", result.cells,
+            f">= {min_cells}", "the conditional law is too peaked for the test to have power: "
+            "draw more samples or use a less peaked model",
+        )
     if not result.p_value > alpha:
         raise fail(
             "check_completion_law", f"{describe(c)}: chi-square p-value of completions against the "

@@ -6,6 +6,7 @@ Shape letters: C = V**E configurations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,13 +34,65 @@ from fractalkit.testing.likelihood import (
     check_orders_reach_levels,
     is_bound,
 )
-from fractalkit.testing.samplers import check_completion_law, check_sampler
-from fractalkit.testing.support import check_model, enumerable, roughen, uses_orders
+from fractalkit.testing.report import (
+    CheckResult,
+    ContractError,
+    ContractFailures,
+    InconclusiveCheck,
+)
+from fractalkit.testing.samplers import check_completion_law, check_sampler, partial_prefix_known
+from fractalkit.testing.support import (
+    MAX_ENUMERABLE,
+    check_model,
+    enumerable,
+    fixed_orders,
+    partitioners,
+    roughen,
+    uses_orders,
+)
 
-__all__ = ["check_component", "run_all", "tiny_fractal"]
+__all__ = ["CHECKS", "check_component", "run_all", "tiny_fractal"]
 
 CONDITIONER_SHRINK = 0.5
 """Factor on a (non class-label) conditioner's roughened parameters in :func:`tiny_fractal`."""
+
+LEVEL_CHILDREN = 4
+"""Children per instance of a level under test in :func:`tiny_fractal` (a cache that goes
+wrong from the third step on must be caught)."""
+
+
+def _tiny_levels(
+    level: ComponentConfig | None,
+    leaf: ComponentConfig | None,
+    partitioner: Partitioner | None,
+    position: str,
+    num_values: int,
+) -> list[tuple[Partitioner, ComponentConfig]]:
+    """The ``(partitioner, level config)`` pairs of :func:`tiny_fractal`, top first."""
+    default_level = ARLevelConfig(width=16, depth=1, heads=2)
+    fits = num_values ** (2 * LEVEL_CHILDREN) <= MAX_ENUMERABLE  # 8 elements enumerable
+    if level is not None and position == "below":
+        if partitioner is not None:
+            top = partitioner
+            if len(top.child_shape) != 1:
+                raise ValueError(
+                    "tiny_fractal: position='below' cuts the top partitioner's children into "
+                    f"single elements and needs 1-D children, got {list(top.child_shape)}; build "
+                    "your own two-level Fractal and pass it to run_all instead"
+                )
+        else:
+            # Two parents (a cache must not leak from one parent's child to the next) of
+            # LEVEL_CHILDREN single-element children each; one parent if the leaf's values
+            # make 8 elements too many to enumerate.
+            top = SequenceChunks(2 * LEVEL_CHILDREN if fits else LEVEL_CHILDREN, LEVEL_CHILDREN)
+        return [(top, default_level), (SequenceChunks(top.child_numel, 1), level)]
+    if partitioner is not None:
+        top = partitioner
+    elif level is not None:  # LEVEL_CHILDREN children of 2 elements (of 1 if V**8 is too many)
+        top = SequenceChunks(2 * LEVEL_CHILDREN, 2) if fits else SequenceChunks(LEVEL_CHILDREN, 1)
+    else:  # a leaf or a conditioner under test: 2 children of 2 elements
+        top = SequenceChunks(4, 2)
+    return [(top, level if level is not None else default_level)]
 
 
 def tiny_fractal(
@@ -49,17 +102,28 @@ def tiny_fractal(
     *,
     position: str = "top",
     num_classes: int = 2,
-    num_values: int = 3,
+    num_values: int | None = None,
     seed: int = 0,
     scale: float = 0.4,
     conditioner: ConditionerConfig | None = None,
 ) -> Fractal:
     """A small, roughened, enumerable :class:`fractalkit.Fractal` around your component(s).
 
-    The defaults fill in what you do not give: a 4-element sequence cut into 2 chunks
-    (:class:`fractalkit.SequenceChunks`), a one-block :class:`fractalkit.ARLevelConfig` (width
-    16, 2 heads) and a :class:`fractalkit.CategoricalLeafConfig` with ``num_values`` values:
-    ``3**4 = 81`` configurations.
+    The defaults fill in what you do not give. A level under test decides 4 children per
+    instance, so a cache that goes wrong only from the third step on is caught:
+
+    - ``position="top"``: an 8-element sequence cut into 4 children of 2 elements
+      (:class:`fractalkit.SequenceChunks`) with a 2-value leaf, ``2**8 = 256`` configurations;
+    - ``position="below"``: an 8-element sequence cut into 2 chunks of 4 by a default level,
+      each chunk cut into 4 single elements by your level, with a 2-value leaf (256
+      configurations);
+    - with a leaf of your own whose values make 8 elements too many to enumerate
+      (``V**8 > MAX_ENUMERABLE``): 4 single-element children at the top, one chunk of 4 below;
+    - a leaf, partitioner or conditioner alone (no level): a 4-element sequence cut into 2
+      children of 2 elements, with a 3-value leaf (81 configurations).
+
+    The default level is a one-block :class:`fractalkit.ARLevelConfig` (width 16, 2 heads), the
+    default leaf a :class:`fractalkit.CategoricalLeafConfig` with ``num_values`` values.
 
     Args:
         level: your level config; ``position="top"`` puts it at the top (it reads the class
@@ -69,7 +133,8 @@ def tiny_fractal(
         position: ``"top"`` or ``"below"`` (where ``level`` goes).
         num_classes: K (2 by default, so guidance and class conditions are checked); ignored
             when ``conditioner`` is given.
-        num_values: V of the default leaf.
+        num_values: V of the default leaf (default: 2 around a level under test with the
+            default partitioners, else 3).
         seed, scale: the parameter noise of :func:`~fractalkit.testing.support.roughen`.
         conditioner: your (or a built-in) conditioner config, e.g. :class:`fractalkit.Vector`
             ``(2)``; its parameters are roughened with the rest (default: ``ClassLabel`` with
@@ -80,19 +145,11 @@ def tiny_fractal(
     """
     if position not in ("top", "below"):
         raise ValueError(f"tiny_fractal: position must be 'top' or 'below', got {position!r}")
-    default_level = ARLevelConfig(width=16, depth=1, heads=2)
-    leaf = leaf if leaf is not None else CategoricalLeafConfig(num_values=num_values)
-    top = partitioner if partitioner is not None else SequenceChunks(4, 2)
-    if level is not None and position == "below":
-        if len(top.child_shape) != 1:
-            raise ValueError(
-                "tiny_fractal: position='below' cuts the top partitioner's children into "
-                f"single elements and needs 1-D children, got {list(top.child_shape)}; build "
-                "your own two-level Fractal and pass it to run_all instead"
-            )
-        levels = [(top, default_level), (SequenceChunks(top.child_numel, 1), level)]
-    else:
-        levels = [(top, level if level is not None else default_level)]
+    if leaf is None:
+        leaf = CategoricalLeafConfig(
+            num_values=num_values or (2 if level is not None and partitioner is None else 3)
+        )
+    levels = _tiny_levels(level, leaf, partitioner, position, int(getattr(leaf, "num_values", 2)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if conditioner is not None:
@@ -111,6 +168,29 @@ def tiny_fractal(
     return model.eval()
 
 
+CHECKS: tuple[str, ...] = (
+    "normalisation",
+    "condition_reaches_model",
+    "condition_dropout",
+    "decomposition",
+    "orders_reach_levels",
+    "kv_cache",
+    "seeded_sampling",
+    "callback",
+    "completion",
+    "sampler",
+    "sampler_temperature",
+    "sampler_guidance",
+    "sampler_null",
+    "completion_law",
+    "completion_law_partial",
+    "config_round_trip",
+    "save_load",
+)
+"""The names of :func:`run_all`'s checks, in the order it runs them (the keys of its result,
+and what ``skip`` takes)."""
+
+
 def run_all(
     model: Fractal,
     *,
@@ -121,18 +201,28 @@ def run_all(
     conditions: Sequence[Any] | None = None,
     condition: Any = None,
     guidance: float = 3.0,
+    collect: bool = False,
 ) -> dict[str, Any]:
-    """Run every check that applies to ``model``; raise on the first failure.
+    """Run every check of :data:`CHECKS` that applies to ``model``; raise on the first failure
+    (or, with ``collect=True``, on all of them at the end).
 
     Always: decomposition, KV-cache equivalence, seeded sampling, the callback (with a linear
     guidance schedule on a conditional model), completion keeps known elements, config and
     save/load round trips, each under random example conditions on a conditional model. On an
     enumerable support (C <= 4096): normalisation (for the null and every example condition),
     and for an exact (not bound) model the sampler at temperature 1, at temperature 0.7, with
-    guidance 3 on the linear schedule (conditional models), for the null condition, and
-    exact-prefix completion, each by chi-square. With an order-taking level: ``log_prob``
-    depends on the order. With a conditioner: the condition reaches the model (two or more
-    example conditions) and condition dropout substitutes the null condition at its rate.
+    guidance 3 on the linear schedule (conditional models), for the null condition,
+    exact-prefix completion (whole top-level children known) and, when a top-level child has
+    several elements, completion with a top-level child known in part (so the levels below
+    and the leaf decode partially known instances), each by chi-square. With an order-taking
+    level: ``log_prob`` depends on the order. With a conditioner: the condition reaches the
+    model (two or more example conditions) and condition dropout substitutes the null
+    condition at its rate.
+
+    A check without the statistical power to decide (a peaked model: too few chi-square cells,
+    every seed drawing the same samples) raises :class:`~fractalkit.testing.InconclusiveCheck`;
+    ``run_all`` records it as a :class:`~fractalkit.testing.CheckResult` with
+    ``inconclusive=True`` (its ``detail`` says why) and goes on: it is no failure.
 
     Args:
         model: any :class:`fractalkit.Fractal` (sampled as given, scored in float64).
@@ -140,7 +230,7 @@ def run_all(
         seed: sampling seed.
         label: the class the chi-square tests sample (the class-label spelling of
             ``condition``).
-        skip: names of checks not to run (keys of the result).
+        skip: names of checks not to run (from :data:`CHECKS`).
         conditions: example conditions, each for one instance in the conditioner's batched
             form (see :mod:`fractalkit.testing.conditions`); default: every class label, or a
             few vectors/sequences for :class:`fractalkit.Vector`/:class:`fractalkit.Sequence`.
@@ -149,13 +239,18 @@ def run_all(
             second example condition (label 1 for class labels), or the only one.
         guidance: the scale of the guided checks (callback and sampler, linear schedule); a
             smaller one keeps a peaked model's guided law testable.
+        collect: run every check even after a failure, then raise one
+            :class:`~fractalkit.testing.ContractFailures` naming every failed check (its
+            ``failures`` and ``results`` hold the details); a check that crashes with another
+            exception counts as failed too.
 
     Returns:
         ``{check name: result}`` for the checks that ran, with a ``"skipped"`` entry naming
         the ones that did not apply and why.
 
     Raises:
-        ContractError: from the first check that fails.
+        ContractError: from the first check that fails (``collect=False``).
+        ContractFailures: every failure, after all checks ran (``collect=True``).
         ValueError: the model is in training mode, or ``skip`` names an unknown check.
     """
     check_model(model, "run_all")
@@ -164,6 +259,9 @@ def run_all(
             "run_all: the model is in training mode; call model.eval() first (dropout would make "
             "the sampler's law differ from the likelihood's)"
         )
+    unknown = sorted(set(skip) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"run_all: unknown check names {unknown}; known: {list(CHECKS)}")
     cond = conditional(model)
     examples = example_conditions(model, conditions, "run_all")
     c = one_condition(model, condition, label, "run_all")
@@ -176,6 +274,13 @@ def run_all(
     exact = small and not bound
     chi = {"num_samples": num_samples, "seed": seed}
     guided = {"guidance": guidance, "guidance_schedule": "linear"} if has_null else {}
+    orders = fixed_orders(model, seed=21)  # the sampler checks' default orders
+    partial = partial_prefix_known(model, orders) if small else None
+    # A level with one child has one order: there is nothing for an order to change.
+    ordered = any(
+        flag and p.num_children > 1
+        for flag, p in zip(uses_orders(model), partitioners(model), strict=True)
+    )
     plan: dict[str, tuple[bool, str, Callable[[], Any]]] = {
         "normalisation": (small, "support too large",
                           lambda: check_normalisation(model, conditions=examples)),
@@ -188,7 +293,7 @@ def run_all(
                               lambda: check_condition_dropout(model, conditions=examples, seed=seed)),
         "decomposition": (True, "", lambda: check_decomposition(model, **ex)),
         "orders_reach_levels": (
-            any(uses_orders(model)), "no order-taking level",
+            ordered, "no order-taking level with two or more children",
             lambda: check_orders_reach_levels(model, **ex),
         ),
         "kv_cache": (True, "", lambda: check_kv_cache(model, **ex)),
@@ -205,23 +310,45 @@ def run_all(
                          lambda: check_sampler(model, None, **chi)),
         "completion_law": (exact, "support too large or a bound",
                            lambda: check_completion_law(model, None, c, **chi)),
+        "completion_law_partial": (
+            exact and partial is not None,
+            "support too large, a bound, or single-element top-level children",
+            lambda: check_completion_law(model, partial, c, orders=orders, **chi),
+        ),
         "config_round_trip": (True, "", lambda: check_config_round_trip(model)),
         "save_load": (True, "", lambda: check_save_load(model, **ex)),
     }
-    unknown = sorted(set(skip) - set(plan))
-    if unknown:
-        raise ValueError(f"run_all: unknown check names {unknown}; known: {sorted(plan)}")
+    assert tuple(plan) == CHECKS, "run_all's plan and CHECKS must list the same checks"
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    failures: dict[str, BaseException] = {}
     for name, (applies, why, run) in plan.items():
         if name in skip:
             skipped[name] = "skipped by the caller"
         elif not applies:
             skipped[name] = why
         else:
-            results[name] = run()
+            try:
+                results[name] = run()
+            except InconclusiveCheck as err:
+                results[name] = CheckResult(err.check, math.nan, math.nan, err.reason, inconclusive=True)
+            except Exception as err:
+                if not collect:
+                    raise
+                results[name] = failures[name] = err
     results["skipped"] = skipped
+    if failures:
+        raise ContractFailures(_failure_report(failures), failures, results)
     return results
+
+
+def _failure_report(failures: dict[str, BaseException]) -> str:
+    """One line per failed check: ``"<name>: <message>"`` (crashes name their exception type)."""
+    lines = [f"{len(failures)} check(s) failed:"]
+    for name, err in failures.items():
+        kind = "" if isinstance(err, ContractError) else f"crashed with {type(err).__name__}: "
+        lines.append(f"- {name}: {kind}{err}")
+    return "\n".join(lines)
 
 
 def check_component(
@@ -244,13 +371,15 @@ def check_component(
         scale: the parameter noise of :func:`tiny_fractal` (lower it when a peaked model leaves
             the chi-square tests too few cells).
         **kwargs: passed to :func:`run_all` (``num_samples``, ``seed``, ``skip``,
-            ``conditions``, ``condition``).
+            ``conditions``, ``condition``, ``guidance``, ``collect``).
 
     Returns:
         ``{model name: run_all result}``.
 
     Raises:
         ContractError: from the first check that fails (the message names the model).
+        ContractFailures: with ``collect=True``, every failure of every model, keyed
+            ``"<model>/<check>"``.
     """
     if level is None and leaf is None and partitioner is None and conditioner is None:
         raise ValueError(
@@ -262,10 +391,16 @@ def check_component(
             level, leaf, partitioner, position="below", seed=1, conditioner=conditioner,
             scale=scale,
         )
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
+    failures: dict[str, BaseException] = {}
     for name, model in models.items():
         try:
             out[name] = run_all(model, **kwargs)
+        except ContractFailures as err:  # collect=True: gather every model's failures
+            out[name] = err.results
+            failures.update({f"{name}/{check}": e for check, e in err.failures.items()})
         except AssertionError as err:
             raise type(err)(f"[model {name!r}] {err}") from err
+    if failures:
+        raise ContractFailures(_failure_report(failures), failures, out)
     return out

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fractalkit.config import config_from_dict
 from fractalkit.data.toy import all_configurations, configuration_index
 from fractalkit.fractal import Fractal
 from fractalkit.partition import Partitioner, partitioner_from_config
@@ -106,7 +105,7 @@ def support_index(x: Tensor, model: Fractal) -> Tensor:
 
 def partitioners(model: Fractal) -> list[Partitioner]:
     """The model's partitioners, top first, rebuilt from its public ``config``."""
-    return [partitioner_from_config(entry["partitioner"]) for entry in model.config["levels"]]
+    return [partitioner_from_config(p.config()) for p, _ in model.config.levels]
 
 
 def uses_orders(model: Fractal) -> list[bool]:
@@ -115,7 +114,7 @@ def uses_orders(model: Fractal) -> list[bool]:
     Read from the level's ``uses_orders`` capability flag (or its config's); a level without
     the flag has a fixed raster order.
     """
-    configs = [config_from_dict(entry["level"]) for entry in model.config["levels"]]
+    configs = [cfg for _, cfg in model.config.levels]
     flags = []
     for level, config in zip(model.levels[:-1], configs, strict=True):
         flag = getattr(level, "uses_orders", None)

@@ -1,7 +1,11 @@
-"""Reusable training pieces: learning-rate schedule, weight EMA and atomic checkpoints.
+"""Training: one loop for every example (:class:`Trainer`) and the pieces it is made of.
 
-These are what any fractalkit training script needs (the ImageNet example uses them):
-
+- :class:`Trainer`: the loop (steps or seconds, schedule, clipping, EMA, non-finite stop,
+  checkpoints with exact resume, Ctrl-C/SIGTERM save, DDP under torchrun, progress and logs);
+  every example trains through it (see ``docs/training.md``).
+- :func:`parameter_groups`: weight-decay groups from what modules declare
+  (:func:`declare_no_weight_decay`, a ``no_weight_decay()`` method, norms and biases).
+- :func:`init_distributed`: the process group under ``torchrun``.
 - :class:`WarmupCosine`: linear warm-up then cosine decay, with a ``state_dict`` for resuming.
 - :class:`EMA`: an exponential moving average of a model's parameters (float32 shadow copy).
 - :func:`save_checkpoint` / :func:`load_checkpoint`: a checkpoint folder with the model in the
@@ -30,8 +34,15 @@ from fractalkit.training.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from fractalkit.training.distributed import init_distributed, parameter_digest
 from fractalkit.training.ema import EMA
+from fractalkit.training.groups import (
+    declare_no_weight_decay,
+    no_weight_decay_parameters,
+    parameter_groups,
+)
 from fractalkit.training.in_backward import OptimizerInBackward
+from fractalkit.training.loop import Trainer, TrainResult
 from fractalkit.training.nonfinite import NonFiniteLoss
 from fractalkit.training.schedule import WarmupCosine, warmup_cosine
 
@@ -42,12 +53,19 @@ __all__ = [
     "NonFiniteLoss",
     "OptimizerInBackward",
     "Stopwatch",
+    "TrainResult",
+    "Trainer",
     "WarmupCosine",
     "add_budget_arguments",
     "budget_lr",
+    "declare_no_weight_decay",
     "device_description",
+    "init_distributed",
     "load_checkpoint",
     "load_model",
+    "no_weight_decay_parameters",
+    "parameter_digest",
+    "parameter_groups",
     "resolve_checkpoint",
     "save_checkpoint",
     "summarise_runs",

@@ -23,11 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from fractalkit.cli import output_folder, positive_float, positive_int
-from fractalkit.training.nonfinite import NonFiniteLoss
+from fractalkit.training.loop import Trainer
 from fractalkit.validation import check_finite_number, check_integer
-
-#: on accelerators, steps between two reads of the non-finite-loss flag (one sync each)
-CHECK_EVERY = 16
 
 #: what ``next_batch`` may return: ``x``, or the positional arguments of ``model.loss``
 #: (``(x,)`` or ``(x, y)``; ``y`` may be None).
@@ -109,17 +106,6 @@ def _parameter_device(model: nn.Module) -> torch.device:
     return param.device
 
 
-def _to_device(batch: Batch, device: torch.device) -> tuple[Tensor | None, ...]:
-    if isinstance(batch, Tensor):
-        batch = (batch,)
-    elif not isinstance(batch, tuple) or not batch:
-        raise ValueError(
-            "train_for_budget: next_batch must return a tensor or a non-empty tuple of "
-            f"model.loss arguments, got {type(batch).__name__}"
-        )
-    return tuple(None if t is None else t.to(device) for t in batch)
-
-
 def summarise_runs(values: Sequence[float]) -> str:
     """A figure over seeds as ``"mean ± sample std (n)"`` (std ``nan`` for one run).
 
@@ -154,8 +140,9 @@ def train_for_budget(
     ``clock=time.process_time`` makes the budget CPU time of this process instead (all its
     threads), which other jobs on a shared machine do not eat into.
 
-    Each step draws a batch with ``next_batch(generator)``, moves its tensors to the device of
-    the model's parameters (their dtypes are left alone), calls
+    A thin front to :class:`fractalkit.training.Trainer` (one parameter group, no checkpoints,
+    no signal handling). Each step draws a batch with ``next_batch(generator)``, moves its
+    tensors to the device of the model's parameters (their dtypes are left alone), calls
     ``model.loss(*batch, generator=generator)`` (a :meth:`fractalkit.Fractal.loss`-like method
     returning an object with ``total`` and ``nll`` scalars), back-propagates ``total``, clips the
     gradient norm and steps. The learning rate before each step is :func:`budget_lr`. The loop
@@ -186,7 +173,8 @@ def train_for_budget(
         last step's ``nll`` (mean nats per scored dimension; NaN when no step was taken).
 
     Raises:
-        NonFiniteLoss: the loss became NaN or infinite (on the CPU before that step's update).
+        NonFiniteLoss: the loss, its NLL or the gradient norm became NaN or infinite (on the CPU
+            before that step's update; on accelerators within :data:`CHECK_EVERY` steps).
         ValueError: for a non-positive ``budget_s`` or ``lr``, a negative ``max_steps``,
             ``warmup_steps`` or ``weight_decay``, a non-positive ``grad_clip``, a model without
             parameters, or a ``next_batch`` result that is neither a tensor nor a tuple.
@@ -205,53 +193,22 @@ def train_for_budget(
         raise ValueError(f"train_for_budget: grad_clip must be > 0 or None, got {grad_clip}")
     if not weight_decay >= 0:
         raise ValueError(f"train_for_budget: weight_decay must be >= 0, got {weight_decay}")
-    device = _parameter_device(model)
+    _parameter_device(model)  # a clear error for a model without parameters
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-    model.train()
-    start, step, nll = clock(), 0, None
-    # Non-finite losses are caught every step on the CPU; on accelerators a flag collects them
-    # on the device and is read every CHECK_EVERY steps (no sync per step).
-    check_every = 1 if device.type == "cpu" else CHECK_EVERY
-    bad_seen, checked = torch.zeros((), dtype=torch.bool, device=device), 0
-    while True:
-        elapsed = clock() - start
-        if elapsed >= budget_s or (max_steps is not None and step >= max_steps):
-            break
-        step_lr = budget_lr(step, elapsed, peak_lr=lr, budget_s=budget_s, warmup_steps=warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = step_lr
-        batch = _to_device(next_batch(generator), device)
-        loss = model.loss(*batch, generator=generator)
-        opt.zero_grad(set_to_none=True)
-        bad_seen |= ~torch.isfinite(loss.total.detach())
-        if (step + 1 - checked) >= check_every:
-            _raise_if_nonfinite(bad_seen, checked, step + 1)
-            checked = step + 1
-        loss.total.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        nll = loss.nll.detach()  # read once at the end: no device sync per step
-        step += 1
-    _raise_if_nonfinite(bad_seen, checked, step)
-    synchronize(device)
-    seconds = clock() - start
+    trainer = Trainer(
+        model, opt, generator=generator, steps=max_steps, budget_s=budget_s, clock=clock,
+        schedule=lambda step, elapsed: budget_lr(
+            step, elapsed, peak_lr=lr, budget_s=budget_s, warmup_steps=warmup_steps),
+        grad_clip=grad_clip, advice="train_for_budget: lower lr or set grad_clip",
+        handle_signals=False,  # no checkpoints here: Ctrl-C stops the script as before
+    )
+    result = trainer.fit(next_batch)
     return {
-        "steps": step,
-        "seconds": seconds,
-        "s_per_step": seconds / max(step, 1),
-        "last_loss_nats": float("nan") if nll is None else float(nll),
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "s_per_step": result.seconds / max(result.steps, 1),
+        "last_loss_nats": result.last_nll,
     }
-
-
-def _raise_if_nonfinite(bad_seen: torch.Tensor, after: int, upto: int) -> None:
-    """Raise :class:`NonFiniteLoss` if a loss of steps ``after + 1 .. upto`` was NaN/inf."""
-    if bool(bad_seen):
-        where = f"step {upto}" if upto == after + 1 else f"a step in {after + 1}..{upto}"
-        raise NonFiniteLoss(
-            f"train_for_budget: the training loss became NaN/inf at {where}; lower lr or set "
-            "grad_clip"
-        )
 
 
 def device_description(device: torch.device | str, threads: int) -> str:

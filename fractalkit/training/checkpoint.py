@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from fractalkit.fractal import Fractal
+from fractalkit.legacy import upgrade_config, upgrade_optimizer_state, upgrade_state_dict
 from fractalkit.validation import nonfinite_tensors
 
 __all__ = [
@@ -64,7 +65,8 @@ class Checkpoint:
         path: the checkpoint folder.
         model: the model (:class:`fractalkit.Fractal`), weights loaded, on the requested device.
         step: optimizer steps taken when it was saved.
-        config: the model's config (``Fractal.from_config`` format).
+        config: the model's config dict (:meth:`fractalkit.FractalConfig.to_dict`, in today's version;
+            older checkpoints' through :func:`fractalkit.legacy.upgrade_config`).
         optimizer: the optimizer's ``state_dict`` or None.
         scheduler: the schedule's ``state_dict`` or None.
         ema: the EMA shadow tensors by parameter name, or None.
@@ -237,7 +239,7 @@ def save_checkpoint(
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "step": step,
-            "config": model.config,
+            "config": model.config.to_dict(),
             "extra": extra or {},
             "files": files,
         }
@@ -333,14 +335,19 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     if (folder / "ema.safetensors").is_file():
         from safetensors.torch import load_file
 
-        ema = load_file(str(folder / "ema.safetensors"), device=str(device))
+        # Older parameter names through the one key map, as every load path
+        ema = upgrade_state_dict(load_file(str(folder / "ema.safetensors"), device=str(device)))
         ema = {k: v for k, v in ema.items() if k in dict(model.named_parameters())}
     return Checkpoint(
         path=folder,
         model=model,
         step=int(trainer["step"]),
-        config=manifest["config"],
-        optimizer=trainer.get("optimizer"),
+        config=upgrade_config(manifest["config"]),
+        # positions of older class-label / unconditional models' parameters (fractalkit.legacy)
+        optimizer=upgrade_optimizer_state(
+            trainer.get("optimizer"), [n for n, _ in model.named_parameters()],
+            manifest["config"].get("version"),
+        ),
         scheduler=trainer.get("scheduler"),
         ema=ema,
         rng=trainer.get("rng") or {},

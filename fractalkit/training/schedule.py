@@ -35,7 +35,8 @@ def warmup_cosine(step: int, *, peak_lr: float, warmup_steps: int, total_steps: 
 
 
 class WarmupCosine:
-    """Sets an optimizer's learning rate from :func:`warmup_cosine` at every :meth:`step`.
+    """Sets an optimizer's learning rate from :func:`warmup_cosine` at every :meth:`step` (or,
+    as a :class:`fractalkit.training.Trainer` schedule, when called with the step).
 
     Args:
         optimizer: a ``torch.optim.Optimizer``; every parameter group gets the same lr.
@@ -88,6 +89,17 @@ class WarmupCosine:
         lr = self.lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def __call__(self, step: int, elapsed_s: float = 0.0) -> float:
+        """The learning rate for optimizer step ``step`` (0-based; ``elapsed_s`` is ignored), as a
+        :class:`fractalkit.training.Trainer` schedule; the counter moves to ``step``.
+
+        Returns:
+            The learning rate (float); also set on the optimizer's groups.
+        """
+        self.last_step = int(step)
+        self._apply()
+        return self.lr()
 
     def step(self) -> None:
         """Advance by one optimizer step and set the next learning rate."""

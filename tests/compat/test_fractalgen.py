@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from fractalkit import ARLevelConfig, Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig
-from fractalkit.compat import fractalgen as fg
+from fractalkit.imagenet import convert as fg
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "fractalgen"
 TINY = ("tiny_ar_16", "tiny_mar_16")
@@ -216,12 +216,10 @@ def test_manifest_converts_completely(name):
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_manifest_matches_preset(name):
     """The architecture read from the shapes is exactly the preset's config."""
-    presets = pytest.importorskip("fractalkit.presets")
+    presets = pytest.importorskip("fractalkit.imagenet.presets")
     _, state = _manifest(name)
     assert fg.config_from_state_dict(state) == presets.PRESETS[name].config
-    published = fg.RELEASED[name].sampling
-    if published is not None:
-        assert fg.published_options(name) == presets.PRESETS[name].sampling
+    assert fg.published_options(name) == presets.PRESETS[name].sampling
 
 
 def test_published_options_invert_temperature():
@@ -233,8 +231,31 @@ def test_published_options_invert_temperature():
     assert math.isclose(fg.published_options("fractalar-in64").temperature, 1 / 1.03)
     large = fg.published_options("fractalmar-large-in256")
     assert (large.guidance, large.steps) == (21.0, (64, 16, 16))
-    with pytest.raises(KeyError, match="fractalmar-huge-in256"):
-        fg.published_options("fractalmar-huge-in256")
+    with pytest.raises(KeyError, match="fractalmar-xl-in256"):
+        fg.published_options("fractalmar-xl-in256")
+
+
+def test_huge_and_base_settings_from_the_original_readme():
+    """FractalMAR-H-256: the README's "Evaluate pre-trained FractalMAR-Huge" command (cfg 19.0,
+    linear, T 1.1, 64,16,16); FractalMAR-B-256: its FID-optimal guidance 29.0, the rest assumed
+    as for L and H, and labelled so. Not Large's 21.0 any more."""
+    huge = fg.published_options("fractalmar-huge-in256")
+    assert (huge.guidance, huge.guidance_schedule, huge.steps) == (19.0, "linear", (64, 16, 16))
+    assert math.isclose(huge.temperature, 1 / 1.1)
+    base = fg.published_options("fractalmar-base-in256")
+    assert (base.guidance, base.guidance_schedule, base.steps) == (29.0, "linear", (64, 16, 16))
+    assert math.isclose(base.temperature, 1 / 1.1)
+    sources = fg.RELEASED["fractalmar-huge-in256"].sampling.sources
+    assert all("Evaluate pre-trained FractalMAR-Huge" in sources[k]
+               for k in ("guidance", "schedule", "temperature", "steps"))
+    assert "--cfg 19.0" in sources["guidance"]
+    base_rec = fg.RELEASED["fractalmar-base-in256"].sampling
+    assert "`29.0` for FractalMAR-Base" in base_rec.sources["guidance"]
+    assert set(base_rec.assumed) == {"schedule", "temperature", "steps"}
+    for name, rec in fg.RELEASED.items():  # every figure of every model names its source
+        assert set(rec.sampling.sources) == {"guidance", "schedule", "temperature", "steps",
+                                             "filter_threshold"} - ({"steps"} if rec.kind == "ar" else set())
+        assert rec.sampling.assumed == (() if name != "fractalmar-base-in256" else base_rec.assumed)
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -313,3 +334,29 @@ def test_heads_are_required_for_unreleased_architectures():
         fg.load_fractalgen(_tiny_state())
     with pytest.raises(fg.FractalGenFormatError, match="not 'fractalmar-in64'"):
         fg.load_fractalgen(_tiny_state(), preset="fractalmar-in64")
+
+
+# ---- the old import path ---------------------------------------------------------------------
+
+
+def test_old_module_path_is_a_deprecated_alias_that_still_runs(tmp_path):
+    """``fractalkit.compat.fractalgen`` re-exports the converter with a DeprecationWarning on
+    import, and ``python -m fractalkit.compat.fractalgen convert ...`` runs the same main()."""
+    import importlib
+    import os
+    import subprocess
+    import sys
+
+    sys.modules.pop("fractalkit.compat.fractalgen", None)
+    with pytest.warns(DeprecationWarning, match="fractalkit.imagenet.convert"):
+        old = importlib.import_module("fractalkit.compat.fractalgen")
+    assert old.main is fg.main and old.published_options is fg.published_options
+    env = {**os.environ, "PYTHONPATH": str(Path(fg.__file__).resolve().parents[2])}
+    for module in ("fractalkit.compat.fractalgen", "fractalkit.imagenet.convert"):
+        done = subprocess.run(
+            [sys.executable, "-W", "error", "-m", module, "convert", str(tmp_path / "none.pth"),
+             str(tmp_path / "out.safetensors")],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+        assert done.returncode == 1, done.stderr
+        assert "no file at" in done.stderr and "Warning" not in done.stderr

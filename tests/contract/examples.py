@@ -29,8 +29,9 @@ from fractalkit import (
     SequenceChunks,
     SummaryConfig,
 )
+from fractalkit.graphs import GraphEncoding
 from fractalkit.leaves import DiscretizedLogisticLeafConfig, SlotCategoricalLeafConfig
-from fractalkit.partition import GraphEncoding, GraphSubsets
+from fractalkit.partition import GraphSubsets
 from fractalkit.testing import enumerable as _enumerable
 from fractalkit.testing import fixed_orders, random_data, roughen
 

@@ -17,6 +17,7 @@ import torch
 from contract.examples import BY_NAME, EXAMPLES, Example, fixed_orders, labels_for
 from fractalkit.data import all_configurations
 from fractalkit.testing import (
+    InconclusiveCheck,
     check_callback,
     check_completion,
     check_completion_law,
@@ -224,10 +225,19 @@ def test_prefix_completion_with_temperature_and_guidance(name: str) -> None:
     completed at T = 0.8 (and w = 2 on conditional rows), against the shaped conditional law."""
     example = BY_NAME[name]
     options = {"temperature": 0.8, **({"guidance": 2.0} if example.num_classes else {})}
-    check_completion_law(
-        example.build(torch.float32), None, _label(example), num_samples=SAMPLES, seed=14,
-        alpha=ALPHA_CORRECT, **options,
-    )
+    try:
+        check_completion_law(
+            example.build(torch.float32), None, _label(example), num_samples=SAMPLES, seed=14,
+            alpha=ALPHA_CORRECT, **options,
+        )
+    except InconclusiveCheck:
+        # The shaped conditional puts > 99.9% on one completion: one chi-square cell, no power
+        # (before InconclusiveCheck this passed silently). Only the rows listed may do that.
+        assert name in DEGENERATE_COMPLETION, f"{name}: the completion law test has no power"
+
+
+#: rows whose prefix-completion law at T = 0.8, w = 2 is a single cell (seed 14)
+DEGENERATE_COMPLETION = {"ar_ar_cond"}
 
 
 def test_completion_test_detects_a_broken_sampler() -> None:

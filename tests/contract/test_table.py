@@ -20,7 +20,7 @@ from fractalkit.testing import check_config_round_trip, check_save_load
 
 
 def _configs_used(example: Example) -> set[str]:
-    spec = example.build()._spec
+    config = example.build().config
     found: set[str] = set()
 
     def visit(cfg: ComponentConfig) -> None:
@@ -29,9 +29,9 @@ def _configs_used(example: Example) -> set[str]:
             if isinstance(value, ComponentConfig):
                 visit(value)
 
-    for _, cfg in spec["levels"]:
+    for _, cfg in config.levels:
         visit(cfg)
-    visit(spec["leaf"])
+    visit(config.leaf)
     return found
 
 
@@ -50,7 +50,7 @@ def test_every_registered_component_has_a_row() -> None:
     configs = set().union(*(_configs_used(e) for e in EXAMPLES))
     missing = sorted(_library_config_kinds() - configs)
     assert not missing, f"add rows using {missing} to tests/contract/examples.py"
-    partitioners = {p.kind for e in EXAMPLES for p, _ in e.build()._spec["levels"]}
+    partitioners = {p.kind for e in EXAMPLES for p, _ in e.build().config.levels}
     library = {k for k, cls in PARTITIONERS.items() if cls.__module__.startswith("fractalkit.")}
     missing = sorted(library - partitioners)
     assert not missing, f"add rows using the partitioners {missing} to tests/contract/examples.py"

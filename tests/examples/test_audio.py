@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fractalkit import ARLevelConfig, Fractal, SequenceChunks
-from fractalkit.config import config_from_dict
+from fractalkit.config import BuildContext, config_from_dict
 from fractalkit.leaves import DiscretizedLogisticLeaf, DiscretizedLogisticLeafConfig, Leaf
 from fractalkit.leaves.logistic import (
     discretized_logistic_log_prob_at,
@@ -105,7 +105,7 @@ def test_observed_bin_path_equals_the_all_bins_path_and_normalises(num_values):
 
 def test_leaf_scores_the_observed_bin_as_the_generic_path_does():
     torch.manual_seed(0)
-    leaf = DiscretizedLogisticLeafConfig(num_values=7, num_components=3).build((2,), 8, 1).double()
+    leaf = DiscretizedLogisticLeafConfig(num_values=7, num_components=3).build(BuildContext(8, 1, (2,))).double()
     x, cond = torch.randint(0, 7, (5, 2)), torch.randn(5, 1, 8, dtype=torch.float64)
     assert torch.allclose(leaf.observed_log_probs(x, cond), Leaf.observed_log_probs(leaf, x, cond), atol=1e-12)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractalkit import ARLevelConfig, Fractal, ImagePatches, RGBLeafConfig, metrics
+from fractalkit import ARLevelConfig, Fractal, ImagePatches, RGBLeafConfig
+from fractalkit.imagenet import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractalkit.partition import GraphEncoding
+from fractalkit.graphs import GraphEncoding
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "graphs"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from fractalkit.data.images import HFImageDataset, NaturalCrops, load_image_dataset, split_indices
-from fractalkit.presets import build_preset
+from fractalkit.imagenet.data import HFImageDataset, NaturalCrops, load_image_dataset, split_indices
+from fractalkit.imagenet.presets import build_preset
 from fractalkit.training import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from fractalkit.training import checkpoint as checkpoint_module
 
@@ -236,7 +236,7 @@ def test_checkpoint_round_trip(trained):
     ck = load_checkpoint(trained / "checkpoint")
     assert ck.step == 2 and ck.optimizer is not None and ck.scheduler["last_step"] == 2
     assert ck.extra["preset"] == "tiny-in32" and len(ck.rng["model"]) == 1
-    assert ck.config == ck.model.config
+    assert ck.config == ck.model.config.to_dict()
     # the model file alone is the library's format
     from fractalkit import Fractal
 

@@ -14,7 +14,7 @@ Chem = pytest.importorskip(
     "rdkit.Chem", reason="rdkit is missing: install the set-up extras, pip install -e '.[dev]'"
 )
 
-from fractalkit.partition import Graph  # noqa: E402
+from fractalkit.graphs import Graph  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

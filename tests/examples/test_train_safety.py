@@ -22,7 +22,9 @@ import torch
 from fractalkit import Fractal
 from fractalkit.cli import UserError
 from fractalkit.training import load_checkpoint, save_checkpoint, train_for_budget
+from fractalkit.training import loop as loop_module
 from fractalkit.training.nonfinite import NonFiniteLoss
+from fractalkit.training.signals import StopRequests
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--batch-size", "2", "--natural-count", "8", "--log-every", "1", "--no-progress", "--threads", "1"]
@@ -36,23 +38,23 @@ def train_module():
 
 
 def poison(module, monkeypatch, at_step: int, term: str, value: float, times: int = 1) -> None:
-    """Make the loss module's ``term`` non-finite on calls at_step .. at_step + times - 1."""
-    real = module.LossModule.forward
+    """Make the loss's ``term`` non-finite on calls at_step .. at_step + times - 1."""
+    real = module.fractal_loss
     calls = {"n": 0}
 
-    def forward(self, x, y, generator):
+    def loss(model, batch, generator):
         calls["n"] += 1
-        total, nll = real(self, x, y, generator)
+        total, nll = real(model, batch, generator)
         if at_step <= calls["n"] < at_step + times:
             if term == "total":
                 total = total * value
             elif term == "nll":
                 nll = nll * value
             elif term == "gradient":  # finite loss, non-finite gradient
-                total = total + (self.model.null_embedding * 0 * value).sum()
+                total = total + (model.conditioner.null_embedding * 0 * value).sum()
         return total, nll
 
-    monkeypatch.setattr(module.LossModule, "forward", forward)
+    monkeypatch.setattr(module, "fractal_loss", loss)
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -115,20 +117,20 @@ def test_skip_nonfinite_batches_still_stops_a_diverged_run(tmp_path, monkeypatch
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_a_checkpoint_before_exiting(tmp_path, monkeypatch, sig) -> None:
     train = train_module()
-    real = train.LossModule.forward
+    real = train.fractal_loss
     calls = {"n": 0}
 
-    def forward(self, x, y, generator):
+    def loss(model, batch, generator):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), sig)  # arrives in the middle of step 3
-        return real(self, x, y, generator)
+        return real(model, batch, generator)
 
-    monkeypatch.setattr(train.LossModule, "forward", forward)
+    monkeypatch.setattr(train, "fractal_loss", loss)
     summary = train.main([*ARGS, "--steps", "50", "--save-every", "40", "--out", str(tmp_path / "run")])
     assert summary["interrupted"] == sig.name and summary["step"] == 3
     assert load_checkpoint(tmp_path / "run").step == 3
-    assert signal.getsignal(sig) is not None and signal.getsignal(signal.SIGTERM) != train.StopRequests._handle
+    assert signal.getsignal(sig) is not None and signal.getsignal(signal.SIGTERM) != StopRequests._handle
 
 
 def _plain_run(tmp_path: Path) -> Path:
@@ -154,7 +156,7 @@ def test_resume_of_the_wrong_run_says_why(tmp_path, case: str, message: str) -> 
     elif case == "no-trainer-state":
         save_checkpoint(run / "checkpoint", ck.model, step=1, extra=ck.extra)
     elif case == "other-architecture":
-        config = ck.model.config
+        config = ck.model.config.to_dict()
         config["levels"][0]["level"]["depth"] += 1
         state = {"optimizer": SimpleNamespace(state_dict=lambda: ck.optimizer),
                  "scheduler": SimpleNamespace(state_dict=lambda: ck.scheduler)}
@@ -201,7 +203,7 @@ def test_the_default_save_interval_is_never_longer_than_a_quarter_of_the_run(
 ) -> None:
     train = train_module()
     seen = []
-    real = train.save_checkpoint
-    monkeypatch.setattr(train, "save_checkpoint", lambda *a, **k: seen.append(k["step"]) or real(*a, **k))
+    real = loop_module.save_checkpoint  # the shared training loop writes the checkpoints
+    monkeypatch.setattr(loop_module, "save_checkpoint", lambda *a, **k: seen.append(k["step"]) or real(*a, **k))
     train.main([*ARGS, "--steps", str(steps), "--out", str(tmp_path / "run")])
     assert seen == saved

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fractalkit import (
+    BuildContext,
     ComponentConfig,
     Fractal,
     Leaf,
@@ -52,9 +53,9 @@ class MarkovLeafConfig(ComponentConfig):
     kind = "kit_test_markov"
     num_values: int = 3
 
-    def build(self, event_shape, cond_dim, cond_tokens) -> MarkovLeaf:
-        """The leaf for instances of ``event_shape``."""
-        return MarkovLeaf(event_shape, cond_dim, cond_tokens, self.num_values)
+    def build(self, ctx: BuildContext) -> MarkovLeaf:
+        """The leaf for instances of ``ctx.event_shape``."""
+        return MarkovLeaf(ctx.event_shape, ctx.cond_dim, ctx.cond_tokens, self.num_values)
 
 
 class Strided(Partitioner):
@@ -115,9 +116,9 @@ class PeekingLeafConfig(ComponentConfig):
     kind = "kit_test_peeking"
     num_values: int = 3
 
-    def build(self, event_shape, cond_dim, cond_tokens) -> PeekingLeaf:
-        """The leaf for instances of ``event_shape``."""
-        return PeekingLeaf(event_shape, cond_dim, cond_tokens, self.num_values)
+    def build(self, ctx: BuildContext) -> PeekingLeaf:
+        """The leaf for instances of ``ctx.event_shape``."""
+        return PeekingLeaf(ctx.event_shape, ctx.cond_dim, ctx.cond_tokens, self.num_values)
 
 
 class ColdLeaf(MarkovLeaf):
@@ -140,9 +141,9 @@ class ColdLeafConfig(ComponentConfig):
     kind = "kit_test_cold"
     num_values: int = 3
 
-    def build(self, event_shape, cond_dim, cond_tokens) -> ColdLeaf:
-        """The leaf for instances of ``event_shape``."""
-        return ColdLeaf(event_shape, cond_dim, cond_tokens, self.num_values)
+    def build(self, ctx: BuildContext) -> ColdLeaf:
+        """The leaf for instances of ``ctx.event_shape``."""
+        return ColdLeaf(ctx.event_shape, ctx.cond_dim, ctx.cond_tokens, self.num_values)
 
 
 def drift_the_cache(model: Fractal, size: float = 1e-3) -> Fractal:

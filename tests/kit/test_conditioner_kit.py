@@ -14,7 +14,7 @@ from test_conditioners import Scalar, ScalarConditioner
 from torch import nn
 
 from fractalkit import ClassLabel, MARLevelConfig, Sequence, Vector, register_config
-from fractalkit.config import CONFIG_REGISTRY
+from fractalkit.config import CONFIG_REGISTRY, BuildContext
 from fractalkit.testing import (
     ContractError,
     check_component,
@@ -157,8 +157,8 @@ class ZeroDropConditioner(ScalarConditioner):
 class IgnoringScalar(Scalar):
     kind: ClassVar[str] = "test_ignoring_scalar"
 
-    def build(self, width: int, tokens: int) -> IgnoringConditioner:
-        return IgnoringConditioner(width, tokens, self)
+    def build(self, ctx: BuildContext) -> IgnoringConditioner:
+        return IgnoringConditioner(ctx.cond_dim, ctx.cond_tokens, self)
 
 
 @register_config
@@ -166,8 +166,8 @@ class IgnoringScalar(Scalar):
 class ZeroDropScalar(Scalar):
     kind: ClassVar[str] = "test_zero_drop_scalar"
 
-    def build(self, width: int, tokens: int) -> ZeroDropConditioner:
-        return ZeroDropConditioner(width, tokens, self)
+    def build(self, ctx: BuildContext) -> ZeroDropConditioner:
+        return ZeroDropConditioner(ctx.cond_dim, ctx.cond_tokens, self)
 
 
 def test_kit_catches_a_conditioner_that_ignores_its_condition() -> None:

@@ -59,7 +59,7 @@ def test_custom_components_save_load_and_sample_with_callbacks(tmp_path) -> None
     model = tiny_fractal(leaf=MarkovLeafConfig(num_values=3), partitioner=Strided(4, 2))
     check_save_load(model, directory=tmp_path)
     loaded = Fractal.load(tmp_path / "model.safetensors").eval()
-    assert isinstance(partitioner_from_config(loaded.config["levels"][0]["partitioner"]), Strided)
+    assert isinstance(partitioner_from_config(loaded.config.to_dict()["levels"][0]["partitioner"]), Strided)
     result = check_callback(loaded, guidance=2.0, guidance_schedule="linear")
     assert result.figure == 2  # one report per top-level child
 

@@ -57,6 +57,7 @@ def test_a_model_that_ignores_its_label_fails_normalisation() -> None:
     """Guard against a vacuous pass: labels that never reach the model are reported."""
     model = tiny_fractal()
     with torch.no_grad():
-        model.class_embedding.weight.copy_(model.class_embedding.weight[:1].expand_as(model.class_embedding.weight))
+        emb = model.conditioner.class_embedding.weight
+        emb.copy_(emb[:1].expand_as(emb))
     with pytest.raises(ContractError, match=r"log p\(x \| y=0\) - log p\(x \| y=1\).*never reaches"):
         check_normalisation(model)

@@ -1,11 +1,11 @@
 """Node orderings of graphs: canonical BFS, random BFS with its exact probability, uniform.
 
-Shape letters: N graphs, n node slots (existing nodes first, as in :class:`~fractalkit.partition.Graph`).
+Shape letters: N graphs, n node slots (existing nodes first, as in :class:`~fractalkit.graphs.Graph`).
 
-A :class:`~fractalkit.partition.GraphEncoding` encodes a graph *in a node order*, so a model of
+A :class:`~fractalkit.graphs.GraphEncoding` encodes a graph *in a node order*, so a model of
 encodings is a model of (graph, order) pairs. Three ways to handle the order, each explicit:
 
-- **canonical**: :func:`~fractalkit.partition.bfs_order` from a chosen root (for molecules, the
+- **canonical**: :func:`~fractalkit.graphs.bfs_order` from a chosen root (for molecules, the
   atom RDKit ranks first). One encoding per graph; ``log p(encoding)`` is then a *lower bound*
   on ``log p(graph)``, since the model may put mass on the graph's other encodings.
 - **random-BFS augmentation**: :func:`random_bfs_order` draws a breadth-first order with a
@@ -36,7 +36,7 @@ from collections import deque
 import torch
 from torch import Tensor
 
-from fractalkit.partition.graph import Graph, GraphEncoding
+from fractalkit.graphs.encoding import Graph, GraphEncoding
 
 __all__ = [
     "random_bfs_encodings",
@@ -79,7 +79,7 @@ def random_bfs_order(graph: Graph, *, generator: torch.Generator | None = None) 
         with at most one node). :func:`random_bfs_log_prob` evaluates the same ``log q``.
 
     Example:
-        >>> from fractalkit.partition import Graph
+        >>> from fractalkit.graphs import Graph
         >>> path = Graph(torch.zeros(1, 3, dtype=torch.long),
         ...              torch.tensor([[[0, 1, 0], [1, 0, 1], [0, 1, 0]]]), torch.ones(1, 3, dtype=torch.bool))
         >>> orders, log_q = random_bfs_order(path, generator=torch.Generator().manual_seed(0))
@@ -87,7 +87,7 @@ def random_bfs_order(graph: Graph, *, generator: torch.Generator | None = None) 
         (torch.Size([1, 3]), torch.float64)
     """
     if not isinstance(graph, Graph):
-        raise TypeError(f"random_bfs_order: graph must be a fractalkit.partition.Graph, got {type(graph)}")
+        raise TypeError(f"random_bfs_order: graph must be a fractalkit.graphs.Graph, got {type(graph)}")
     rng = _python_rng(generator)
     neighbours, sizes = _neighbour_lists(graph)
     n = graph.node_types.shape[1]
@@ -205,7 +205,7 @@ def random_bfs_encodings(
     a graph instead of one canonical encoding.
 
     Args:
-        encoding: the :class:`~fractalkit.partition.GraphEncoding`.
+        encoding: the :class:`~fractalkit.graphs.GraphEncoding`.
         graph: a batch of N graphs.
         generator: the random stream.
 

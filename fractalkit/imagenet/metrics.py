@@ -1,0 +1,441 @@
+"""Sample-quality metrics: FID, Inception Score and precision/recall, as the paper reports them.
+
+Shape letters: N images, D feature width (2048 for Inception's pool features), K classes (1008
+for Inception's logits).
+
+The paper's Table 4 numbers come from the original's evaluation: Inception-v3 (the 2015-12-05
+TensorFlow graph every FID paper uses) features of 50,000 samples, against precomputed ImageNet
+reference statistics (``adm_in64_stats.npz`` / ``adm_in256_stats.npz``, from ADM's reference
+batches). The formulas here are those of ADM's evaluator and torch-fidelity:
+
+- **FID** (Heusel et al. 2017): ``|mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))`` of the
+  Gaussian fitted to each feature set (``scipy.linalg.sqrtm``, float64).
+- **Inception Score** (Salimans et al. 2016): ``exp(E_x KL(p(y|x) || p(y)))`` over splits of
+  5,000 images, averaged (ADM's evaluator).
+- **Precision / recall** (Kynkäänniemi et al. 2019): the fraction of samples inside the real
+  features' k-nearest-neighbour manifold (k = 3), and of real images inside the samples'.
+
+The feature network is anything that maps uint8 ``[N, 3, H, W]`` images to ``(features [N, D],
+probabilities [N, K])`` (:class:`FeatureExtractor`); :class:`InceptionV3` is the real one, read
+from a local TorchScript file (``inception-2015-12-05.pt``, the NVIDIA port of the TF graph that
+StyleGAN2-ADA and EDM use; it needs no torchvision) or downloaded once when online. Tests use a
+small stand-in network.
+
+Reference statistics (:func:`load_reference`): an ``.npz`` holding ``mu`` ``[D]`` and ``sigma``
+``[D, D]`` (the original's ``adm_in64_stats.npz``, torch-fidelity's format; ADM's
+``VIRTUAL_*.npz`` adds ``mu_s``/``sigma_s``, ignored), and/or ``arr_0``, uint8 ``[N, H, W, 3]``
+reference images (ADM's reference batches), which precision/recall need.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "INCEPTION_ENV",
+    "INCEPTION_URL",
+    "FeatureExtractor",
+    "FeatureSet",
+    "InceptionV3",
+    "Reference",
+    "evaluate",
+    "extract_features",
+    "fid_from_features",
+    "frechet_distance",
+    "inception_score",
+    "load_reference",
+    "precision_recall",
+    "sample_images",
+    "save_reference",
+]
+
+#: Where the TorchScript Inception-v3 (FID's network) is published (StyleGAN2-ADA's metrics).
+INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+#: Environment variable naming a local copy of that file.
+INCEPTION_ENV = "FRACTALKIT_INCEPTION"
+INCEPTION_FILE = "inception-2015-12-05.pt"
+
+
+class FeatureExtractor(Protocol):
+    """Maps uint8 images ``[N, 3, H, W]`` to ``(features [N, D], probabilities [N, K])``."""
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and class probabilities (rows sum to 1) of a batch."""
+        ...
+
+
+# ---- the formulas ------------------------------------------------------------------------------
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The Fréchet distance between Gaussians ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``.
+
+    Args:
+        mu1, mu2: means ``[D]``.
+        sigma1, sigma2: covariances ``[D, D]``.
+
+    Returns:
+        The squared distance (FID when the Gaussians are fitted to Inception features).
+
+    Raises:
+        ValueError: shapes disagree or an input is not finite.
+    """
+    import scipy.linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(
+            f"frechet_distance: shapes disagree: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} "
+            f"vs {sigma2.shape} (feature sets from different networks?)"
+        )
+    for name, a in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"frechet_distance: {name} has non-finite entries")
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # singular (fewer samples than D): handled just below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():  # singular product: regularise as ADM's evaluator does
+        offset = np.eye(d) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    covmean = np.real(covmean)  # imaginary parts are rounding noise
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors [N, D], got shape {features.shape}")
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def fid_from_features(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
+    """FID between two feature sets ``[N, D]`` and ``[M, D]`` (each fitted by a Gaussian)."""
+    return frechet_distance(*_gaussian(_numpy(a)), *_gaussian(_numpy(b)))
+
+
+def inception_score(probs: np.ndarray | Tensor, split_size: int = 5000) -> float:
+    """Inception Score of class probabilities ``[N, K]``: ``exp(mean KL(p(y|x) || p(y)))`` per split
+    of ``split_size`` images, averaged over splits (ADM's evaluator; 50,000 samples: 10 splits).
+
+    Raises:
+        ValueError: not ``[N, K]`` probabilities (non-negative, rows summing to 1).
+    """
+    p = _numpy(probs).astype(np.float64)
+    if p.ndim != 2 or p.shape[0] < 1 or (p < 0).any() or not np.allclose(p.sum(1), 1, atol=1e-3):
+        raise ValueError(f"inception_score: expected probabilities [N, K] with rows summing to 1, got {p.shape}")
+    scores = []
+    for i in range(0, len(p), split_size):
+        part = p[i : i + split_size]
+        marginal = part.mean(0, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 * log 0 = 0
+            kl = np.where(part > 0, part * (np.log(part) - np.log(marginal)), 0.0).sum(1).mean()
+        scores.append(np.exp(kl))
+    return float(np.mean(scores))
+
+
+def _radii(features: Tensor, k: int, batch: int) -> Tensor:
+    out = []
+    for i in range(0, len(features), batch):
+        d = torch.cdist(features[i : i + batch], features)
+        out.append(d.kthvalue(k + 1, dim=1).values)  # +1: each point is its own nearest neighbour
+    return torch.cat(out)
+
+
+def _inside(points: Tensor, centres: Tensor, radii: Tensor, batch: int) -> Tensor:
+    out = []
+    for i in range(0, len(points), batch):
+        d = torch.cdist(points[i : i + batch], centres)
+        out.append((d <= radii[None]).any(1))
+    return torch.cat(out)
+
+
+def precision_recall(
+    real: np.ndarray | Tensor, fake: np.ndarray | Tensor, k: int = 3, batch: int = 1000
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of feature sets ``[N, D]``, ``[M, D]``.
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest
+    neighbour. Precision: the fraction of ``fake`` inside the real manifold; recall: the fraction
+    of ``real`` inside the fake one.
+
+    Returns:
+        ``(precision, recall)`` in ``[0, 1]``.
+    """
+    r, f = torch.as_tensor(_numpy(real), dtype=torch.float64), torch.as_tensor(_numpy(fake), dtype=torch.float64)
+    if r.dim() != 2 or f.dim() != 2 or r.shape[1] != f.shape[1] or min(len(r), len(f)) <= k:
+        raise ValueError(f"precision_recall: need [N, D] and [M, D] with N, M > k={k}, got {tuple(r.shape)}, {tuple(f.shape)}")
+    precision = _inside(f, r, _radii(r, k, batch), batch).double().mean().item()
+    recall = _inside(r, f, _radii(f, k, batch), batch).double().mean().item()
+    return precision, recall
+
+
+def _numpy(a: np.ndarray | Tensor) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+
+
+# ---- features ----------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureSet:
+    """Features and class probabilities of a set of images.
+
+    Attributes:
+        features: float64 ``[N, D]``.
+        probs: float64 ``[N, K]``.
+    """
+
+    features: np.ndarray
+    probs: np.ndarray
+
+
+def extract_features(
+    extractor: FeatureExtractor | Callable[[Tensor], tuple[Tensor, Tensor]],
+    images: Tensor | np.ndarray | Iterable[Tensor],
+    *,
+    batch: int = 100,
+    progress: bool = False,
+) -> FeatureSet:
+    """Run ``extractor`` over uint8 images ``[N, 3, H, W]`` (or batches of them).
+
+    Args:
+        extractor: e.g. :class:`InceptionV3`.
+        images: a tensor/array ``[N, 3, H, W]`` with values in 0..255, or an iterable of batches.
+        batch: batch size when ``images`` is one tensor.
+        progress: show a tqdm bar.
+
+    Raises:
+        ValueError: values outside 0..255, a wrong shape, non-finite values.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(images, np.ndarray | Tensor):
+        images = torch.as_tensor(images)
+        batches: Iterable[Tensor] = images.split(batch)
+        total = (len(images) + batch - 1) // batch
+    else:
+        batches, total = images, None
+    feats, probs = [], []
+    for x in tqdm(batches, total=total, disable=not progress, desc="features"):
+        x = torch.as_tensor(x)
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"extract_features: expected images [N, 3, H, W], got {list(x.shape)}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError("extract_features: images hold non-finite values")
+        if x.min() < 0 or x.max() > 255:
+            raise ValueError(f"extract_features: values must lie in 0..255, got [{x.min()}, {x.max()}]")
+        with torch.no_grad():
+            f, p = extractor(x.to(torch.uint8))
+        feats.append(f.double().cpu().numpy())
+        probs.append(p.double().cpu().numpy())
+    if not feats:
+        raise ValueError("extract_features: no images")
+    return FeatureSet(np.concatenate(feats), np.concatenate(probs))
+
+
+class InceptionV3:
+    """Inception-v3 as FID uses it: pool features ``[N, 2048]`` and class probabilities
+    ``[N, 1008]`` (no output bias, as the original IS), from the TorchScript file
+    ``inception-2015-12-05.pt`` (images of any size are resized to 299x299 inside).
+
+    Args:
+        path: the file; default ``$FRACTALKIT_INCEPTION``, else ``<fractalkit cache>/
+            inception-2015-12-05.pt``.
+        download: fetch :data:`INCEPTION_URL` into that place if the file is missing (needs the
+            network; about 100 MB).
+        device: where to run it.
+
+    Raises:
+        FileNotFoundError: the file is missing and ``download`` is False (the message says where
+            to get it and where to put it).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, download: bool = False, device: str = "cpu"):
+        path = self.default_path() if path is None else Path(path)
+        if not path.is_file():
+            if not download:
+                raise FileNotFoundError(
+                    f"Inception-v3 weights not found at {path}. Download {INCEPTION_URL} (about "
+                    f"100 MB) and put it there, or set ${INCEPTION_ENV} to its path, or pass "
+                    "download=True (--download-inception) on a machine with internet access"
+                )
+            from fractalkit.hub import download as fetch
+
+            fetch(INCEPTION_URL, path, desc="inception-2015-12-05.pt")
+        self.path = path
+        self.device = torch.device(device)
+        self.net = torch.jit.load(str(path), map_location=self.device).eval()
+
+    @staticmethod
+    def default_path() -> Path:
+        """``$FRACTALKIT_INCEPTION``, else ``<fractalkit cache>/inception-2015-12-05.pt``."""
+        from fractalkit.hub import cache_dir
+
+        env = os.environ.get(INCEPTION_ENV)
+        return Path(env) if env else cache_dir() / INCEPTION_FILE
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Features ``[N, 2048]`` and probabilities ``[N, 1008]`` of uint8 ``[N, 3, H, W]`` images."""
+        x = images.to(self.device)
+        features = self.net(x, return_features=True)
+        probs = self.net(x, no_output_bias=True)
+        return features, probs
+
+
+# ---- reference statistics ----------------------------------------------------------------------
+
+
+@dataclass
+class Reference:
+    """Reference statistics of real images.
+
+    Attributes:
+        mu: ``[D]`` feature mean.
+        sigma: ``[D, D]`` feature covariance.
+        features: ``[N, D]`` features of the reference images, if known (precision/recall).
+    """
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray | None = None
+
+
+def load_reference(
+    path: str | os.PathLike, extractor: FeatureExtractor | None = None, *, batch: int = 100,
+    progress: bool = False,
+) -> Reference:
+    """Read reference statistics: ``mu``/``sigma`` and/or ``arr_0`` images from an ``.npz``.
+
+    Images (``arr_0``, uint8 ``[N, H, W, 3]`` as in ADM's reference batches) are passed through
+    ``extractor``; if the file also has ``mu``/``sigma`` those are used for FID.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: neither ``mu``/``sigma`` nor ``arr_0``; images but no extractor; bad shapes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"reference statistics: no file at {path} (the original's adm_in64_stats.npz / "
+            "adm_in256_stats.npz, or an ADM reference batch VIRTUAL_imagenet64_labeled.npz)"
+        )
+    try:
+        data = np.load(path, allow_pickle=False)
+        keys = set(data.files)
+    except Exception as err:
+        raise ValueError(f"reference statistics: {path} is not a readable .npz file: {err}") from err
+    features = None
+    if "arr_0" in keys:
+        if extractor is None:
+            raise ValueError(f"{path} holds reference images (arr_0): pass a feature extractor")
+        images = data["arr_0"]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"{path}: arr_0 must be uint8 images [N, H, W, 3], got {images.shape}")
+        features = extract_features(extractor, torch.from_numpy(images).permute(0, 3, 1, 2),
+                                    batch=batch, progress=progress).features
+    if {"mu", "sigma"} <= keys:
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not [D] and [D, D]")
+    elif features is not None:
+        mu, sigma = _gaussian(features)
+    else:
+        raise ValueError(f"{path} holds neither mu/sigma nor arr_0 images (keys: {sorted(keys)})")
+    return Reference(mu, sigma, features)
+
+
+def save_reference(path: str | os.PathLike, features: np.ndarray | Tensor) -> Reference:
+    """Write ``mu``/``sigma`` (the original's npz format) of features ``[N, D]`` to ``path``."""
+    mu, sigma = _gaussian(_numpy(features))
+    np.savez(path, mu=mu, sigma=sigma)
+    return Reference(mu, sigma, _numpy(features))
+
+
+def evaluate(samples: FeatureSet, reference: Reference, *, split_size: int = 5000, k: int = 3) -> dict[str, float]:
+    """FID, Inception Score and (when the reference has features) precision/recall of samples.
+
+    Returns:
+        ``{"fid", "inception_score", "num_samples"}`` plus ``"precision"``, ``"recall"``.
+    """
+    mu, sigma = _gaussian(samples.features)
+    out = {
+        "fid": frechet_distance(mu, sigma, reference.mu, reference.sigma),
+        "inception_score": inception_score(samples.probs, split_size),
+        "num_samples": len(samples.features),
+    }
+    if reference.features is not None:
+        out["precision"], out["recall"] = precision_recall(reference.features, samples.features, k)
+    return out
+
+
+# ---- sampling for evaluation -------------------------------------------------------------------
+
+
+def sample_images(
+    model,
+    num_samples: int,
+    *,
+    options=None,
+    batch: int = 64,
+    seed: int = 0,
+    folder: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Draw ``num_samples`` images for evaluation, class labels ``i % num_classes`` (balanced, as
+    the original's evaluation), batch ``b`` from seed ``seed + b``; resumable.
+
+    With ``folder``, each finished batch is written as ``samples_<start>.npz`` (uint8 ``arr_0``
+    ``[n, H, W, 3]``, ADM's sample format) and batches already there are read instead of drawn:
+    an interrupted run continues where it stopped and gives the same images.
+
+    Args:
+        model: a :class:`fractalkit.Fractal` over ``[3, H, W]`` images (eval mode).
+        num_samples: N.
+        options: :class:`fractalkit.SampleOptions` (default ``model.pretrained_options``).
+        batch: images per call to ``model.sample``.
+        seed: the base seed.
+        folder: where to keep finished batches (None: keep nothing).
+        progress: show a tqdm bar over images.
+
+    Returns:
+        uint8 ``[N, 3, H, W]``.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"sample_images: num_samples must be a positive int, got {num_samples!r}")
+    options = options if options is not None else getattr(model, "pretrained_options", None)
+    device = next(model.parameters()).device
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    out = []
+    with tqdm(total=num_samples, unit="img", desc="sampling", disable=not progress) as bar:
+        for b, start in enumerate(range(0, num_samples, batch)):
+            n = min(batch, num_samples - start)
+            path = Path(folder) / f"samples_{start:06d}_{n}.npz" if folder is not None else None
+            if path is not None and path.is_file():
+                images = torch.from_numpy(np.load(path)["arr_0"]).permute(0, 3, 1, 2)
+            else:
+                y = torch.arange(start, start + n, device=device) % model.num_classes if model.num_classes else None
+                g = torch.Generator(device=device).manual_seed(seed + b)
+                images = model.sample(n, y=y, options=options, generator=g).clamp(0, 255).to(torch.uint8).cpu()
+                if path is not None:
+                    tmp = path.with_name(path.stem + ".tmp.npz")
+                    np.savez(tmp, arr_0=images.permute(0, 2, 3, 1).numpy())
+                    os.replace(tmp, path)
+            out.append(images)
+            bar.update(n)
+    return torch.cat(out)
