@@ -26,7 +26,7 @@ from fractalkit import (
     Fractal,
     Partitioner,
     SequenceChunks,
-    register_config,
+    register,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,10 +101,9 @@ def test_the_tutorial_cached_level_honours_kv_cache_false() -> None:
     assert torch.equal(a, b)
 
 
-@register_config
+@register("gru_field_tokens_tests")
 @dataclasses.dataclass(frozen=True)
 class _FieldTokensConfig(GRULevelConfig):
-    kind = "gru_field_tokens_tests"
     out_tokens: int = 1  # a field, as the tutorial says a configurable level may make it
 
 
@@ -112,7 +111,8 @@ def test_out_tokens_may_be_a_field() -> None:
     config = _FieldTokensConfig(width=8)
     assert "out_tokens" in {f.name for f in dataclasses.fields(config)}
     model = Fractal([(SequenceChunks(4, 2), config)], CategoricalLeafConfig(num_values=3))
-    assert model.config["levels"][0]["level"]["out_tokens"] == 1
+    assert model.config.levels[0][1].out_tokens == 1
+    assert model.config.to_dict()["levels"][0]["level"]["out_tokens"] == 1  # saved with the file
     again = Fractal.from_config(model.config)
     assert again.config == model.config
 

@@ -15,7 +15,7 @@ import torch
 from own_level import CachedGRULevel, CachedGRULevelConfig
 from torch import Tensor, nn
 
-from fractalkit import ComponentConfig, Leaf, register_config
+from fractalkit import BuildContext, ComponentConfig, Leaf, register
 from fractalkit.conditioners import Conditioner, ConditionerConfig
 from fractalkit.conditioners.base import check_instances
 from kit.components import MarkovLeaf, Strided
@@ -33,14 +33,13 @@ class ForgetfulGRULevel(CachedGRULevel):
         return super().step_conditions(state, children, decided, step)
 
 
-@register_config
+@register("planted_forgetful_gru")
 @dataclasses.dataclass(frozen=True)
 class ForgetfulGRULevelConfig(CachedGRULevelConfig):
-    kind = "planted_forgetful_gru"
 
-    def build(self, partitioner, child, *, cond_dim, cond_tokens, normalisation):
-        return ForgetfulGRULevel(partitioner, child, self, cond_dim=cond_dim,
-                                 cond_tokens=cond_tokens, normalisation=normalisation)
+    def build(self, ctx: BuildContext) -> ForgetfulGRULevel:
+        return ForgetfulGRULevel(ctx.partitioner, ctx.child, self, cond_dim=ctx.cond_dim,
+                                 cond_tokens=ctx.cond_tokens, normalisation=ctx.normalisation)
 
 
 # ---- a cache that does not advance over known children (stale below the top) ------------------
@@ -52,18 +51,17 @@ class SkippingGRULevel(CachedGRULevel):
 
     def step_conditions(self, state, children, decided, step):
         if isinstance(state, dict) and not bool(step.pick.any()):
-            return children.new_zeros(0, 1, self.width, dtype=self.cond_emb.weight.dtype)  # the bug
+            return children.new_zeros(0, 1, self.width, dtype=self.inputs.cond_emb.weight.dtype)  # the bug
         return super().step_conditions(state, children, decided, step)
 
 
-@register_config
+@register("planted_skipping_gru")
 @dataclasses.dataclass(frozen=True)
 class SkippingGRULevelConfig(CachedGRULevelConfig):
-    kind = "planted_skipping_gru"
 
-    def build(self, partitioner, child, *, cond_dim, cond_tokens, normalisation):
-        return SkippingGRULevel(partitioner, child, self, cond_dim=cond_dim,
-                                cond_tokens=cond_tokens, normalisation=normalisation)
+    def build(self, ctx: BuildContext) -> SkippingGRULevel:
+        return SkippingGRULevel(ctx.partitioner, ctx.child, self, cond_dim=ctx.cond_dim,
+                                cond_tokens=ctx.cond_tokens, normalisation=ctx.normalisation)
 
 
 # ---- a null embedding that is not saved --------------------------------------------------------
@@ -98,24 +96,22 @@ class BufferNullConditioner(LabelConditioner):
         self.register_buffer("null_embedding", torch.randn(1, width) * 0.5, persistent=False)
 
 
-@register_config
+@register("planted_labels")
 @dataclasses.dataclass(frozen=True)
 class Labels(ConditionerConfig):
-    kind: ClassVar[str] = "planted_labels"
     num_classes: int = 2
     drop: float = 0.1
 
-    def build(self, width: int, tokens: int) -> LabelConditioner:
-        return LabelConditioner(width, tokens, self)
+    def build(self, ctx: BuildContext) -> LabelConditioner:
+        return LabelConditioner(ctx.cond_dim, ctx.cond_tokens, self)
 
 
-@register_config
+@register("planted_buffer_null_labels")
 @dataclasses.dataclass(frozen=True)
 class BufferNullLabels(Labels):
-    kind: ClassVar[str] = "planted_buffer_null_labels"
 
-    def build(self, width: int, tokens: int) -> LabelConditioner:
-        return BufferNullConditioner(width, tokens, self)
+    def build(self, ctx: BuildContext) -> LabelConditioner:
+        return BufferNullConditioner(ctx.cond_dim, ctx.cond_tokens, self)
 
 
 LABELS = [torch.tensor([0]), torch.tensor([1])]
@@ -159,24 +155,22 @@ class MetaSafeLeaf(MarkovLeaf):
         self.centre = (num_values - 1) / 2
 
 
-@register_config
+@register("planted_meta_unsafe")
 @dataclasses.dataclass(frozen=True)
 class MetaUnsafeLeafConfig(ComponentConfig):
-    kind = "planted_meta_unsafe"
     num_values: int = 3
 
-    def build(self, event_shape, cond_dim, cond_tokens) -> Leaf:
-        return MetaUnsafeLeaf(event_shape, cond_dim, cond_tokens, self.num_values)
+    def build(self, ctx: BuildContext) -> Leaf:
+        return MetaUnsafeLeaf(tuple(ctx.event_shape), ctx.cond_dim, ctx.cond_tokens, self.num_values)
 
 
-@register_config
+@register("planted_meta_safe")
 @dataclasses.dataclass(frozen=True)
 class MetaSafeLeafConfig(ComponentConfig):
-    kind = "planted_meta_safe"
     num_values: int = 3
 
-    def build(self, event_shape, cond_dim, cond_tokens) -> Leaf:
-        return MetaSafeLeaf(event_shape, cond_dim, cond_tokens, self.num_values)
+    def build(self, ctx: BuildContext) -> Leaf:
+        return MetaSafeLeaf(tuple(ctx.event_shape), ctx.cond_dim, ctx.cond_tokens, self.num_values)
 
 
 # ---- sampling that ignores its generator --------------------------------------------------------
@@ -190,11 +184,10 @@ class ArgmaxLeaf(MarkovLeaf):
         return super().decode(x, known, cond, dataclasses.replace(ctx, options=options))
 
 
-@register_config
+@register("planted_argmax")
 @dataclasses.dataclass(frozen=True)
 class ArgmaxLeafConfig(ComponentConfig):
-    kind = "planted_argmax"
     num_values: int = 3
 
-    def build(self, event_shape, cond_dim, cond_tokens) -> Leaf:
-        return ArgmaxLeaf(event_shape, cond_dim, cond_tokens, self.num_values)
+    def build(self, ctx: BuildContext) -> Leaf:
+        return ArgmaxLeaf(tuple(ctx.event_shape), ctx.cond_dim, ctx.cond_tokens, self.num_values)
