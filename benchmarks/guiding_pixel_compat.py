@@ -3,8 +3,9 @@
 When *scoring* (teacher forcing), the original feeds its guiding-pixel projection ``pix_proj``
 the exact mean of the normalised block (``imgs.mean(-1).mean(-1)`` of ImageNet-normalised
 float32 images); fractalkit feeds, by default, the mean rounded to an 8-bit value (the value its
-guide leaf scores), normalised. ``MARLevelConfig(guide_input="continuous")``, which the
-FractalGen converter sets, feeds the continuous mean.
+summary leaf scores), normalised. ``SummaryConfig(leaf, input="continuous")`` (a MAR level's
+``summary``; ``MARLevelConfig.guide_input`` before issue 20), which the FractalGen converter
+sets, feeds the continuous mean.
 
 This script builds a 4-level guiding-pixel model the converter's way (three MAR levels on
 16x16 RGB images, the guiding pixel below the top, an RGB leaf; ImageNet normalisation; random
@@ -15,7 +16,7 @@ logits under random masks (:func:`fractalkit.imagenet.convert.teacher_forced_lea
   ``pix_proj`` of the continuous normalised block mean computed as the original does
   (normalise every pixel in float32, then average);
 - ``default``: fractalkit as configured (``guide_input`` absent before issue 11: rounded);
-- ``switch``: the same weights with ``guide_input="continuous"`` (after issue 11 only).
+- ``switch``: the same weights with the summary's ``input="continuous"`` (after issue 11 only).
 
 It prints the largest absolute logit difference of ``default`` and ``switch`` from
 ``reference``. Run: ``PYTHONPATH=. python benchmarks/guiding_pixel_compat.py`` (also writes
