@@ -24,23 +24,39 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import torch
+from torch import nn
 
 from fractalkit.config import FORMAT, FORMAT_VERSION, FractalConfig
 from fractalkit.filemodes import apply_umask
 from fractalkit.legacy import READABLE_VERSIONS
 from fractalkit.validation import checked_model_file, nonfinite_tensors
 
-if TYPE_CHECKING:
-    from fractalkit.fractal import Fractal
+
+class ConfiguredModel(Protocol):
+    """What persistence needs of a model (a :class:`fractalkit.Fractal`): its one description,
+    and a constructor from it. Persistence sits below the user API and never imports it; the
+    class to build is passed in."""
+
+    config: FractalConfig
+
+    def __init__(self, config: FractalConfig) -> None: ...
+
+    @classmethod
+    def from_config(cls, config: FractalConfig | dict[str, Any]) -> Any: ...
+
+
+#: the model class being saved or loaded (``Fractal`` or a subclass)
+M = TypeVar("M", bound=nn.Module)
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "LABEL_FORMAT_VERSION",
     "READABLE_VERSIONS",
+    "ConfiguredModel",
     "load",
     "model_config",
     "model_from_config",
@@ -52,12 +68,12 @@ __all__ = [
 LABEL_FORMAT_VERSION = 2
 
 
-def model_config(model: Fractal) -> dict[str, Any]:
+def model_config(model: ConfiguredModel) -> dict[str, Any]:
     """The JSON-serialisable dict of ``model.config`` (what :func:`save` stores)."""
     return model.config.to_dict()
 
 
-def model_from_config(cls: type[Fractal], config: FractalConfig | dict[str, Any]) -> Fractal:
+def model_from_config(cls: type[M], config: FractalConfig | dict[str, Any]) -> M:
     """A freshly initialised ``cls`` from a :class:`fractalkit.FractalConfig` or its dict (any
     readable version).
 
@@ -67,7 +83,7 @@ def model_from_config(cls: type[Fractal], config: FractalConfig | dict[str, Any]
     return cls(FractalConfig.from_dict(config))
 
 
-def save(model: Fractal, path: str | os.PathLike) -> None:
+def save(model: ConfiguredModel, path: str | os.PathLike) -> None:
     """Write weights (safetensors) with the JSON config in the file's metadata, atomically.
 
     Args:
@@ -84,7 +100,7 @@ def save(model: Fractal, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def load(cls: type[Fractal], path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Fractal:
+def load(cls: type[M], path: str | os.PathLike, *, device: str | torch.device = "cpu") -> M:
     """Rebuild a model written by :func:`save`, in the saved precision, on ``device``.
 
     Raises:
