@@ -164,7 +164,7 @@ IMPORT_NAMES = {
     "scikit-learn": "sklearn",
     "typing-extensions": "typing_extensions",
 }
-TOOLS = {"mkdocs", "mkdocs-material", "mkdocstrings", "pymdown-extensions", "pytest", "hypothesis", "ruff"}
+TOOLS = {"mkdocs", "mkdocs-material", "mkdocstrings", "pymdown-extensions", "pytest", "hypothesis", "ruff", "import-linter"}
 
 
 def _extras() -> dict[str, list[str]]:
