@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from fractalkit.config import BuildContext, LeafConfig
 from fractalkit.leaves.base import Leaf
 from fractalkit.nn.blocks import Backbone
+from fractalkit.nn.init import xavier_init
 from fractalkit.nn.linear import Linear
 from fractalkit.registry import register
 
@@ -63,13 +64,7 @@ class RGBLeaf(Leaf):
 
     def initialize_weights(self) -> None:
         """Xavier-uniform linears with zero bias; codebooks N(0, 0.02); LayerNorms (1, 0)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
+        xavier_init(self)
 
     def element_logits(self, x: Tensor, cond: Tensor) -> Tensor:
         """``[M, E]`` values and ``[M, T, D]`` condition to ``[M, E, V]`` logits."""
