@@ -24,6 +24,7 @@ from fractalkit.levels.base import Level
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import AbstractGenerator, LevelPlan, OrderSpec
+from fractalkit.validation import check_declared_elements
 
 LevelPairs = list[tuple[Partitioner, LevelConfig]]
 
@@ -66,8 +67,11 @@ def check_bijection(partitioner: Partitioner, where: str) -> None:
 
     Raises:
         ValueError: naming the partitioner and the first wrong element.
+        fractalkit.validation.DeclaredSizeError: while a file is loaded, an event larger than
+            the file can describe (the check allocates one integer per element).
     """
     shape = tuple(partitioner.event_shape)
+    check_declared_elements(f"{where}'s event shape {list(shape)}", math.prod(shape))
     # On the CPU even while Fractal.load builds on the meta device (no values there).
     with torch.device("cpu"):
         index = torch.arange(math.prod(shape)).view(1, *shape)  # [1, *event]

@@ -6,9 +6,12 @@ Each check raises a ValueError or TypeError whose message starts with the caller
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,9 @@ from torch import Tensor
 from fractalkit.legacy import upgrade_state_dict
 
 __all__ = [
+    "DeclaredSizeError",
+    "bounded_by_file",
+    "check_declared_elements",
     "check_finite_number",
     "check_finite_tensor",
     "check_integer",
@@ -176,6 +182,90 @@ def check_log_prob(owner: str, logp: Tensor, model: torch.nn.Module) -> None:
         raise ValueError(f"{owner}: the log-likelihood is NaN or infinite; cause: {cause}")
 
 
+class DeclaredSizeError(ValueError):
+    """A file's config declares a model larger than the file's own tensors can describe
+    (refused while building on the meta device, before anything proportional is allocated)."""
+
+
+#: the active file budget (owner, tensors, elements) while a file's config is being built
+_FILE_BUDGET: contextvars.ContextVar[tuple[str, int, int] | None] = contextvars.ContextVar(
+    "fractalkit_file_budget", default=None
+)
+
+#: the smallest event (elements per instance) a file may declare whatever it holds: any real
+#: model of this size loads; past it, the event may be at most this many times the file's elements
+MIN_EVENT_BUDGET = 2**22
+EVENT_PER_FILE_ELEMENT = 16
+
+
+def check_declared_elements(what: str, numel: int) -> None:
+    """Refuse a declared size (e.g. an event's element count) too large for the file being
+    loaded; a no-op outside :func:`checked_model_file` (models built in code are not bounded).
+
+    Raises:
+        DeclaredSizeError: over ``max(MIN_EVENT_BUDGET, EVENT_PER_FILE_ELEMENT * elements)``,
+            where ``elements`` counts the file's tensor entries.
+    """
+    budget = _FILE_BUDGET.get()
+    if budget is None:
+        return
+    owner, _, elements = budget
+    limit = max(MIN_EVENT_BUDGET, EVENT_PER_FILE_ELEMENT * elements)
+    if numel > limit:
+        raise DeclaredSizeError(
+            f"{owner}: the tensors do not fit the config: it declares {what} of {numel:,} "
+            f"elements, more than a file of "
+            f"{elements:,} tensor elements can describe (limit {limit:,}); refused before "
+            "allocating anything (a corrupt or hostile file?)"
+        )
+
+
+@contextlib.contextmanager
+def bounded_by_file(owner: str, tensors: int, elements: int) -> Iterator[None]:
+    """Build modules (on the meta device) within what a file holds: stop as soon as the build
+    has registered more parameters than twice the file's tensor count (plus 64), or more
+    parameter elements than twice the file's (plus 2**20), so that a declared depth or width
+    costs time and memory in proportion to the file, not to the declaration.
+
+    Parameters registered by other threads meanwhile are not counted.
+
+    Args:
+        owner: who loads and which file (starts the message).
+        tensors: the number of tensors in the file's header.
+        elements: the number of tensor elements in the file's header (their shapes' products).
+
+    Raises:
+        DeclaredSizeError: from inside the build, naming the declared and the held counts.
+    """
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    thread = threading.get_ident()
+    max_tensors, max_elements = 2 * tensors + 64, 2 * elements + 2**20
+    seen = [0, 0]
+
+    def count(module: torch.nn.Module, name: str, param: Tensor | None) -> None:
+        if param is None or threading.get_ident() != thread:
+            return
+        seen[0] += 1
+        seen[1] += param.numel()
+        if seen[0] > max_tensors or seen[1] > max_elements:
+            raise DeclaredSizeError(
+                f"{owner}: the tensors do not fit the config: it declares a larger model than "
+                f"the file holds: building it "
+                f"passed {seen[0]:,} parameter tensors / {seen[1]:,} elements, the file holds "
+                f"{tensors:,} tensors / {elements:,} elements (a depth, width or size in the "
+                "config that its tensors do not have); refused before allocating it"
+            )
+
+    handle = register_module_parameter_registration_hook(count)
+    token = _FILE_BUDGET.set((owner, tensors, elements))
+    try:
+        yield
+    finally:
+        _FILE_BUDGET.reset(token)
+        handle.remove()
+
+
 def checked_model_file(
     owner: str, path: Path, key: str, build: Callable[[dict[str, Any]], torch.nn.Module]
 ) -> dict[str, Any]:
@@ -184,7 +274,10 @@ def checked_model_file(
 
     The model is built on the meta device (shapes only, no memory) and compared with the file's
     header (names and shapes, no tensor read), so an untrusted file cannot make the caller
-    allocate a model it does not contain.
+    allocate a model it does not contain. The build itself is bounded by the header
+    (:func:`bounded_by_file`): a config declaring a depth, width or event size that the file's
+    tensors cannot hold is refused while it is built, in time and memory proportional to the
+    file, not to the declaration.
 
     Args:
         owner: who checks (e.g. ``"Fractal.load"``).
@@ -195,6 +288,7 @@ def checked_model_file(
     Raises:
         ValueError: unreadable header, no or non-JSON config, a config that builds nothing
             (missing key, wrong type, unknown entry), tensors that do not fit; each names ``path``.
+        DeclaredSizeError: (a ValueError) the config declares more than the file holds.
     """
     from safetensors import safe_open
 
@@ -215,13 +309,17 @@ def checked_model_file(
         config = json.loads(metadata[key])
     except json.JSONDecodeError as err:
         raise ValueError(f"{owner}: {path}: its config is not valid JSON ({err})") from err
+    owner_file = f"{owner}: {path}"
+    elements = sum(math.prod(shape) for shape in shapes.values())
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), bounded_by_file(owner_file, len(shapes), elements):
             skeleton = build(config)
+    except DeclaredSizeError:
+        raise
     except KeyError as err:
         raise ValueError(f"{owner}: {path}: its config lacks the required key {err}") from err
     except (TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{owner}: {path}: its config does not describe a model: {err}") from err
     expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
-    check_state_fits(f"{owner}: {path}", expected, upgrade_state_dict(shapes))
+    check_state_fits(owner_file, expected, upgrade_state_dict(shapes))
     return config
