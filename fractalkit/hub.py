@@ -277,16 +277,87 @@ def _options_dict(options: SampleOptions) -> dict[str, Any]:
     return out
 
 
-def load_sampling_options(folder: str | os.PathLike) -> SampleOptions | None:
-    """The :class:`fractalkit.SampleOptions` stored in a :func:`save_pretrained` folder, or None."""
+#: bounds on sampling settings read from a file (a user may pass anything in code): far past
+#: any published setting, short of ones that overflow the logits or never finish
+FILE_GUIDANCE_MAX = 100.0
+FILE_TEMPERATURE_RANGE = (1e-3, 100.0)
+#: steps per level a file may set even without a model to compare with (with one: its children)
+FILE_STEPS_MAX = 1 << 20
+#: the options a file may set; callables (``callback``, ``constraint``) are never read from files
+FILE_OPTION_NAMES = frozenset(
+    f.name for f in dataclasses.fields(SampleOptions) if f.name not in ("callback", "constraint")
+)
+
+
+def _file_options(path: Path, options: Any, config: FractalConfig | None) -> SampleOptions:
+    """``options`` (a sampling file's ``"options"`` entry) as SampleOptions, within the bounds a
+    file may set: known names only (no callables), steps at most one per level and at most the
+    level's children, guidance and temperature within sane ranges.
+
+    Raises:
+        PretrainedError: naming ``path``, the option and the bound.
+    """
+    def refuse(what: str) -> PretrainedError:
+        return PretrainedError(f"{path}: sampling option {what}; fix or delete the file")
+
+    if not isinstance(options, dict):
+        raise refuse(f"'options' must be a JSON object, got {type(options).__name__}")
+    callables = sorted(k for k in ("callback", "constraint") if options.get(k) is not None)
+    if callables:  # files written by save_pretrained hold "constraint": null, which is fine
+        raise refuse(f"{callables} must be null: callables are never read from files "
+                     "(pass them in code, e.g. SampleOptions.make(model.pretrained_options, ...))")
+    options = {k: v for k, v in options.items() if k not in ("callback", "constraint")}
+    unknown = sorted(set(options) - FILE_OPTION_NAMES)
+    if unknown:
+        raise refuse(f"name(s) {unknown} unknown (valid: {sorted(FILE_OPTION_NAMES)})")
+    if "kv_cache" in options and not isinstance(options["kv_cache"], bool):
+        raise refuse(f"kv_cache must be true or false, got {options['kv_cache']!r}")
+    try:
+        parsed = SampleOptions(**options)
+    except (ValueError, TypeError) as err:
+        raise refuse(f"values are invalid: {err}") from err
+    if parsed.guidance > FILE_GUIDANCE_MAX:
+        raise refuse(f"guidance {parsed.guidance} is above {FILE_GUIDANCE_MAX}")
+    low, high = FILE_TEMPERATURE_RANGE
+    if not low <= parsed.temperature <= high:
+        raise refuse(f"temperature {parsed.temperature} is outside [{low}, {high}]")
+    too_many = [n for n in parsed.steps or () if n is not None and n > FILE_STEPS_MAX]
+    if too_many:
+        raise refuse(f"steps {list(parsed.steps or ())} has an entry above {FILE_STEPS_MAX:,}")
+    if parsed.steps is not None and config is not None:
+        children = [partitioner.num_children for partitioner, _ in config.levels]
+        if len(parsed.steps) > len(children):
+            raise refuse(f"steps {list(parsed.steps)} has more entries than the model's "
+                         f"{len(children)} level(s)")
+        for i, (steps, k) in enumerate(zip(parsed.steps, children, strict=False)):
+            if steps is not None and steps > k:
+                raise refuse(f"steps[{i}] = {steps} is more than level {i}'s {k} children")
+    return parsed
+
+
+def load_sampling_options(
+    folder: str | os.PathLike, config: FractalConfig | None = None
+) -> SampleOptions | None:
+    """The :class:`fractalkit.SampleOptions` stored in a :func:`save_pretrained` folder, or None.
+
+    Args:
+        folder: the model folder.
+        config: the model's config; with it, ``steps`` are also bounded by each level's
+            number of children (at most one child per step is ever needed).
+
+    Raises:
+        PretrainedError: not a sampling file, or an option out of bounds (see
+            :data:`FILE_GUIDANCE_MAX`, :data:`FILE_TEMPERATURE_RANGE`); names the file.
+    """
     path = Path(folder) / SAMPLING_FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-        return SampleOptions(**data["options"])
+        options = data["options"]
     except (ValueError, KeyError, TypeError) as err:
         raise PretrainedError(f"{path} is not a fractalkit sampling file: {err}") from err
+    return _file_options(path, options, config)
 
 
 def save_pretrained(
@@ -379,7 +450,7 @@ def _load_folder(folder: Path, device: str, cls: type) -> Any:
             f"{config_path} disagrees with the config inside {weights}; the folder was edited "
             "by hand or half-written: write it again with save_pretrained"
         )
-    model.pretrained_options = load_sampling_options(folder)
+    model.pretrained_options = load_sampling_options(folder, model.config)
     return model.eval()
 
 
