@@ -70,6 +70,9 @@ def _declare(config: dict, what: str) -> dict:
         n = int(what.removeprefix("image"))
         level["partitioner"]["size"] = [n, n]
         level["partitioner"]["patch"] = [n // 2, n // 2]
+    elif what == "children":  # an event just under the size limit, in 1.4M one-pixel children
+        level["partitioner"]["size"] = [1182, 1182]
+        level["partitioner"]["patch"] = [1, 1]
     elif what == "depth":
         level["level"]["depth"] = 10_000
     elif what == "width":
@@ -108,7 +111,7 @@ def _target(tmp_path: Path, entry: str, what: str) -> Path:
 
 
 @pytest.mark.parametrize("entry", ["load", "folder", "checkpoint"])
-@pytest.mark.parametrize("what", ["image8192", "image32768", "depth", "width"])
+@pytest.mark.parametrize("what", ["image8192", "image32768", "children", "depth", "width"])
 def test_declared_sizes_are_refused_in_bounded_memory(tmp_path, entry: str, what: str) -> None:
     target = _target(tmp_path, entry, what)
     probe = subprocess.run(
