@@ -9,10 +9,9 @@ normalisation of *its* instance and derives its children's with :meth:`ValueNorm
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import math
 
 import torch
 from torch import Tensor

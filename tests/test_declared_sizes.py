@@ -77,6 +77,10 @@ def _declare(config: dict, what: str) -> dict:
         level["level"]["depth"] = 10_000
     elif what == "width":
         level["level"]["width"] = 10**8
+    elif what == "values":  # values per element: the leaf's tables and logits
+        config["leaf"]["num_values"] = 10**9
+    elif what == "classes":
+        config["conditioner"]["num_classes"] = 10**9
     return config
 
 
@@ -111,7 +115,9 @@ def _target(tmp_path: Path, entry: str, what: str) -> Path:
 
 
 @pytest.mark.parametrize("entry", ["load", "folder", "checkpoint"])
-@pytest.mark.parametrize("what", ["image8192", "image32768", "children", "depth", "width"])
+@pytest.mark.parametrize(
+    "what", ["image8192", "image32768", "children", "depth", "width", "values", "classes"]
+)
 def test_declared_sizes_are_refused_in_bounded_memory(tmp_path, entry: str, what: str) -> None:
     target = _target(tmp_path, entry, what)
     probe = subprocess.run(
