@@ -651,7 +651,10 @@ class Fractal(nn.Module):
             FileNotFoundError: no such file.
             ValueError: the file is not a fractalkit safetensors file, is truncated or corrupt,
                 or its tensors do not match its config (each names the file); a plug-in kind
-                nothing registered (naming the module the file says it comes from).
+                nothing registered (naming the module the file says it comes from); a config
+                declaring more than the file holds (a
+                :class:`fractalkit.validation.DeclaredSizeError`, refused in time and memory
+                proportional to the file, not to the declaration).
         """
         if import_plugins:
             load_entry_points()

@@ -106,7 +106,9 @@ def load(cls: type[M], path: str | os.PathLike, *, device: str | torch.device = 
     Raises:
         FileNotFoundError: no such file.
         ValueError: the file is not a fractalkit safetensors file, is truncated or corrupt,
-            or its tensors do not match its config (each names the file).
+            or its tensors do not match its config (each names the file); a config that
+            declares more than the file holds is refused while its meta build is bounded by
+            the file's header (:func:`fractalkit.validation.bounded_by_file`).
     """
     from safetensors.torch import load_file
 
