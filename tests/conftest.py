@@ -1,4 +1,5 @@
-"""Shared pytest configuration: a deterministic hypothesis profile and offline datasets."""
+"""Shared pytest configuration: a deterministic hypothesis profile, offline datasets, and the skip
+policy (tests/skip_policy.py: under CI a skip for a missing fixture or data file fails)."""
 
 import os
 from collections.abc import Iterator
@@ -6,8 +7,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 from hypothesis import settings
+from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
 
-# Tests never download: dataset loaders read only the local copies in ../shared/data.
+# Tests never download: dataset loaders read only the samples in tests/data and tests/fixtures
+# (everything a test reads is in the repository; tests/test_self_contained.py checks it).
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # Derandomised so a CI failure reproduces locally; no deadline because CPU timings vary.

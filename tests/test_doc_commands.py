@@ -5,7 +5,8 @@ For each documented command (fenced bash blocks and inline code spans starting w
 or ``torchrun``) the test checks that the script or module exists, that its argument parser
 accepts the arguments (parsing only: ``parse_args`` is stopped right after it succeeds), and
 that every path it reads (``--checkpoint``, ``--resume``, ``--data``, ``--image``, mask files)
-is in the repository, under ``../shared/data``, made by an earlier command of the same page
+is in the repository, a file of the pages' local dataset copy (checked against the same-named
+slice in ``tests/data``, never read outside the repository), made by an earlier command of the same page
 (a run folder from ``train.py``'s ``--out`` or its default ``runs/<preset>``), an absolute path
 of the reader's own data set, or one of the inputs the page asks the reader to bring.
 
@@ -32,6 +33,11 @@ PAGES = sorted(
 READER_INPUTS = {"fractalmar_in64.pth", "my_photo.jpg", "my_mask.png"}
 PATH_FLAGS = {"--checkpoint", "--resume", "--data", "--image", "--cache"}
 SKIP_MODULES = {"pip", "pytest", "mkdocs"}
+#: where the pages put a local copy of the public datasets (a development machine's offline
+#: mirror, not part of a clone). A documented path under it must name a dataset file, checked
+#: against tests/data, which holds a slice of each under the same relative path.
+LOCAL_COPY = "../shared/data/"
+SAMPLES = ROOT / "tests" / "data"
 
 
 def commands(page: Path) -> list[str]:
@@ -112,8 +118,8 @@ def produced(target: str, ns: argparse.Namespace) -> list[str]:
 def readable(value: str, made: list[str]) -> bool:
     if value in READER_INPUTS or Path(value).is_absolute():
         return True
-    if value.startswith("../shared/"):
-        return (ROOT / value).exists() or not (ROOT / "../shared/data").exists()
+    if value.startswith(LOCAL_COPY):
+        return (SAMPLES / value.removeprefix(LOCAL_COPY)).exists()
     if (ROOT / value).exists():
         return True
     return any(value == m or value.startswith(m + "/") for m in made)

@@ -2,7 +2,7 @@
 
 Released checkpoints: a local HTTP server on 127.0.0.1 (in this process) serves small checkpoints
 written in the original's format (a pickled dict with ``model`` and an argparse ``Namespace``)
-from the shared fixture state dicts; a test release entry points at it. Hub ids: the
+from the fixture state dicts in tests/fixtures/fractalgen; a test release entry points at it. Hub ids: the
 ``huggingface_hub`` calls are replaced by a local folder.
 """
 
@@ -21,7 +21,7 @@ from fractalkit.imagenet import convert as fg
 from fractalkit.imagenet.models import PAPER_MODELS
 from fractalkit.imagenet.releases import fractalgen_release
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "fractalgen"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fractalgen"  # in the repository
 TINY_HEADS = (4, 4, 2)
 TINY_AR_PARAMS = 217_952
 NAME = "tiny-ar-test"
@@ -31,8 +31,8 @@ def _fixture(name: str):
     from safetensors.torch import load_file
 
     folder = FIXTURES / name
-    if not (folder / "state_dict.safetensors").exists():
-        pytest.skip(f"fixture missing: {folder} (shared/fixtures/fractalgen)")
+    # part of the repository: a missing fixture is a failure, never a skip
+    assert (folder / "state_dict.safetensors").exists(), f"fixture missing: {folder}"
     return load_file(str(folder / "state_dict.safetensors")), load_file(str(folder / "io.safetensors"))
 
 

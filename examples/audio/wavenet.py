@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fractalkit import ChildInputs, Level, LevelConfig, register_config
+from fractalkit import ChildInputs, Level, LevelConfig, register
 from fractalkit.config import BuildContext
 
 __all__ = ["WaveNetLevel", "WaveNetLevelConfig"]
@@ -113,7 +113,7 @@ class WaveNetLevel(Level):
         return out[step.pick[:, j]][:, None]
 
 
-@register_config
+@register("wavenet")
 @dataclasses.dataclass(frozen=True)
 class WaveNetLevelConfig(LevelConfig):
     """Configuration of a :class:`WaveNetLevel`.
@@ -125,7 +125,6 @@ class WaveNetLevelConfig(LevelConfig):
         embed: ``"linear"`` (ordered values, audio) or ``"table"`` (symbols).
     """
 
-    kind = "wavenet"
     width: int = 64
     layers: int = 10
     cycle: int = 10

@@ -1,4 +1,4 @@
-"""The FractalGen converter against tensors the official code produced (shared/fixtures/fractalgen).
+"""The FractalGen converter against tensors the official code produced (tests/fixtures/fractalgen).
 
 - Each tiny fixture model converts and reproduces the official teacher-forced forward: every leaf
   logit (conditional and unconditional) within 1e-5, the conditions handed down within 1e-5, the
@@ -24,7 +24,7 @@ import torch
 from fractalkit import ARLevelConfig, Fractal, ImagePatches, MARLevelConfig, RGBLeafConfig
 from fractalkit.imagenet import convert as fg
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "fractalgen"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fractalgen"  # in the repository
 TINY = ("tiny_ar_16", "tiny_mar_16")
 TINY_HEADS = (4, 4, 2)  # num_heads_list of both fixtures (config.json); not in the shapes
 MANIFESTS = {
@@ -37,8 +37,8 @@ MANIFESTS = {
 
 
 def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"fixture file missing: {path}")
+    # the fixtures are part of the repository: a missing one is a failure, never a skip
+    assert path.exists(), f"fixture file missing: {path} (tests/fixtures/fractalgen/README.md)"
     return path
 
 

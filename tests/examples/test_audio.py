@@ -26,6 +26,8 @@ from fractalkit.leaves.logistic import (
 from fractalkit.testing import check_component
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the first 60 FSDD recordings, each cut to its central 1,024 samples (tests/data/README.md)
+CLIPS = ROOT / "tests" / "data" / "fsdd-8k" / "recordings.parquet"
 
 
 def load_example():
@@ -145,9 +147,7 @@ def test_mu_law_round_trip_crop_and_16_bit_values():
 
 @pytest.fixture(scope="module")
 def clips():
-    if not A.DATA.exists():
-        pytest.skip(f"missing {A.DATA} (Free Spoken Digit Dataset, see ../shared/data/README.md)")
-    return A.load_clips(limit=60, length=256)
+    return A.load_clips(CLIPS, limit=60, length=256)
 
 
 def test_clips_keep_their_length_and_padding_is_never_scored(clips):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -12,10 +13,8 @@ import torch
 from fractalkit.graphs import GraphEncoding
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "graphs"
+DATA = ROOT / "tests" / "data" / "graphs"  # the two benchmarks' files, copied whole (README there)
 pytest.importorskip("pynauty", reason="pynauty is missing: pip install -e '.[dev]' (the graphs extra)")
-if not (DATA / "ego_small_edges.npz").exists():
-    pytest.skip(f"{DATA} is missing (the shared benchmark data)", allow_module_level=True)
 
 
 def load_example():
@@ -30,7 +29,7 @@ G = load_example()
 
 @pytest.mark.parametrize("name, count, test", [("ego_small", 200, 40), ("community_small", 100, 20)])
 def test_load_and_split(name, count, test):
-    graphs = G.load_graphs(name)
+    graphs = G.load_graphs(name, data=DATA)
     assert len(graphs) == count
     assert torch.equal(graphs.adjacency, graphs.adjacency.transpose(1, 2))
     train, held = G.split(graphs)
@@ -45,7 +44,7 @@ def test_load_and_split(name, count, test):
 def test_models_score_training_batches(kind):
     enc = GraphEncoding(18, 1, 1)
     model = G.build_model(kind, enc, (3, 6))
-    x = enc.encode(G.load_graphs("ego_small"))[:2]
+    x = enc.encode(G.load_graphs("ego_small", data=DATA))[:2]
     loss = model.loss(x, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(loss.total)
 
@@ -56,7 +55,8 @@ def test_missing_data_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_run(tmp_path):
+def test_smoke_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(G, "load_graphs", functools.partial(G.load_graphs, data=DATA))  # no --data flag
     G.main(["--dataset", "ego_small", "--max-steps", "2", "--batch", "4", "--num-orders", "2",
             "--models", "ar-randbfs", "--out", str(tmp_path)])
     r = json.loads((tmp_path / "ego_small.json").read_text())["models"]["ar-randbfs"]

@@ -17,6 +17,7 @@ Chem = pytest.importorskip(
 from fractalkit.graphs import Graph  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+QM9 = ROOT / "tests" / "data" / "qm9" / "qm9.csv"  # the first 400 SMILES of QM9 (tests/data/README.md)
 
 
 def load_example():
@@ -67,9 +68,7 @@ def test_invalid_molecules_are_flagged_not_repaired():
 
 @pytest.fixture(scope="module")
 def qm9_slice():
-    if not M.DATA.exists():
-        pytest.skip(f"missing {M.DATA} (QM9, see ../shared/data/README.md)")
-    x, smiles = M.prepare(limit=300)
+    x, smiles = M.prepare(QM9, limit=300)
     train_x, test_x, training = M.split(x, smiles)
     assert train_x.shape[0] + test_x.shape[0] == x.shape[0] and len(training) <= train_x.shape[0]
     return x, smiles
