@@ -39,6 +39,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -51,6 +52,7 @@ from typing import Any
 
 from fractalkit.config import FractalConfig
 from fractalkit.protocol import SampleOptions
+from fractalkit.validation import read_json_file
 
 __all__ = [
     "CACHE_ENV",
@@ -160,9 +162,13 @@ def register_release(release: Release) -> None:
     """Make ``release`` fetchable by name (e.g. a mirror, or a test server's file).
 
     Raises:
-        ValueError: the name is taken by a different release, or the release has no ``convert``
-            callable (nothing would say how to turn its file into a model).
+        ValueError: the name is taken by a different release, the release has no ``convert``
+            callable (nothing would say how to turn its file into a model), or its ``name`` or
+            ``folder`` is not one plain folder name (``..``, ``/`` or an absolute path would put
+            the cache outside the cache root).
     """
+    for what in ("name", "folder"):
+        _check_cache_name(getattr(release, what), f"register_release: Release.{what}", ValueError)
     if not callable(release.convert):
         raise ValueError(
             f"register_release: {release.name!r} needs a convert callable (path, cls) -> model "
@@ -172,6 +178,25 @@ def register_release(release: Release) -> None:
     if old is not None and old != release:
         raise ValueError(f"register_release: {release.name!r} is already registered as {old}")
     RELEASES[release.name] = release
+
+
+#: What a release name or cache folder may be: one plain folder name (letters, digits, ``._-``).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def _check_cache_name(name: Any, what: str, error: type[Exception]) -> None:
+    """Refuse a name that is not one plain folder name: a release's name and folder become
+    ``<cache>/<folder>/<name>/``, so ``..``, a separator or an absolute path would escape it."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        raise error(
+            f"{what} {name!r} is not a plain folder name (letters, digits, '.', '_', '-'; no "
+            "'/', '..' or absolute path): it names a folder inside the cache root"
+        )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies inside ``root``."""
+    return path.resolve().is_relative_to(root.resolve())
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -352,11 +377,13 @@ def load_sampling_options(
     path = Path(folder) / SAMPLING_FILE
     if not path.is_file():
         return None
+    fix = ("delete it (the model then loads without stored options) or write the folder "
+           "again with save_pretrained")
+    data = read_json_file(path, owner="load_sampling_options", fix=fix, error=PretrainedError)
     try:
-        data = json.loads(path.read_text())
         options = data["options"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise PretrainedError(f"{path} is not a fractalkit sampling file: {err}") from err
+    except (KeyError, TypeError) as err:
+        raise PretrainedError(f"{path} is not a fractalkit sampling file (no 'options': {err}); {fix}") from err
     return _file_options(path, options, config)
 
 
@@ -430,8 +457,10 @@ def _model_card(model: Any, sampling: SampleOptions | None, description: str, pu
 def _folder_config(path: Path) -> FractalConfig | None:
     """The config a folder's config.json describes (older versions through the one conversion),
     or None when it describes none."""
+    data = read_json_file(path, owner="from_pretrained", error=PretrainedError,
+                          fix="the folder was edited or half-written: write it again with save_pretrained")
     try:
-        return FractalConfig.from_dict(json.loads(path.read_text()))
+        return FractalConfig.from_dict(data)
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -510,7 +539,15 @@ def _locked(folder: Path):
 
 def _released(release: Release, root: Path, offline: bool, progress: bool, keep_original: bool,
               device: str, cls: type) -> Any:
+    # register_release checks the names; a Release put into RELEASES by hand is checked here
+    for what in ("name", "folder"):
+        _check_cache_name(getattr(release, what), f"from_pretrained: release {what}", PretrainedError)
     folder = root / release.folder / release.name
+    if not _inside(folder, root):
+        raise PretrainedError(
+            f"from_pretrained: the cache folder {folder} leads outside the cache root {root} "
+            "(a symbolic link?); remove it or choose another cache with cache_dir=..."
+        )
     if (folder / WEIGHTS_FILE).is_file():
         return _load_folder(folder, device, cls)
     if offline and not (folder / ORIGINAL_FILE).is_file():
@@ -620,11 +657,23 @@ def from_pretrained(
         return _released(RELEASES[name], _cache_root(cache_dir), _offline(offline),
                          progress, keep_original, device, cls)
     if name.count("/") == 1 and not name.startswith((".", "/")):
+        _check_hub_id(name)
         return _load_folder(_hub_snapshot(name, cache_dir, _offline(offline), revision, token), device, cls)
     raise PretrainedError(
         f"from_pretrained: {name!r} is not a folder, a released model ({sorted(RELEASES)}) or a "
         "Hugging Face Hub id ('owner/name')"
     )
+
+
+def _check_hub_id(repo_id: str) -> None:
+    """A Hub id is ``owner/name`` with plain names (the Hub's own rule): no ``..``, no empty part,
+    nothing that could make a cache folder name outside the cache."""
+    parts = repo_id.split("/")
+    if len(parts) != 2 or any(not _SAFE_NAME.fullmatch(p) or ".." in p or "--" in p for p in parts):
+        raise PretrainedError(
+            f"from_pretrained: {repo_id!r} is not a Hugging Face Hub id ('owner/name' with letters, "
+            "digits, '.', '_', '-'; no '..' or '--') and no folder of that name exists"
+        )
 
 
 def _hub_snapshot(repo_id: str, cache: str | os.PathLike | None, offline: bool,
@@ -642,7 +691,13 @@ def _hub_snapshot(repo_id: str, cache: str | os.PathLike | None, offline: bool,
             "check the id, your network or token, or download the repository's "
             f"{', '.join(_HUB_FILES[:2])} into a folder and pass the folder"
         ) from err
-    return Path(folder)
+    folder = Path(folder)
+    if cache is not None and not _inside(folder, Path(cache).expanduser()):
+        raise PretrainedError(
+            f"the Hub snapshot of {repo_id!r} is at {folder}, outside the cache {cache}; "
+            "remove that cache entry and fetch again"
+        )
+    return folder
 
 
 def push_to_hub(

@@ -33,7 +33,35 @@ __all__ = [
     "check_state_fits",
     "checked_model_file",
     "nonfinite_tensors",
+    "read_json_file",
 ]
+
+
+def read_json_file(
+    path: str | Path, *, owner: str, fix: str, error: type[Exception] = ValueError
+) -> Any:
+    """The parsed JSON of a file this process did not write (a config, manifest, options file).
+
+    A file that is not JSON (garbage, a binary file, a symlink to something else, unreadable
+    bytes) raises ``error`` naming the file and saying what to do, never a bare
+    ``json.JSONDecodeError`` / ``UnicodeDecodeError`` from deep inside a loader.
+
+    Args:
+        path: the file.
+        owner: who reads it, for the message (e.g. ``"load_checkpoint"``).
+        fix: what the user should do, for the message (e.g. ``"write it again with save_pretrained"``).
+        error: the exception class to raise (the caller's own error type).
+
+    Returns:
+        The parsed value (any JSON type; the caller checks its shape).
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        detail = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
+        real = f" (a link to {path.resolve()})" if path.is_symlink() else ""
+        raise error(f"{owner}: {path}{real} is not valid JSON ({detail}); {fix}") from err
 
 
 def check_finite_number(owner: str, name: str, value: Any, *, positive: bool = False) -> float:

@@ -210,7 +210,8 @@ def prepare(
         ``(x, smiles)``: int64 ``[N, 81]`` encodings and N canonical SMILES.
     """
     if cache is not None and Path(cache).exists():
-        saved = torch.load(cache)
+        # weights_only: a cache file is data; never run code from it (torch < 2.6 defaults to a full unpickle)
+        saved = torch.load(cache, weights_only=True)
         if stats is not None:
             stats.update(saved.get("stats", {}))
         return saved["x"].long(), saved["smiles"]
@@ -733,7 +734,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[name]["samples"][decoding] = {"sample_s_per_example": s_per_sample}
         if have_rdkit:
             for decoding, entry in results[name]["samples"].items():
-                samples = torch.load(args.out / f"samples_{name}_{decoding}.pt").long()
+                samples = torch.load(args.out / f"samples_{name}_{decoding}.pt", weights_only=True).long()
                 mols, enc_valid = encodings_to_smiles(samples, atoms)
                 entry.update(encoding_valid=enc_valid, **sample_metrics(mols, training, full))
                 valid = [m for m in mols if m is not None]

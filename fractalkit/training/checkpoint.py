@@ -37,7 +37,7 @@ from torch import Tensor
 
 from fractalkit.fractal import Fractal
 from fractalkit.legacy import upgrade_config, upgrade_optimizer_state, upgrade_state_dict
-from fractalkit.validation import nonfinite_tensors
+from fractalkit.validation import nonfinite_tensors, read_json_file
 
 __all__ = [
     "Checkpoint",
@@ -51,6 +51,9 @@ __all__ = [
 MANIFEST = "MANIFEST.json"
 CHECKPOINT_FORMAT = "fractalkit.checkpoint"
 CHECKPOINT_VERSION = 1
+#: Files a load reads that the manifest must list (``ema.safetensors`` too whenever present).
+_REQUIRED = ("model.safetensors", "trainer.pt")
+_OPTIONAL = ("ema.safetensors",)
 
 
 class CheckpointError(ValueError):
@@ -123,12 +126,44 @@ def _complete_step(folder: Path) -> int | None:
     size (a quick check: the manifest is written last, after every file is flushed), else None."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
+        _manifest_problem(folder, manifest["files"])  # never stat a file outside the folder
         for name, info in manifest["files"].items():
             if (folder / name).stat().st_size != info["bytes"]:
                 return None
         return int(manifest["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
         return None
+
+
+def _manifest_problem(folder: Path, files: Any) -> None:
+    """Refuse a manifest whose names leave ``folder`` or that leaves out a file a load reads.
+
+    A manifest is a file this process did not necessarily write: a name such as
+    ``../../outside.txt``, an absolute path or a symbolic link out of the folder would make the
+    check stat and hash a file elsewhere, and a manifest silent about ``model.safetensors``
+    would let an unverified model load. Raises :class:`CheckpointError` naming the manifest.
+    """
+    mpath = folder / MANIFEST
+    if not isinstance(files, dict):
+        raise CheckpointError(f"load_checkpoint: {mpath} has no 'files' table: not a checkpoint manifest")
+    root = folder.resolve()
+    for name in files:
+        p = Path(name) if isinstance(name, str) else None
+        if (p is None or not name or p.is_absolute() or ".." in p.parts or "\\" in name
+                or name == MANIFEST or not (folder / p).resolve().is_relative_to(root)):
+            raise CheckpointError(
+                f"load_checkpoint: {mpath} lists {name!r}, which is not a file inside {folder} "
+                "(absolute path, '..' or a link out of the folder); the checkpoint was edited or "
+                "is not from fractalkit: do not load it"
+            )
+    present = [n for n in _OPTIONAL if (folder / n).exists()]
+    missing = [n for n in (*_REQUIRED, *present) if n not in files]
+    if missing:
+        raise CheckpointError(
+            f"load_checkpoint: {mpath} does not list {', '.join(missing)}, so "
+            f"{'it' if len(missing) == 1 else 'they'} cannot be verified; the checkpoint was "
+            "edited or is not from fractalkit: do not load it"
+        )
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -278,10 +313,10 @@ def _verify(folder: Path) -> dict[str, Any]:
             f"load_checkpoint: {mpath} is missing: {folder} is incomplete (an interrupted "
             "save?) or not a fractalkit checkpoint"
         )
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"load_checkpoint: {mpath} is corrupt: {err}") from err
+    manifest = read_json_file(
+        mpath, owner="load_checkpoint", error=CheckpointError,
+        fix=f"the checkpoint is corrupt: load an older copy (e.g. {folder.name}.old) or start again",
+    )
     if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"load_checkpoint: {mpath} is not a fractalkit checkpoint manifest")
     if manifest.get("version") != CHECKPOINT_VERSION:
@@ -289,6 +324,7 @@ def _verify(folder: Path) -> dict[str, Any]:
             f"load_checkpoint: {mpath} has version {manifest.get('version')}; this fractalkit "
             f"reads version {CHECKPOINT_VERSION}"
         )
+    _manifest_problem(folder, manifest.get("files"))
     for name, info in manifest["files"].items():
         f = folder / name
         if not f.is_file():
