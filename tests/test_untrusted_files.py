@@ -14,7 +14,6 @@ Three families and a static check, each failing on the code before the change:
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from fractalkit import hub
 from fractalkit.hub import PretrainedError
-from fractalkit.training import CheckpointError, EMA, load_checkpoint, load_model, save_checkpoint
+from fractalkit.training import EMA, CheckpointError, load_checkpoint, load_model, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkpoint_faults import tiny_model
@@ -162,6 +161,27 @@ def _checkpoint(model, tmp_path: Path, name: str) -> Path:
     return save_checkpoint(tmp_path / "run" / "checkpoint", model, step=1) / name
 
 
+def _checkpoint_info(path: Path):
+    """The imagenet_pixels example's run info (a checkpoint's stored arguments)."""
+    import importlib.util
+
+    folder = ROOT / "examples" / "imagenet_pixels"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("pixels_common", folder / "pixels_common.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module.checkpoint_info(path.parent)
+
+
+def _user_error():
+    from fractalkit.cli import UserError
+
+    return UserError
+
+
 NOT_JSON_FILES = {
     # file -> (make the folder, load it, the error class, a word of the fix)
     "config.json": (_pretrained, lambda p: hub.from_pretrained(p.parent), PretrainedError,
@@ -172,6 +192,7 @@ NOT_JSON_FILES = {
                                       CheckpointError, "older copy"),
     "MANIFEST.json/load_model": (_checkpoint, lambda p: load_model(p.parent), CheckpointError,
                                  "older copy"),
+    "MANIFEST.json/run-info": (_checkpoint, _checkpoint_info, _user_error(), "older copy"),
 }
 
 

@@ -66,6 +66,7 @@ from fractalkit.baselines import NGramModel, choose_order
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
 from fractalkit.protocol import ScoreContext
 from fractalkit.training import budget
+from fractalkit.validation import read_json_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wavenet import WaveNetLevelConfig
@@ -475,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.results or ("results.json" if args.bits == 8 else "results_16bit.json")
     path = args.out / name
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = read_json_file(path, owner="audio", fix="delete it (or pass another --out) and run again", error=SystemExit) if path.exists() else {}
     results.setdefault("runs", [])
     if "ngram" not in results:
         t = time.process_time()

@@ -6,7 +6,6 @@ library itself never does.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from fractalkit import SampleOptions
 from fractalkit.cli import UserError, non_negative_float, positive_float, probability, steps_list
 from fractalkit.imagenet.presets import PRESETS
 from fractalkit.training.checkpoint import MANIFEST, resolve_checkpoint
+from fractalkit.validation import read_json_file
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download at run time
 
@@ -177,7 +177,9 @@ def checkpoint_info(path: Path) -> dict:
     """The ``extra`` dict a checkpoint folder stores (preset, training arguments), or {}."""
     folder = resolve_checkpoint(path)  # also after an interrupted save
     if (folder / MANIFEST).is_file():
-        return json.loads((folder / MANIFEST).read_text()).get("extra", {})
+        manifest = read_json_file(folder / MANIFEST, owner="checkpoint_info", error=UserError,
+                                  fix="the checkpoint is corrupt: use an older copy or train again")
+        return manifest.get("extra", {}) if isinstance(manifest, dict) else {}
     return {}
 
 

@@ -75,6 +75,7 @@ from fractalkit.graphs import (
 from fractalkit.leaves import SlotCategoricalLeafConfig
 from fractalkit.partition import SequenceChunks
 from fractalkit.training import budget
+from fractalkit.validation import read_json_file
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qm9" / "qm9.csv"
 #: atom types (element, formal charge): the original neutral vocabulary
@@ -276,7 +277,8 @@ def canonical_qm9(path: Path = DATA, cache: Path | None = None) -> set[str]:
     reference for novelty, whatever the filters of the training data. Cached like
     :func:`prepare`."""
     if cache is not None and Path(cache).exists():
-        return set(json.loads(Path(cache).read_text()))
+        return set(read_json_file(cache, owner="molecules", error=SystemExit,
+                                  fix="delete the cache file; the next run rebuilds it"))
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
@@ -670,12 +672,13 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         have_rdkit = False
     if args.metrics_only:
-        results = json.loads((args.out / "results.json").read_text())
+        results = read_json_file(args.out / "results.json", owner="molecules", fix="delete it (or pass another --out) and run again", error=SystemExit)
         names = list(results)
     else:
         names = args.models.split(",")
         old = args.out / "results.json"
-        results = json.loads(old.read_text()) if args.merge and old.exists() else {}
+        results = (read_json_file(old, owner="molecules", fix="delete it (or pass another --out) and run again", error=SystemExit)
+                   if args.merge and old.exists() else {})
     specs = {name: parse_model(name) for name in names}
     data = {}
     for charges in sorted({c for _, _, c, _ in specs.values()}):

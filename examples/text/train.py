@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, SequenceChunks, cli
 from fractalkit.baselines import NGramModel, choose_order
 from fractalkit.training import budget
+from fractalkit.validation import read_json_file
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 SEQ_LEN = 256
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     train_data, held_out = split_corpus(data)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = read_json_file(path, owner="text", fix="delete it (or pass another --out) and run again", error=SystemExit) if path.exists() else {}
     results.setdefault("runs", [])
     if "ngram" not in results:
         t = time.process_time()

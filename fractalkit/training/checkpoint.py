@@ -156,6 +156,13 @@ def _manifest_problem(folder: Path, files: Any) -> None:
                 "(absolute path, '..' or a link out of the folder); the checkpoint was edited or "
                 "is not from fractalkit: do not load it"
             )
+        info = files[name]
+        if not (isinstance(info, dict) and type(info.get("bytes")) is int
+                and isinstance(info.get("sha256"), str)):
+            raise CheckpointError(
+                f"load_checkpoint: {mpath} gives {name!r} no size and SHA-256 ({info!r}); the "
+                "checkpoint was edited or is not from fractalkit: do not load it"
+            )
     present = [n for n in _OPTIONAL if (folder / n).exists()]
     missing = [n for n in (*_REQUIRED, *present) if n not in files]
     if missing:
