@@ -16,8 +16,8 @@ filesystem step therefore leaves at least one *complete* folder among ``checkpoi
 :func:`load_checkpoint`, :func:`load_model` and every resume) picks the newest complete one,
 and the next save first puts it back in place. A save deletes a leftover folder only when it
 is incomplete or when ``checkpoint/`` itself is complete, so it never deletes the only complete
-copy. Loading checks the manifest, then every file's size and checksum, and names the offending
-file in its error. Folders and files are created with the user's umask (readable by a team
+copy. Loading checks the manifest (its names stay inside the folder and it lists every file
+a load reads), then every file's size and checksum, and names the offending file in its error. Folders and files are created with the user's umask (readable by a team
 when the umask allows it).
 """
 
