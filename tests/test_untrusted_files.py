@@ -13,6 +13,7 @@ Three families and a static check, each failing on the code before the change:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import sys
@@ -240,3 +241,19 @@ def test_every_torch_load_passes_weights_only_true():
                     unsafe.append(f"{rel}: torch.load({args}")
     assert calls >= 3  # the scan sees the calls at all
     assert unsafe == [], unsafe
+
+
+def test_a_training_log_line_that_is_not_json_names_the_file_and_line(tmp_path):
+    pytest.importorskip("matplotlib")  # the plot's own optional dependency
+    folder = ROOT / "examples" / "imagenet_pixels"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("imagenet_pixels_train_untrusted", folder / "train.py")
+        train = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(train)
+    finally:
+        sys.path.remove(str(folder))
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "train_bpd": 3.0}\n{half a line\n')
+    with pytest.raises(_user_error(), match=r"log\.jsonl, line 2, is not valid JSON.*delete that line"):
+        train.plot_curve(log, tmp_path / "curve.png", "t")

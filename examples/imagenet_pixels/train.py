@@ -141,8 +141,14 @@ def plot_curve(log_path: Path, png: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     train, held = [], []
-    for line in log_path.read_text().splitlines():
-        rec = json.loads(line)
+    for number, line in enumerate(log_path.read_text(errors="replace").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:  # the log is a file a person may have edited
+            raise UserError(
+                f"{log_path}, line {number}, is not valid JSON ({err}); delete that line (or the "
+                "file, to plot nothing) and run again"
+            ) from err
         if "train_bpd" in rec:
             train.append((rec["step"], rec["train_bpd"]))
         if "heldout_bpd" in rec:
