@@ -16,7 +16,9 @@ filesystem step therefore leaves at least one *complete* folder among ``checkpoi
 :func:`load_checkpoint`, :func:`load_model` and every resume) picks the newest complete one,
 and the next save first puts it back in place. A save deletes a leftover folder only when it
 is incomplete or when ``checkpoint/`` itself is complete, so it never deletes the only complete
-copy. Loading checks the manifest, then every file's size and checksum, and names the offending
+copy. A save holds the run folder's writer lock (:func:`fractalkit.filelock.writer_lock`): a
+second writer is refused, so every leftover it removes belongs to a writer that has exited.
+Loading checks the manifest, then every file's size and checksum, and names the offending
 file in its error. Folders and files are created with the user's umask (readable by a team
 when the umask allows it).
 """
