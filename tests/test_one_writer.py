@@ -108,3 +108,26 @@ def test_one_process_may_nest_its_own_writer_lock(tmp_path: Path) -> None:
     with writer_lock(tmp_path, what="outer"), writer_lock(tmp_path, what="inner"):
         save_checkpoint(tmp_path / "checkpoint", tiny_fractal(), step=0)
     assert load_checkpoint(tmp_path).step == 0
+
+
+def test_the_quick_start_refuses_a_run_folder_in_use_before_touching_its_log(tmp_path: Path) -> None:
+    """examples/digits --run-dir: a new run removes the folder's older log.jsonl; with another
+    writer in the folder it is refused first, and the log stays."""
+    pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) is not installed")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("digits_example", ROOT / "examples" / "digits" / "train.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1}\n')
+    child = _start(run, "trainer")
+    try:
+        with pytest.raises(FolderInUseError, match=rf"--run-dir: the run folder .* process {child.pid} "):
+            example.run(tmp_path / "out", model_out=tmp_path / "model", steps=1, per_class=1,
+                        progress=False, run_dir=run)
+        assert (run / "log.jsonl").read_text() == '{"step": 1}\n'
+    finally:
+        child.kill()
+        child.communicate(timeout=120)
