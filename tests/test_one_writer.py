@@ -8,7 +8,8 @@ left alone. Once the first has exited, normally or by SIGKILL (its lock is then 
 writer proceeds, and a killed writer's half-written temporary folder is cleaned up.
 
 Before the change the second writer went ahead, and its recovery deleted the live writer's
-temporary folder.
+temporary folder. One case (a Trainer first, a save_checkpoint second, a normal exit) runs under
+the slow marker.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def _temporaries(run: Path) -> list[Path]:
 @pytest.mark.parametrize(
     ("first", "second", "end"),
     [
-        ("trainer", "save_checkpoint", "exit"),
+        # each case starts a Python process (~3 s); this one adds little to the three below
+        pytest.param("trainer", "save_checkpoint", "exit", marks=pytest.mark.slow),
         ("trainer", "trainer", "sigkill"),
         ("save", "save_checkpoint", "sigkill"),
         ("save", "trainer", "exit"),
