@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fractalkit.filelock import FolderInUseError
+
 __all__ = [
     "DEBUG_ENV",
     "ArgumentParser",
@@ -164,7 +166,8 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 #: errors that mean "the inputs are wrong" (missing/corrupt files, bad values, wrong checkpoint)
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
+#: (FolderInUseError: another process writes the run folder; the message names it)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError, FolderInUseError)
 
 
 def run(main: Callable[..., Any], argv: list[str] | None = None) -> Any:

@@ -45,12 +45,12 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fractalkit.config import FractalConfig
+from fractalkit.filelock import waiting_lock
 from fractalkit.protocol import SampleOptions
 from fractalkit.validation import read_json_file
 
@@ -520,21 +520,9 @@ def _convert_release(release: Release, original: Path, cls: type) -> Any:
     return model
 
 
-@contextmanager
 def _locked(folder: Path):
     """One process at a time fetches and converts a model; the others wait, then find it cached."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no advisory lock, concurrent first calls may both download
-        yield
-        return
-    with open(folder / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return waiting_lock(folder)
 
 
 def _released(release: Release, root: Path, offline: bool, progress: bool, keep_original: bool,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fractalkit.filelock import LOCK_FILE
 from fractalkit.training import EMA, CheckpointError, load_checkpoint, load_model, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,7 +66,7 @@ def test_load_finds_the_previous_copy_when_the_folder_is_missing(tmp_path) -> No
         assert load_checkpoint(path).step == 5
         assert isinstance(load_model(path), type(model))
     save_checkpoint(tmp_path / "checkpoint", model, step=6)  # recovers, then replaces
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != LOCK_FILE) == ["checkpoint"]
     assert load_checkpoint(tmp_path).step == 6
 
 
@@ -78,8 +79,8 @@ def test_checkpoint_files_and_folders_follow_the_umask(tmp_path, umask: int) -> 
         folder = save_checkpoint(tmp_path / "run" / "checkpoint", model, step=1, ema=ema)
     finally:
         os.umask(previous)
-    paths = [tmp_path / "run", folder, *folder.iterdir()]
-    assert len(paths) == 2 + 4  # model, ema, trainer, manifest
+    paths = [tmp_path / "run", folder, *folder.iterdir(), tmp_path / "run" / LOCK_FILE]
+    assert len(paths) == 2 + 4 + 1  # model, ema, trainer, manifest; the run folder's lock
     for p in paths:
         mode = stat.S_IMODE(p.stat().st_mode)
         expected = (0o777 if p.is_dir() else 0o666) & ~umask
@@ -103,4 +104,4 @@ def test_non_finite_weights_are_never_written(tmp_path, where: str, bad: float) 
         save_checkpoint(tmp_path / "checkpoint", model, step=2, ema=ema)
     after = {p.name: p.read_bytes() for p in (tmp_path / "checkpoint").iterdir()}
     assert after == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != LOCK_FILE) == ["checkpoint"]

@@ -28,6 +28,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -45,6 +46,7 @@ from fractalkit import (
     SampleOptions,
     cli,
 )
+from fractalkit.filelock import writer_lock
 from fractalkit.training import Checkpoint, Trainer, WarmupCosine, budget, load_checkpoint
 
 LEVELS = 17  # grey levels 0..16 in load_digits
@@ -211,17 +213,20 @@ def run(
     if resume and run_dir is None:
         raise cli.UserError("--resume needs the run's folder (--run-dir)")
     ck = resumable(run_dir, steps=steps, batch=batch, lr=lr, seed=seed) if resume else None
-    if run_dir is not None and ck is None and (run_dir / "log.jsonl").exists():
-        (run_dir / "log.jsonl").unlink()  # a new run: the log of an older one would mix in
-    torch.manual_seed(seed)
-    model = build_model()
-    start = time.perf_counter()
-    bpd_before = bits_per_dim(model, test_x, test_y)
-    if ck is not None:  # the untrained figure above comes from the same seed as the saved run's
-        model = ck.model
+    # One writer per run folder: a second run on it is refused before it touches the log
+    lock = writer_lock(run_dir, what="--run-dir") if run_dir is not None else contextlib.nullcontext()
+    with lock:
+        if run_dir is not None and ck is None and (run_dir / "log.jsonl").exists():
+            (run_dir / "log.jsonl").unlink()  # a new run: the log of an older one would mix in
+        torch.manual_seed(seed)
+        model = build_model()
+        start = time.perf_counter()
+        bpd_before = bits_per_dim(model, test_x, test_y)
+        if ck is not None:  # the untrained figure above comes from the same seed as the saved run's
+            model = ck.model
 
-    log = train(model, train_x, train_y, steps=steps, batch=batch, lr=lr, seed=seed, progress=progress,
-                run_dir=run_dir, save_every=save_every, log_every=log_every if run_dir else None, resume=ck)
+        log = train(model, train_x, train_y, steps=steps, batch=batch, lr=lr, seed=seed, progress=progress,
+                    run_dir=run_dir, save_every=save_every, log_every=log_every if run_dir else None, resume=ck)
     if log["interrupted"]:
         print(f"{log['interrupted']}: saved {run_dir / 'checkpoint'} at step {log['steps']}; continue "
               "with the same command and --resume", flush=True)

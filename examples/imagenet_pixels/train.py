@@ -21,6 +21,7 @@ NLL and held-out bits/dim), ``args.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -41,6 +42,7 @@ from fractalkit.cli import (
     probability,
     run,
 )
+from fractalkit.filelock import writer_lock
 from fractalkit.imagenet.data import load_image_dataset
 from fractalkit.imagenet.presets import PRESETS, get_preset
 from fractalkit.training import (
@@ -367,16 +369,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if resume is not None:
         trainer.restore(resume)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(vars(args), indent=1))
-        print(f"[train] {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
-              f"{device} x{world}; {len(dataset)} images ({'labelled' if use_labels else 'unconditional'}), "
-              f"batch {batch}, {r.total} steps ({per_epoch} per epoch), peak lr {r.peak:.3g}, warm-up {r.warmup}, "
-              f"bf16 {bf16}, checkpointing {ckpting}, EMA {args.ema}; run folder {out}", flush=True)
+    # One writer per run folder (the first process holds it): a second run on the folder is
+    # refused before it overwrites args.json
+    with writer_lock(out, what="--out") if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+            print(f"[train] {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+                  f"{device} x{world}; {len(dataset)} images ({'labelled' if use_labels else 'unconditional'}), "
+                  f"batch {batch}, {r.total} steps ({per_epoch} per epoch), peak lr {r.peak:.3g}, warm-up {r.warmup}, "
+                  f"bf16 {bf16}, checkpointing {ckpting}, EMA {args.ema}; run folder {out}", flush=True)
 
-    result = trainer.fit(batches=epoch_batches(dataset, sampler, batch // world, per_epoch, use_labels, args.workers))
-    summary = finish(args, out, result, r.total, rank)
+        result = trainer.fit(batches=epoch_batches(dataset, sampler, batch // world, per_epoch, use_labels, args.workers))
+        summary = finish(args, out, result, r.total, rank)
     if world > 1:
         torch.distributed.destroy_process_group()
     return summary

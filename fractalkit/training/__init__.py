@@ -12,11 +12,14 @@
   library's safetensors format (:meth:`fractalkit.Fractal.save`), the optimizer, schedule, step,
   random-stream states and the full config, written atomically (crash-consistent at every
   filesystem step: :func:`resolve_checkpoint` finds the newest complete copy) and verified on load.
+- :class:`FolderInUseError`: a second writer of a run folder is refused (one writer per run
+  folder: :class:`Trainer` and :func:`save_checkpoint` hold its lock).
 - :class:`NonFiniteLoss`: what a training loop raises on a NaN/inf loss or gradient.
 - :class:`OptimizerInBackward`: optimizer steps inside the backward pass, so the gradients of the
   whole model never exist at once (less peak memory).
 """
 
+from fractalkit.filelock import FolderInUseError
 from fractalkit.training.budget import (
     Stopwatch,
     add_budget_arguments,
@@ -50,6 +53,7 @@ __all__ = [
     "EMA",
     "Checkpoint",
     "CheckpointError",
+    "FolderInUseError",
     "NonFiniteLoss",
     "OptimizerInBackward",
     "Stopwatch",

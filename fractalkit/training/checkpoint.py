@@ -16,8 +16,11 @@ filesystem step therefore leaves at least one *complete* folder among ``checkpoi
 :func:`load_checkpoint`, :func:`load_model` and every resume) picks the newest complete one,
 and the next save first puts it back in place. A save deletes a leftover folder only when it
 is incomplete or when ``checkpoint/`` itself is complete, so it never deletes the only complete
-copy. Loading checks the manifest (its names stay inside the folder and it lists every file
-a load reads), then every file's size and checksum, and names the offending file in its error. Folders and files are created with the user's umask (readable by a team
+copy. A save holds the run folder's writer lock (:func:`fractalkit.filelock.writer_lock`): a
+second writer is refused, so every leftover it removes belongs to a writer that has exited.
+Loading checks the manifest (its names stay inside the folder and it lists every file
+a load reads), then every file's size and checksum, and names the offending
+file in its error. Folders and files are created with the user's umask (readable by a team
 when the umask allows it).
 """
 
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fractalkit.filelock import writer_lock
 from fractalkit.fractal import Fractal
 from fractalkit.legacy import upgrade_config, upgrade_optimizer_state, upgrade_state_dict
 from fractalkit.validation import nonfinite_tensors, read_json_file
@@ -242,6 +246,11 @@ def save_checkpoint(
 
     Returns:
         The checkpoint folder's path.
+
+    Raises:
+        fractalkit.filelock.FolderInUseError: another live process writes the same run folder
+            (``path``'s parent; the message names it). Leftover temporary folders of writers
+            that have exited are removed; a live writer's never are.
     """
     if not isinstance(model, Fractal):
         raise TypeError(f"save_checkpoint: model must be a fractalkit.Fractal, got {type(model).__name__}")
@@ -256,7 +265,15 @@ def save_checkpoint(
             f"save_checkpoint: refusing to write non-finite weights at step {step}: {len(bad)} "
             f"tensor(s) hold NaN/inf, e.g. {bad[:3]}; the checkpoint at {final} is left as it was"
         )
-    final.parent.mkdir(parents=True, exist_ok=True)
+    # One writer per run folder: the lock also makes the recovery below safe, as every
+    # leftover temporary folder then belongs to a writer that has exited.
+    with writer_lock(final.parent, what="save_checkpoint"):
+        return _write(final, model, step, optimizer, scheduler, ema, rng, extra)
+
+
+def _write(final: Path, model: Fractal, step: int, optimizer: Any, scheduler: Any, ema: Any,
+           rng: dict[str, Any] | None, extra: dict[str, Any] | None) -> Path:
+    """The body of :func:`save_checkpoint`, run under the run folder's writer lock."""
     _recover(final)
     tmp = final.with_name(f"{final.name}.tmp-{secrets.token_hex(6)}")
     tmp.mkdir()  # plain mkdir: the user's umask decides who may read it

@@ -54,6 +54,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fractalkit.filelock import writer_lock
 from fractalkit.training.checkpoint import Checkpoint, save_checkpoint
 from fractalkit.training.distributed import is_distributed, parameter_digest
 from fractalkit.training.ema import EMA
@@ -451,9 +452,25 @@ class Trainer:
             NonFiniteLoss: a NaN/inf loss, NLL or gradient norm (after ``skip_nonfinite`` skips in
                 a row); the step's update was not applied and the last checkpoint is untouched.
             ValueError: not exactly one data source, or a malformed batch.
+            fractalkit.filelock.FolderInUseError: another live process writes the run folder
+                ``out`` (the message names it: pid, host, since when, command).
         """
         if (next_batch is None) == (batches is None):
             raise ValueError("Trainer.fit: give exactly one of next_batch and batches")
+        # One writer per run folder, for the whole run (its checkpoint saves take the same lock)
+        lock = (
+            writer_lock(self.out, what="Trainer.fit")
+            if self.out is not None and self.rank == 0 else contextlib.nullcontext()
+        )
+        with lock:
+            return self._fit(next_batch, batches)
+
+    def _fit(
+        self,
+        next_batch: Callable[[torch.Generator], Batch] | None,
+        batches: Callable[[int], Iterable[Batch]] | None,
+    ) -> TrainResult:
+        """The body of :meth:`fit`, run under the run folder's writer lock."""
         if batches is not None:
             iterator: Iterator[Batch] = iter(batches(self.step))
         else:
