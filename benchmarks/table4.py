@@ -21,7 +21,7 @@ upwards at fewer samples: compare like with like). Sampled batches are kept in `
 re-running the same command resumes where it stopped and gives the same images (batch b is
 drawn from seed ``--seed + b``; each process keeps its own batches, and a restart, with any
 number of processes, draws only the missing ones); all samples are also written as one ADM-format
-``samples_<N>x<H>x<W>x3.npz`` there (ADM's evaluator reads it). Results go to
+``merged_<N>x<H>x<W>x3.npz`` there (ADM's evaluator reads it). Results go to
 ``benchmarks/results/table4_<model>_<n>.json`` with the paper's row beside them.
 """
 

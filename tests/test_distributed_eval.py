@@ -10,6 +10,7 @@ one thread, as the workers run.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -32,6 +33,8 @@ SAMPLE_CASES = [(7, 2), (6, 3), (3, 4), (9, 2)]
 SCORE_CASES = [("mar", 7, 2, 2, "random"), ("ar", 5, 3, 1, "random"), ("mar", 6, 4, 1, "identity"),
                ("mar", 3, 4, 3, "random")]
 SEED = 5
+#: The installed torch warns that TorchScript is deprecated; InceptionV3 (and the stand-in) read such files.
+JIT_DEPRECATED = "ignore:`torch.jit.*deprecated:DeprecationWarning"
 
 
 def tiny_model(kind: str = "ar") -> torch.nn.Module:
@@ -217,3 +220,92 @@ def test_a_killed_rank_resumes_from_its_own_batches(tmp_path, restart, one_threa
     assert calls == 5 - len(kept)  # 5 batches in all: only the missing ones were drawn
     alone = metrics.sample_images(tiny_model(), 9, batch=2, seed=SEED, progress=False)
     np.testing.assert_array_equal(np.load(tmp_path / "merged.npz")["arr_0"], alone.permute(0, 2, 3, 1).numpy())
+
+
+# ---- the command lines under torchrun ------------------------------------------------------------
+
+
+def torchrun(script: Path, *args: str) -> str:
+    """Run ``script`` under ``torchrun --standalone --nproc_per_node=2`` (gloo on the CPU)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+class _Features(torch.nn.Module):
+    """A TorchScript stand-in for Inception-v3's calling convention (features or probabilities)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.linspace(-1, 1, 24).view(6, 4))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False, no_output_bias: bool = False) -> torch.Tensor:
+        x = x.float() / 255
+        f = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+        return f if return_features else (f @ self.w).softmax(-1)
+
+
+def stand_in_inception(folder: Path) -> tuple[Path, Path]:
+    """A scripted feature network file and a reference ``.npz`` (mu/sigma) made with it."""
+    net_path = folder / "net.pt"
+    torch.jit.script(_Features()).save(str(net_path))
+    net = metrics.InceptionV3(net_path)
+    real = torch.randint(0, 256, (40, 3, 4, 4), generator=torch.Generator().manual_seed(1))
+    metrics.save_reference(folder / "ref.npz", metrics.extract_features(net, real).features)
+    return net_path, folder / "ref.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
+def test_table4_under_torchrun_scores_what_one_process_scores(tmp_path, one_thread):
+    """benchmarks/table4.py with two processes: the same merged samples and scores as one."""
+    spec = importlib.util.spec_from_file_location("table4_dist", ROOT / "benchmarks" / "table4.py")
+    table4 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table4)
+    model = tiny_model().save_pretrained(tmp_path / "model")
+    net, ref = stand_in_inception(tmp_path)
+    common = ["--model", str(model), "--reference", str(ref), "--inception", str(net), "--num-samples", "9",
+              "--batch", "2", "--device", "cpu"]
+    alone = table4.main([*common, "--samples-dir", str(tmp_path / "one"), "--out", str(tmp_path / "out1")])
+    torchrun(ROOT / "benchmarks" / "table4.py", *common, "--samples-dir", str(tmp_path / "two"),
+             "--out", str(tmp_path / "out2"))
+    both = json.loads((tmp_path / "out2" / "table4_model_9.json").read_text())
+    assert both["processes"] == 2 and alone["processes"] == 1
+    for key in ("fid", "inception_score", "num_samples"):
+        assert both[key] == alone[key]
+    one, two = np.load(alone["samples_npz"]), np.load(both["samples_npz"])
+    np.testing.assert_array_equal(one["arr_0"], two["arr_0"])
+    np.testing.assert_array_equal(one["arr_1"], two["arr_1"])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
+def test_evaluate_under_torchrun_reports_what_one_process_reports(tmp_path, one_thread):
+    """examples/imagenet_pixels/evaluate.py with two processes: the same bits/dim and standard
+    error (float64, exactly), the same FID over the same merged samples."""
+    from PIL import Image
+
+    for i in range(7):  # an image folder of two classes
+        (tmp_path / "data" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "data" / f"c{i % 2}" / f"{i}.png")
+    model = tiny_model("mar")
+    model.save(tmp_path / "model.safetensors")
+    net, ref = stand_in_inception(tmp_path)
+    common = ["--checkpoint", str(tmp_path / "model.safetensors"), "--data", str(tmp_path / "data"),
+              "--max-images", "7", "--batch-size", "2", "--draws", "2", "--heatmap-images", "1",
+              "--fid", "--reference", str(ref), "--inception", str(net), "--num-samples", "5",
+              "--device", "cpu", "--threads", "1", "--no-progress"]
+    alone = evaluate_script().main([*common, "--samples-dir", str(tmp_path / "one"),
+                                    "--json", str(tmp_path / "one.json")])
+    torchrun(EVALUATE, *common, "--samples-dir", str(tmp_path / "two"), "--json", str(tmp_path / "two.json"))
+    both = json.loads((tmp_path / "two.json").read_text())
+    assert both["processes"] == 2 and alone["processes"] == 1 and alone["kind"] == "estimate"
+    for key in ("bits_per_dim", "stderr", "images", "per_channel_bits", "fid", "inception_score"):
+        assert both[key] == alone[key], key
+    np.testing.assert_array_equal(np.load(alone["samples_npz"])["arr_0"], np.load(both["samples_npz"])["arr_0"])

@@ -418,10 +418,11 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def merged_name(num_samples: int, event_shape) -> str:
-    """ADM's name for a file of all samples: ``samples_<N>x<H>x<W>x3.npz`` (``event_shape`` is
-    ``[3, H, W]``), as its sampling scripts write it."""
+    """The name the scripts give the file of all samples beside the batch files:
+    ``merged_<N>x<H>x<W>x3.npz`` (``event_shape`` is ``[3, H, W]``; ADM's sampling scripts write
+    ``samples_<N>x<H>x<W>x3.npz``, which would read as a batch file here)."""
     c, h, w = tuple(event_shape)
-    return f"samples_{num_samples}x{h}x{w}x{c}.npz"
+    return f"merged_{num_samples}x{h}x{w}x{c}.npz"
 
 
 def sample_labels(model, start: int, n: int, device: str | torch.device = "cpu") -> Tensor | None:
