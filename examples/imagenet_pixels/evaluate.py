@@ -4,6 +4,11 @@
     python examples/imagenet_pixels/evaluate.py --checkpoint runs/small-in64 \\
         --data ../shared/data/tiny-imagenet-64/train.parquet --holdout 0.05 --part heldout \\
         --max-images 256 --draws 4 --heatmap heat.png
+    torchrun --standalone --nproc_per_node=4 examples/imagenet_pixels/evaluate.py \\
+        --checkpoint runs/small-in64 --max-images 4096 --batch-size 64
+
+Under ``torchrun`` each process scores every W-th batch and the per-image figures are reduced
+exactly (float64 ``all_reduce``): the printed mean and standard error are the one-process ones.
 
 What the number is (printed beside it):
 
