@@ -87,7 +87,7 @@ def table4_row(args: argparse.Namespace, rank: int, world: int, device: torch.de
     if rank == 0:  # before sampling: a missing file stops the job at once
         net = metrics.InceptionV3(args.inception, download=args.download_inception, device=str(device))
         reference = metrics.load_reference(args.reference, net, progress=True)
-    model = Fractal.from_pretrained(args.model, device=device)
+    model = Fractal.from_pretrained(args.model, device=str(device))
     samples_dir = args.samples_dir or Path("runs") / f"table4-{Path(args.model).name}-seed{args.seed}"
     merged = samples_dir / metrics.merged_name(args.num_samples, model.event_shape)
     t0 = time.time()
