@@ -9,11 +9,20 @@ weights (``--inception``, or ``--download-inception`` online).
     python benchmarks/table4.py --model fractalmar-large-in256 --reference fid_stats/adm_in256_stats.npz \\
         --num-samples 50000 --batch 256 --samples-dir runs/table4-large --device cuda
 
+Several GPUs, on one machine or many (``torchrun``; each process draws every W-th batch, the
+images do not depend on the number of processes, and rank 0 scores the merged samples):
+
+    torchrun --standalone --nproc_per_node=8 benchmarks/table4.py --model fractalmar-large-in256 \\
+        --reference fid_stats/adm_in256_stats.npz --num-samples 50000 --batch 256 \\
+        --samples-dir runs/table4-large
+
 50,000 samples is the paper's count. ``--num-samples 5000`` is a labelled short run (FID is biased
 upwards at fewer samples: compare like with like). Sampled batches are kept in ``--samples-dir``;
 re-running the same command resumes where it stopped and gives the same images (batch b is
-drawn from seed ``--seed + b``). Results go to ``benchmarks/results/table4_<model>_<n>.json``
-with the paper's row beside them.
+drawn from seed ``--seed + b``; each process keeps its own batches, and a restart, with any
+number of processes, draws only the missing ones); all samples are also written as one ADM-format
+``merged_<N>x<H>x<W>x3.npz`` there (ADM's evaluator reads it). Results go to
+``benchmarks/results/table4_<model>_<n>.json`` with the paper's row beside them.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import torch
 
 from fractalkit import Fractal, cli
 from fractalkit.imagenet import metrics
+from fractalkit.training import init_distributed
 
 #: The paper's Table 4 rows for the released 256x256 models (FID, IS, precision, recall).
 PAPER = {
@@ -48,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples-dir", type=Path, default=None, help="keep/resume sampled batches here")
     p.add_argument("--inception", default=None, help="inception-2015-12-05.pt")
     p.add_argument("--download-inception", action="store_true")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="under torchrun, cuda means cuda:LOCAL_RANK")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     cli.add_debug_argument(p)
     args = p.parse_args(argv)
@@ -60,16 +71,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    """Sample, extract features, score; write and print the results."""
+    """Sample, extract features, score; write and print the results (rank 0 under torchrun;
+    the other ranks only sample and return an empty dict)."""
     args = parse_args(argv)
-    net = metrics.InceptionV3(args.inception, download=args.download_inception, device=args.device)
-    reference = metrics.load_reference(args.reference, net, progress=True)
-    model = Fractal.from_pretrained(args.model, device=args.device)
+    rank, world, device = init_distributed(args.device)  # one process unless started by torchrun
+    try:
+        return table4_row(args, rank, world, device)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def table4_row(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
+    """:func:`main` once the processes are set up."""
+    if rank == 0:  # before sampling: a missing file stops the job at once
+        net = metrics.InceptionV3(args.inception, download=args.download_inception, device=str(device))
+        reference = metrics.load_reference(args.reference, net, progress=True)
+    model = Fractal.from_pretrained(args.model, device=str(device))
     samples_dir = args.samples_dir or Path("runs") / f"table4-{Path(args.model).name}-seed{args.seed}"
+    merged = samples_dir / metrics.merged_name(args.num_samples, model.event_shape)
     t0 = time.time()
     images = metrics.sample_images(model, args.num_samples, batch=args.batch, seed=args.seed,
-                                   folder=samples_dir)
+                                   folder=samples_dir, out=merged)
     sample_s = time.time() - t0
+    if rank != 0:
+        return {}
     scores = metrics.evaluate(metrics.extract_features(net, images, progress=True), reference)
     name = Path(args.model).name
     result = {
@@ -77,8 +103,8 @@ def main(argv=None) -> dict:
         "label": "paper protocol (50,000 samples)" if args.num_samples >= PAPER_SAMPLES
         else f"SHORT RUN: {args.num_samples} samples, not the paper's 50,000 (FID is biased upwards)",
         "paper": PAPER.get(name), "reference": str(args.reference),
-        "sampling_options": repr(model.pretrained_options), "device": args.device,
-        "seconds_sampling_this_run": sample_s, "samples_dir": str(samples_dir),
+        "sampling_options": repr(model.pretrained_options), "device": str(device), "processes": world,
+        "seconds_sampling_this_run": sample_s, "samples_dir": str(samples_dir), "samples_npz": str(merged),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"table4_{name}_{args.num_samples}.json"
@@ -86,7 +112,6 @@ def main(argv=None) -> dict:
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return result
-
 
 if __name__ == "__main__":
     cli.run(main)

@@ -4,6 +4,11 @@
     python examples/imagenet_pixels/evaluate.py --checkpoint runs/small-in64 \\
         --data ../shared/data/tiny-imagenet-64/train.parquet --holdout 0.05 --part heldout \\
         --max-images 256 --draws 4 --heatmap heat.png
+    torchrun --standalone --nproc_per_node=4 examples/imagenet_pixels/evaluate.py \\
+        --checkpoint runs/small-in64 --max-images 4096 --batch-size 64
+
+Under ``torchrun`` each process scores every W-th batch and the per-image figures are reduced
+exactly (float64 ``all_reduce``): the printed mean and standard error are the one-process ones.
 
 What the number is (printed beside it):
 
@@ -27,11 +32,14 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixels_common import autocast, checkpoint_info, pick_device
+from pixels_common import autocast, checkpoint_info
 
 from fractalkit import Fractal
 from fractalkit.cli import (
@@ -43,7 +51,7 @@ from fractalkit.cli import (
     run,
 )
 from fractalkit.imagenet.data import load_image_dataset
-from fractalkit.training import load_model
+from fractalkit.training import init_distributed, load_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,17 +102,135 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def sample_quality(model: Fractal, args: argparse.Namespace, device: torch.device) -> dict:
-    """FID, IS (and precision/recall with an image reference) of ``--num-samples`` samples."""
+def sample_quality(model: Fractal, args: argparse.Namespace, device: torch.device, rank: int = 0) -> dict:
+    """FID, IS (and precision/recall with an image reference) of ``--num-samples`` samples.
+
+    Under ``torchrun`` every process draws its share of the batches
+    (:func:`fractalkit.imagenet.metrics.sample_images`); rank 0 alone loads Inception and the
+    reference (before sampling, so a missing file stops the job at once) and scores the merged
+    samples. Other ranks return an empty dict."""
     from fractalkit.imagenet import metrics
 
-    net = metrics.InceptionV3(args.inception, download=args.download_inception, device=str(device))
-    reference = metrics.load_reference(args.reference, net, progress=True)
+    if rank == 0:
+        net = metrics.InceptionV3(args.inception, download=args.download_inception, device=str(device))
+        reference = metrics.load_reference(args.reference, net, progress=True)
+    out = None
+    if args.samples_dir:
+        out = Path(args.samples_dir) / metrics.merged_name(args.num_samples, model.event_shape)
     images = metrics.sample_images(model, args.num_samples, batch=args.batch_size, seed=args.seed,
-                                   folder=args.samples_dir)
+                                   folder=args.samples_dir, out=out, progress=not args.no_progress)
+    if rank != 0:
+        return {}
     scores = metrics.evaluate(metrics.extract_features(net, images, progress=True), reference)
-    return {**scores, "reference": args.reference,
+    extra = {"samples_npz": str(out)} if out is not None else {}
+    return {**scores, "reference": args.reference, **extra,
             "fid_note": f"{args.num_samples} samples (the paper uses 50,000; fewer samples raise FID)"}
+
+
+def batch_generator(seed: int, b: int, device: torch.device) -> torch.Generator:
+    """The generator of batch ``b``'s random orders and masks: seeded from ``(seed, b)`` through
+    NumPy's ``SeedSequence`` (streams of different batches and seeds do not overlap), the same
+    whichever process scores the batch."""
+    state = int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(state)
+
+
+class Scored(NamedTuple):
+    """Per-image bits/dim of the first N images of a dataset, the same on every process.
+
+    Attributes:
+        values: float64 ``[N]``, bits/dim of each image (an estimate's value for MAR levels).
+        stderrs: float64 ``[N]``, each value's standard error over its draws (zeros when exact).
+        kind: ``"exact"``, ``"bound"`` or ``"estimate"`` (None on a process that scored nothing).
+        first_x: uint8-valued ``[B, 3, H, W]``, the first batch (on rank 0; None elsewhere).
+        first_y: its labels ``[B]`` (None without labels or off rank 0).
+    """
+
+    values: torch.Tensor
+    stderrs: torch.Tensor
+    kind: str | None
+    first_x: torch.Tensor | None
+    first_y: torch.Tensor | None
+
+
+def score_dataset(
+    model: Fractal, dataset, n: int, *, batch_size: int, draws: int = 1, orders: str = "random", seed: int = 0,
+    use_labels: bool = False, device: torch.device | str = "cpu", bf16: bool = False, progress: bool = False,
+) -> Scored:
+    """Bits/dim of images ``0 .. n - 1`` of ``dataset``, spread over the processes of a ``torchrun``
+    job (one process without a process group).
+
+    Batches are fixed: batch ``b`` holds images ``b * batch_size`` onwards and its random orders
+    come from :func:`batch_generator` ``(seed, b)``. Under ``W`` processes rank ``r`` scores the
+    batches ``b`` with ``b % W == r`` (no image twice, none padded), and the per-image figures
+    are summed into one float64 vector of ``n`` entries with ``all_reduce`` (each entry is set by
+    exactly one rank, the others add zero: the sum is exact). One process and ``W`` processes
+    therefore give the same per-image figures, and :func:`summarise` the same mean and standard
+    error.
+
+    Args:
+        model: the model, on ``device`` (eval mode).
+        dataset: items ``(x [3, H, W], y)`` indexable by position.
+        n: number of images (at most ``len(dataset)``).
+        batch_size: images per batch.
+        draws: random orders per image (MAR estimates).
+        orders: ``"random"`` or ``"identity"`` (exact raster-order NLL).
+        seed: the base seed of the batches' generators.
+        use_labels: score ``p(x | y)`` with the dataset's labels, else ``p(x)``.
+        device: where to score.
+        bf16: bf16 autocast.
+        progress: a tqdm bar over this process's batches.
+
+    Returns:
+        :class:`Scored`.
+    """
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    starts = list(range(0, n, batch_size))
+    values = torch.zeros(n, dtype=torch.float64)
+    stderrs = torch.zeros(n, dtype=torch.float64)
+    kind, first_x, first_y = None, None, None
+    for b in tqdm([b for b in range(len(starts)) if b % world == rank], desc="scoring", unit="batch",
+                  disable=not progress, dynamic_ncols=True):
+        start, stop = starts[b], min(n, starts[b] + batch_size)
+        items = [dataset[i] for i in range(start, stop)]
+        x = torch.stack([it[0] for it in items]).to(device)
+        y = torch.stack([torch.as_tensor(it[1]) for it in items]).to(device) if use_labels else None
+        if b == 0:
+            first_x, first_y = x, y
+        with torch.no_grad(), autocast(device, bf16):
+            bpd = model.bits_per_dim(
+                x, y, num_draws=draws, generator=batch_generator(seed, b, device),
+                orders="identity" if orders == "identity" else None,
+            )
+        values[start:stop] = bpd.value.detach().to("cpu", torch.float64)
+        if bpd.stderr is not None:
+            stderrs[start:stop] = bpd.stderr.detach().to("cpu", torch.float64)
+        kind = bpd.kind
+    if distributed and world > 1:
+        comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        both = torch.stack([values, stderrs]).to(comm)
+        dist.all_reduce(both)  # each entry is non-zero on one rank only: an exact sum
+        values, stderrs = both.cpu().unbind(0)
+    return Scored(values, stderrs, kind, first_x, first_y)
+
+
+def summarise(values: torch.Tensor, stderrs: torch.Tensor) -> tuple[float, float]:
+    """Mean bits/dim and its standard error, in float64: the spread over images (unbiased
+    variance / N) plus the per-image draws' own variance (``sum stderr^2 / N^2``).
+
+    Args:
+        values, stderrs: ``[N]`` per-image bits/dim and standard errors (:class:`Scored`).
+
+    Returns:
+        ``(mean, stderr)`` in bits/dim.
+    """
+    v, e = values.double(), stderrs.double()
+    spread = float(v.var(unbiased=True)) / v.numel() if v.numel() > 1 else 0.0
+    return float(v.mean()), math.sqrt(spread + float((e**2).sum()) / v.numel() ** 2)
 
 
 @torch.no_grad()
@@ -156,7 +282,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    rank, world, device = init_distributed(args.device)  # one process unless started by torchrun
+    try:
+        return evaluate_checkpoint(args, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def evaluate_checkpoint(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
+    """:func:`main` once the processes are set up; rank 0 prints and writes the results."""
     ckpt = Path(args.checkpoint)
     info = checkpoint_info(ckpt)
     model = load_model(ckpt, ema=not args.no_ema, device=device).eval()
@@ -174,37 +309,19 @@ def main(argv=None) -> dict:
         and info.get("conditional", True)
     )
     n = min(args.max_images, len(dataset))
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    values, errs, kind = [], [], None
     t0 = time.time()
-    first_x, first_y = None, None
-    from tqdm import tqdm
-
-    for start in tqdm(range(0, n, args.batch_size), desc="scoring", unit="batch",
-                      disable=args.no_progress, dynamic_ncols=True):
-        items = [dataset[i] for i in range(start, min(n, start + args.batch_size))]
-        x = torch.stack([it[0] for it in items]).to(device)
-        y = torch.stack([it[1] for it in items]).to(device) if use_labels else None
-        if first_x is None:
-            first_x, first_y = x, y
-        with torch.no_grad(), autocast(device, args.bf16):
-            bpd = model.bits_per_dim(
-                x, y, num_draws=args.draws, generator=gen,
-                orders="identity" if args.orders == "identity" else None,
-            )
-        values.append(bpd.value.float().cpu())
-        errs.append(bpd.stderr.float().cpu() if bpd.stderr is not None else torch.zeros_like(values[-1]))
-        kind = bpd.kind
-    v, e = torch.cat(values), torch.cat(errs)
-    mean = float(v.mean())
-    spread = float(v.var(unbiased=True)) / v.numel() if v.numel() > 1 else 0.0
-    stderr = math.sqrt(spread + float((e**2).sum()) / v.numel() ** 2)
+    scored = score_dataset(
+        model, dataset, n, batch_size=args.batch_size, draws=args.draws, orders=args.orders, seed=args.seed,
+        use_labels=use_labels, device=device, bf16=args.bf16, progress=not args.no_progress and rank == 0,
+    )
+    mean, stderr = summarise(scored.values, scored.stderrs)
+    kind, first_x, first_y = scored.kind, scored.first_x, scored.first_y
     results = {
-        "bits_per_dim": mean, "stderr": stderr, "kind": kind, "images": int(v.numel()),
+        "bits_per_dim": mean, "stderr": stderr, "kind": kind, "images": n, "processes": world,
         "draws": args.draws, "orders": args.orders, "conditional": bool(use_labels),
         "data": args.data or "scikit-image crops", "part": part, "seconds": time.time() - t0,
     }
-    if args.heatmap or args.heatmap_images:
+    if rank == 0 and (args.heatmap or args.heatmap_images):
         k = min(args.heatmap_images, first_x.shape[0])
         if k > 0:
             yk = first_y[:k] if first_y is not None else None
@@ -218,15 +335,17 @@ def main(argv=None) -> dict:
                                f"per-pixel NLL (exact, raster orders); {ckpt.name}")
                 results["heatmap"] = args.heatmap
     if args.fid:
-        results.update(sample_quality(model, args, device))
+        results.update(sample_quality(model, args, device, rank))
+    if rank != 0:
+        return results
     label = {"exact": "exact", "bound": "upper bound", "estimate": "estimate"}.get(kind, kind)
-    print(f"{mean:.4f} ± {stderr:.4f} bits/dim ({label}; {v.numel()} images, {args.draws} draw(s))")
+    across = f", {world} processes" if world > 1 else ""
+    print(f"{mean:.4f} ± {stderr:.4f} bits/dim ({label}; {n} images, {args.draws} draw(s){across})")
     print(json.dumps(results), flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results
-
 
 if __name__ == "__main__":
     run(main)

@@ -53,8 +53,10 @@ __all__ = [
     "frechet_distance",
     "inception_score",
     "load_reference",
+    "merged_name",
     "precision_recall",
     "sample_images",
+    "sample_labels",
     "save_reference",
 ]
 
@@ -384,6 +386,57 @@ def evaluate(samples: FeatureSet, reference: Reference, *, split_size: int = 500
 # ---- sampling for evaluation -------------------------------------------------------------------
 
 
+def _process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised default process group, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _comm_device(fallback: torch.device) -> torch.device:
+    """Where collective buffers live: the current CUDA device under NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device()) if fallback.type != "cuda" else fallback
+    return torch.device("cpu")
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an ``.npz`` atomically: a temporary file beside it, flushed to disk, then renamed."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def merged_name(num_samples: int, event_shape) -> str:
+    """The name the scripts give the file of all samples beside the batch files:
+    ``merged_<N>x<H>x<W>x3.npz`` (``event_shape`` is ``[3, H, W]``; ADM's sampling scripts write
+    ``samples_<N>x<H>x<W>x3.npz``, which would read as a batch file here)."""
+    c, h, w = tuple(event_shape)
+    return f"merged_{num_samples}x{h}x{w}x{c}.npz"
+
+
+def sample_labels(model, start: int, n: int, device: str | torch.device = "cpu") -> Tensor | None:
+    """The class labels :func:`sample_images` gives images ``start .. start + n - 1``:
+    ``i % num_classes`` (balanced, as the original's evaluation); None for an unconditional model.
+
+    Returns:
+        int64 ``[n]`` on ``device``, or None.
+    """
+    if not model.num_classes:
+        return None
+    return torch.arange(start, start + n, device=device) % model.num_classes
+
+
 def sample_images(
     model,
     num_samples: int,
@@ -393,25 +446,43 @@ def sample_images(
     seed: int = 0,
     folder: str | os.PathLike | None = None,
     progress: bool = True,
-) -> Tensor:
+    out: str | os.PathLike | None = None,
+) -> Tensor | None:
     """Draw ``num_samples`` images for evaluation, class labels ``i % num_classes`` (balanced, as
-    the original's evaluation), batch ``b`` from seed ``seed + b``; resumable.
+    the original's evaluation), batch ``b`` from seed ``seed + b``; resumable; spread over the
+    processes of a ``torchrun`` job.
 
-    With ``folder``, each finished batch is written as ``samples_<start>.npz`` (uint8 ``arr_0``
-    ``[n, H, W, 3]``, ADM's sample format) and batches already there are read instead of drawn:
-    an interrupted run continues where it stopped and gives the same images.
+    Batches are fixed: batch ``b`` holds images ``b * batch`` to ``(b + 1) * batch - 1`` (the last
+    one fewer) and is drawn from a generator seeded with ``seed + b``, whatever the number of
+    processes. Under an initialised process group of ``W`` processes, rank ``r`` draws batches
+    ``b`` with ``b % W == r``; the batches are then gathered on rank 0 in order. One process and
+    ``W`` processes therefore give the same images, bit for bit, on the same kind of device
+    (``batch`` and ``seed`` must be the same).
+
+    With ``folder``, each finished batch is written as ``samples_<start>_<n>.npz`` (uint8
+    ``arr_0`` ``[n, H, W, 3]``, ADM's sample format; written to a temporary file, flushed and
+    renamed, so a killed process never leaves half a file) and batches already there are read
+    instead of drawn: an interrupted run (or one of its ranks) continues where it stopped and
+    gives the same images, even with another number of processes. Under several processes on
+    several machines, ``folder`` may be local to each machine or shared.
 
     Args:
-        model: a :class:`fractalkit.Fractal` over ``[3, H, W]`` images (eval mode).
+        model: a :class:`fractalkit.Fractal` over ``[3, H, W]`` images (eval mode), on this
+            process's device (under NCCL, ``cuda:LOCAL_RANK``).
         num_samples: N.
         options: :class:`fractalkit.SampleOptions` (default ``model.pretrained_options``).
         batch: images per call to ``model.sample``.
         seed: the base seed.
         folder: where to keep finished batches (None: keep nothing).
-        progress: show a tqdm bar over images.
+        progress: show a tqdm bar over images (on rank 0 only, counting its own share).
+        out: also write all N images as one ADM-format ``.npz`` here (``arr_0`` uint8
+            ``[N, H, W, 3]``, and ``arr_1`` int64 ``[N]`` class labels for a class-conditional
+            model); under several processes rank 0 writes it once every rank has finished, and
+            every rank returns after it is written.
 
     Returns:
-        uint8 ``[N, 3, H, W]``.
+        uint8 ``[N, 3, H, W]``; under several processes on rank 0 only (every other rank
+        returns None after the merge).
     """
     from tqdm.auto import tqdm
 
@@ -419,23 +490,72 @@ def sample_images(
         raise ValueError(f"sample_images: num_samples must be a positive int, got {num_samples!r}")
     options = options if options is not None else getattr(model, "pretrained_options", None)
     device = next(model.parameters()).device
+    rank, world = _process_group()
     if folder is not None:
         Path(folder).mkdir(parents=True, exist_ok=True)
-    out = []
-    with tqdm(total=num_samples, unit="img", desc="sampling", disable=not progress) as bar:
-        for b, start in enumerate(range(0, num_samples, batch)):
+    starts = list(range(0, num_samples, batch))
+    mine = [b for b in range(len(starts)) if b % world == rank]
+    own: dict[int, Tensor] = {}
+    share = sum(min(batch, num_samples - starts[b]) for b in mine)
+    with tqdm(total=share, unit="img", desc="sampling", disable=not progress or rank != 0) as bar:
+        for b in mine:
+            start = starts[b]
             n = min(batch, num_samples - start)
             path = Path(folder) / f"samples_{start:06d}_{n}.npz" if folder is not None else None
             if path is not None and path.is_file():
                 images = torch.from_numpy(np.load(path)["arr_0"]).permute(0, 3, 1, 2)
             else:
-                y = torch.arange(start, start + n, device=device) % model.num_classes if model.num_classes else None
+                y = sample_labels(model, start, n, device)
                 g = torch.Generator(device=device).manual_seed(seed + b)
                 images = model.sample(n, y=y, options=options, generator=g).clamp(0, 255).to(torch.uint8).cpu()
                 if path is not None:
-                    tmp = path.with_name(path.stem + ".tmp.npz")
-                    np.savez(tmp, arr_0=images.permute(0, 2, 3, 1).numpy())
-                    os.replace(tmp, path)
-            out.append(images)
+                    _write_npz(path, arr_0=images.permute(0, 2, 3, 1).numpy())
+            own[b] = images
             bar.update(n)
-    return torch.cat(out)
+    if world > 1:
+        merged = _gather_batches(own, starts, num_samples, batch, tuple(model.event_shape), device)
+    else:
+        merged = torch.cat([own[b] for b in range(len(starts))])
+    if out is not None and rank == 0:
+        labels = sample_labels(model, 0, num_samples)
+        arrays = {"arr_0": merged.permute(0, 2, 3, 1).numpy()}
+        if labels is not None:
+            arrays["arr_1"] = labels.numpy()
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        _write_npz(Path(out), **arrays)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the merged file exists before any rank goes on
+    return merged if rank == 0 else None
+
+
+def _gather_batches(
+    own: dict[int, Tensor], starts: list[int], num_samples: int, batch: int, shape: tuple[int, ...],
+    device: torch.device,
+) -> Tensor | None:
+    """Gather every rank's batches (batch ``b`` on rank ``b % W``) on rank 0, in batch order.
+
+    One round per ``W`` batches: each rank sends its batch of the round, padded to ``batch``
+    images (an empty one when it has none left), and rank 0 keeps the real images.
+
+    Returns:
+        uint8 ``[N, *shape]`` on rank 0, None elsewhere.
+    """
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    comm = _comm_device(device)
+    parts = []
+    for first in range(0, len(starts), world):
+        b = first + rank
+        buf = torch.zeros(batch, *shape, dtype=torch.uint8, device=comm)
+        if b < len(starts):
+            buf[: len(own[b])] = own[b].to(comm)
+        bufs = [torch.empty_like(buf) for _ in range(world)] if rank == 0 else None
+        dist.gather(buf, bufs, dst=0)
+        if rank == 0:
+            for i, got in enumerate(bufs):
+                if first + i < len(starts):
+                    parts.append(got[: min(batch, num_samples - starts[first + i])].cpu())
+    return torch.cat(parts) if rank == 0 else None
