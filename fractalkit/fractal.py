@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from fractalkit import legacy, persistence
 from fractalkit.composer import check_levels, compose, level_plans
 from fractalkit.conditioners import ClassLabel, Conditioner, ConditionerConfig, Unconditional
+from fractalkit.conditioners.base import check_probability
 from fractalkit.config import (
     BuildContext,
     FractalConfig,
@@ -79,9 +80,7 @@ def _conditioner_of(
                 "spelling of conditioner=ClassLabel(num_classes, drop=label_drop)), not both"
             )
         return conditioner
-    label_drop = 0.1 if label_drop is None else label_drop
-    if not 0 <= label_drop < 1:
-        raise ValueError(f"Fractal: label_drop must lie in [0, 1), got {label_drop}")
+    label_drop = 0.1 if label_drop is None else check_probability("Fractal", "label_drop", label_drop)
     return ClassLabel(num_classes, drop=float(label_drop)) if num_classes else Unconditional()
 
 
@@ -307,7 +306,40 @@ class Fractal(nn.Module):
                 ``drop`` probability (and its own per-part dropout).
             generator: random stream for the dropout.
         """
-        return self.conditioner(c, n, drop=drop, generator=generator)
+        return self._checked_top(self.conditioner(c, n, drop=drop, generator=generator), n, c is None)
+
+    def _checked_top(self, e: Any, n: int, null: bool) -> Tensor:
+        """The conditioner's output ``e``, checked to be the top condition ``[N, T0, D0]``.
+
+        A floating ``e`` of another dtype than the model's parameters is cast to it (outside
+        autocast, which chooses dtypes itself); anything else is refused with an error naming
+        the conditioner's class and kind, what was expected and what came back.
+        """
+        width, tokens = self.root.cond_dim, self.root.cond_tokens
+        what = (
+            f"Fractal: the conditioner {type(self.conditioner).__name__} (kind "
+            f"{getattr(type(self._config.conditioner), 'kind', '?')!r}) returned"
+            + (" for the null condition" if null else "")
+        )
+        want = f"the top condition [N={n}, T={tokens}, D={width}]"
+        if not isinstance(e, Tensor):
+            raise TypeError(f"{what} a {type(e).__name__}; expected a float tensor, {want}")
+        if tuple(e.shape) != (n, tokens, width):
+            raise ValueError(
+                f"{what} shape {list(e.shape)}; expected {want} (N instances, T the top level's "
+                "out_tokens, D its width; embed may return [N, D], one vector every token reads)"
+            )
+        if not e.dtype.is_floating_point:
+            raise TypeError(f"{what} dtype {e.dtype}; expected a floating dtype for {want}")
+        dtype = next(self.root.parameters()).dtype
+        if e.dtype != dtype and not torch.is_autocast_enabled(e.device.type):
+            e = e.to(dtype)
+        if e.numel() and not bool(torch.isfinite(e).all()):
+            raise ValueError(
+                f"{what} non-finite values (NaN or inf) in {want}; check its embedding of this "
+                "condition (and its weights)"
+            )
+        return e
 
     def _canvas(self, x: Tensor, known: Tensor | None = None, needed: bool = False) -> Canvas | None:
         """The element positions of ``x [N, *event]`` (and, decoding, the decided values from

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from fractalkit.config import BuildContext, ComponentConfig
 from fractalkit.sampling.rng import uniform
+from fractalkit.validation import check_finite_number
 
 
 class Conditioner(nn.Module, abc.ABC):
@@ -50,8 +51,10 @@ class Conditioner(nn.Module, abc.ABC):
 
     def __init__(self, width: int, tokens: int, *, drop: float = 0.0) -> None:
         super().__init__()
-        if not 0 <= drop < 1:
-            raise ValueError(f"{type(self).__name__}: drop must lie in [0, 1), got {drop}")
+        owner = type(self).__name__
+        check_count(owner, "width", width)
+        check_count(owner, "tokens", tokens)
+        check_probability(owner, "drop", drop)
         self.width, self.tokens, self.drop = int(width), int(tokens), float(drop)
 
     @property
@@ -110,6 +113,8 @@ class Conditioner(nn.Module, abc.ABC):
             e = self.null(n)
         else:
             e = self.embed(c, drop=drop, generator=generator)
+            if not isinstance(e, Tensor) or e.dim() not in (2, 3) or e.shape[0] != n:
+                return e  # not [N, D] or [N, T, D]: the Fractal refuses it, naming this class
             if drop and self.drop > 0 and self.has_null:
                 null = self.null(n)
                 dropped = uniform((n,), generator=generator, device=e.device) < self.drop
@@ -146,3 +151,33 @@ def check_instances(c: Tensor, n: int | None, what: str) -> int:
             f"(shape {list(c.shape)}); give one condition per instance"
         )
     return int(c.shape[0])
+
+
+def check_probability(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float after checking it is a real number in ``[0, 1)`` (a dropout rate).
+
+    Raises:
+        TypeError: not a real number (strings and bools are refused, not converted).
+        ValueError: NaN, infinite, or outside ``[0, 1)``.
+    """
+    number = check_finite_number(owner, name, value)
+    if not 0 <= number < 1:
+        raise ValueError(f"{owner}: {name} must lie in [0, 1), got {value!r}")
+    return number
+
+
+def check_count(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` after checking it is a Python int >= ``minimum`` (bools, floats and strings
+    are refused, not converted).
+
+    Raises:
+        TypeError: not an int.
+        ValueError: below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{owner}: {name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
