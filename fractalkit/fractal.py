@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from fractalkit import legacy, persistence
 from fractalkit.composer import check_levels, compose, level_plans
 from fractalkit.conditioners import ClassLabel, Conditioner, ConditionerConfig, Unconditional
-from fractalkit.conditioners.base import check_probability
 from fractalkit.config import (
     BuildContext,
     FractalConfig,
@@ -51,7 +50,7 @@ from fractalkit.protocol import (
     SampleOptions,
     ScoreContext,
 )
-from fractalkit.validation import check_log_prob
+from fractalkit.validation import check_log_prob, check_probability
 
 # Re-exported for the converter and presets, which write version-2 (class-label) config dicts;
 # those load through the one conversion (fractalkit.legacy.upgrade_config).

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from fractalkit.config import BuildContext, ComponentConfig
 from fractalkit.sampling.rng import uniform
-from fractalkit.validation import check_finite_number
+from fractalkit.validation import check_count, check_probability
 
 
 class Conditioner(nn.Module, abc.ABC):
@@ -152,32 +152,3 @@ def check_instances(c: Tensor, n: int | None, what: str) -> int:
         )
     return int(c.shape[0])
 
-
-def check_probability(owner: str, name: str, value: Any) -> float:
-    """``value`` as a float after checking it is a real number in ``[0, 1)`` (a dropout rate).
-
-    Raises:
-        TypeError: not a real number (strings and bools are refused, not converted).
-        ValueError: NaN, infinite, or outside ``[0, 1)``.
-    """
-    number = check_finite_number(owner, name, value)
-    if not 0 <= number < 1:
-        raise ValueError(f"{owner}: {name} must lie in [0, 1), got {value!r}")
-    return number
-
-
-def check_count(owner: str, name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` after checking it is a Python int >= ``minimum`` (bools, floats and strings
-    are refused, not converted).
-
-    Raises:
-        TypeError: not an int.
-        ValueError: below ``minimum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{owner}: {name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
-        )
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-    return value

@@ -16,14 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fractalkit.conditioners.base import (
-    Conditioner,
-    ConditionerConfig,
-    check_count,
-    check_probability,
-)
+from fractalkit.conditioners.base import Conditioner, ConditionerConfig
 from fractalkit.config import BuildContext
 from fractalkit.registry import register
+from fractalkit.validation import check_count, check_probability
 
 
 class ClassLabelConditioner(Conditioner):
@@ -109,7 +105,7 @@ class ClassLabel(ConditionerConfig):
     drop: float = 0.1
 
     def __post_init__(self) -> None:
-        check_count("ClassLabel", "num_classes", self.num_classes)
+        object.__setattr__(self, "num_classes", check_count("ClassLabel", "num_classes", self.num_classes))
         check_probability("ClassLabel", "drop", self.drop)
 
     def build(self, ctx: BuildContext) -> ClassLabelConditioner:

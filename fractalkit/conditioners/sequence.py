@@ -24,14 +24,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from fractalkit.conditioners.base import (
-    Conditioner,
-    ConditionerConfig,
-    check_count,
-    check_probability,
-)
+from fractalkit.conditioners.base import Conditioner, ConditionerConfig
 from fractalkit.config import BuildContext
 from fractalkit.registry import register
+from fractalkit.validation import check_count, check_probability
 
 
 class Padded(NamedTuple):
@@ -161,9 +157,9 @@ class Sequence(ConditionerConfig):
     drop: float = 0.1
 
     def __post_init__(self) -> None:
-        check_count("Sequence", "max_len", self.max_len)
+        object.__setattr__(self, "max_len", check_count("Sequence", "max_len", self.max_len))
         for name, minimum in (("vocab", 0), ("features", 0), ("depth", 0), ("heads", 1)):
-            check_count("Sequence", name, getattr(self, name), minimum)
+            object.__setattr__(self, name, check_count("Sequence", name, getattr(self, name), minimum))
         if (self.vocab > 0) == (self.features > 0):
             raise ValueError(
                 f"Sequence: give exactly one of vocab (tokens) or features (frames) > 0, got "

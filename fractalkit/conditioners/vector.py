@@ -16,17 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fractalkit.conditioners.base import (
-    Conditioner,
-    ConditionerConfig,
-    check_count,
-    check_instances,
-    check_probability,
-)
+from fractalkit.conditioners.base import Conditioner, ConditionerConfig, check_instances
 from fractalkit.config import BuildContext
 from fractalkit.registry import register
 from fractalkit.sampling.rng import uniform
-from fractalkit.validation import check_finite_number
+from fractalkit.validation import check_count, check_finite_number, check_probability
 
 
 class VectorConditioner(Conditioner):
@@ -135,7 +129,7 @@ class Vector(ConditionerConfig):
     feature_drop: float = 0.0
 
     def __post_init__(self) -> None:
-        check_count("Vector", "dim", self.dim)
+        object.__setattr__(self, "dim", check_count("Vector", "dim", self.dim))
         for name in ("mean", "std"):
             v = getattr(self, name)
             if v is None:

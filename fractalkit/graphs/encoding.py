@@ -36,6 +36,7 @@ of slot it fills.
 
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -129,9 +130,22 @@ def bfs_order(graph: Graph, root: Tensor | int = 0) -> Tensor:
         int64 ``[N, n]`` orders for :meth:`Graph.permute` (on the CPU).
 
     Raises:
-        ValueError: if a root is not an existing node of its graph.
+        ValueError: if a root is not an existing node of its graph, or a root tensor's shape
+            is not ``[]`` or ``[N]``.
+        TypeError: a float, bool or non-integer root.
     """
+    if not isinstance(graph, Graph):
+        raise TypeError(f"bfs_order: graph must be a fractalkit.graphs.Graph, got {type(graph).__name__}")
     n_graphs, n = graph.node_types.shape
+    if isinstance(root, Tensor):
+        check_integer_tensor("bfs_order", "root", root)
+        if root.dim() > 1 or (root.dim() == 1 and root.shape[0] != n_graphs):
+            raise ValueError(
+                f"bfs_order: root must be an int or an int64 tensor [N={n_graphs}] (one per graph), "
+                f"got shape {list(root.shape)}"
+            )
+    elif isinstance(root, bool) or not isinstance(root, numbers.Integral):
+        raise TypeError(f"bfs_order: root must be an int or an int64 tensor [N], got {root!r} ({type(root).__name__})")
     roots = torch.as_tensor(root, dtype=torch.int64).expand(n_graphs).tolist()
     adj = (graph.adjacency != 0).cpu().tolist()
     sizes = graph.num_nodes.cpu().tolist()
