@@ -299,3 +299,92 @@ def test_ngram_scores_of_empty_sequences_are_an_empty_array() -> None:
     """log_probs answers an empty sequence correctly (no symbols, no numbers)."""
     out = _fitted().log_probs([EMPTY, np.array([0, 1])])
     assert out.shape == (2,) and np.isfinite(out).all() and math.isclose(float(np.exp(out[1])), 1.0, abs_tol=0.2)
+
+
+# ---- the Inception file: SHA-256 checked before torch.jit.load ---------------------------------
+
+
+class _FakeInception(torch.nn.Module):
+    """Stands in for the TorchScript Inception file: the same call signature, tiny outputs."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, return_features: bool = False, no_output_bias: bool = False) -> torch.Tensor:
+        f = x.float().mean((2, 3)) * self.scale
+        if return_features:
+            return f
+        return torch.softmax(f, 1)
+
+
+def _fake_inception(path, scale: float = 1.0):
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.13 deprecates scripting; the real file is TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(_FakeInception(scale)), str(path))
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private cache root (where the first-use hash is recorded), no pinned hash in the env."""
+    monkeypatch.setenv("FRACTALKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(metrics.INCEPTION_SHA256_ENV, raising=False)
+    return tmp_path / "cache"
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_inception_first_use_records_the_hash_and_later_loads_check_it(tmp_path, cache) -> None:
+    path = _fake_inception(tmp_path / "inception.pt")
+    net = metrics.InceptionV3(path)
+    features, probs = net(_images(2))
+    assert features.shape == (2, 3) and probs.shape == (2, 3)
+    record = cache / metrics.INCEPTION_RECORD
+    assert record.is_file() and _sha(path) in record.read_text()
+    metrics.InceptionV3(path)  # the same file loads again
+    _fake_inception(path, scale=2.0)  # replaced by other code
+    with pytest.raises(ValueError) as info:
+        metrics.InceptionV3(path)
+    message = str(info.value)
+    assert str(path) in message and str(record) in message and "download" in message, message
+
+
+INCEPTION_CASES = {  # id -> (how the file is pinned/made, words)
+    "pinned_argument_differs": (lambda p, mp: metrics.InceptionV3(_fake_inception(p), sha256="0" * 64), "pinned"),
+    "pinned_env_differs": (lambda p, mp: (mp.setenv(metrics.INCEPTION_SHA256_ENV, "a" * 64),
+                                          metrics.InceptionV3(_fake_inception(p))), "pinned"),
+    "pinned_constant_differs": (lambda p, mp: (mp.setattr(metrics, "INCEPTION_SHA256", "b" * 64),
+                                               metrics.InceptionV3(_fake_inception(p))), "pinned"),
+    "pin_not_hex": (lambda p, mp: metrics.InceptionV3(_fake_inception(p), sha256="xyz"), "sha256"),
+    "not_torchscript": (lambda p, mp: (p.write_bytes(b"PK\x03\x04 not torchscript"),
+                                       metrics.InceptionV3(p, sha256=_sha(p))), "not a loadable TorchScript"),
+    "record_unreadable": (lambda p, mp: ((p.parent / "cache").mkdir(exist_ok=True),
+                                         (p.parent / "cache" / metrics.INCEPTION_RECORD).write_text("{"),
+                                         metrics.InceptionV3(_fake_inception(p))), "recorded hash"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INCEPTION_CASES))
+def test_inception_file_is_refused_before_loading_when_its_hash_is_wrong(case, tmp_path, cache, monkeypatch) -> None:
+    make, words = INCEPTION_CASES[case]
+    path = tmp_path / "inception.pt"
+    with pytest.raises(ValueError) as info:
+        make(path, monkeypatch)
+    assert words in str(info.value), str(info.value)
+    if case != "pin_not_hex":
+        assert str(path) in str(info.value) or "recorded hash" in str(info.value)
+    if case == "not_torchscript":  # a file that did not load is not recorded as the good one
+        assert not (cache / metrics.INCEPTION_RECORD).exists()
+
+
+def test_inception_with_the_right_pin_loads_and_records_nothing(tmp_path, cache) -> None:
+    path = _fake_inception(tmp_path / "inception.pt")
+    metrics.InceptionV3(path, sha256=_sha(path).upper())
+    assert not (cache / metrics.INCEPTION_RECORD).exists()

@@ -352,15 +352,19 @@ class InceptionV3:
             fetch(INCEPTION_URL, path, desc="inception-2015-12-05.pt")
         self.path = path
         self.device = torch.device(device)
-        _verify_inception(path, expected)
+        to_record = _verify_inception(path, expected)
         try:
-            self.net = torch.jit.load(str(path), map_location=self.device).eval()
+            with warnings.catch_warnings():  # the published file is TorchScript: nothing to switch to
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
+                self.net = torch.jit.load(str(path), map_location=self.device).eval()
         except Exception as err:  # torch's RuntimeError/ValueError for a file that is not TorchScript
             raise ValueError(
                 f"Inception-v3: {path} is not a loadable TorchScript file ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}). Delete it and download "
                 f"{INCEPTION_URL} again (or pass download=True)"
             ) from err
+        if to_record is not None:  # first use, and it loaded: later loads are checked against it
+            _record_inception(path, to_record)
 
     @staticmethod
     def default_path() -> Path:
@@ -399,9 +403,9 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verify_inception(path: Path, expected: str | None) -> None:
-    """Check the Inception file's SHA-256 against ``expected`` or the recorded hash (recording it
-    on first use), before any of its code is loaded."""
+def _verify_inception(path: Path, expected: str | None) -> str | None:
+    """Check the Inception file's SHA-256 against ``expected`` or the recorded hash, before any of
+    its code is loaded; returns the hash to record when neither exists (first use), else None."""
     from fractalkit.hub import cache_dir
 
     actual = _file_sha256(path)
@@ -412,7 +416,7 @@ def _verify_inception(path: Path, expected: str | None) -> None:
                 f"Inception-v3: {path} has SHA-256 {actual}, not the pinned {expected}: it is not "
                 f"the published network (corrupted or replaced). {fix}"
             )
-        return
+        return None
     record = cache_dir() / INCEPTION_RECORD
     if record.is_file():
         try:
@@ -428,8 +432,17 @@ def _verify_inception(path: Path, expected: str | None) -> None:
                 f"here had {recorded} (recorded in {record}): it changed (corrupted or replaced). "
                 f"{fix}; if you trust this file, delete {record} to record it instead"
             )
-        return
-    try:  # first use: record (atomically; a read-only cache only loses the record)
+        return None
+    return actual
+
+
+def _record_inception(path: Path, actual: str) -> None:
+    """Record the SHA-256 of the first Inception file that loaded (atomically; a read-only cache
+    only loses the record)."""
+    from fractalkit.hub import cache_dir
+
+    record = cache_dir() / INCEPTION_RECORD
+    try:
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"sha256": actual, "file": str(path), "url": INCEPTION_URL}, indent=2) + "\n")
