@@ -47,6 +47,9 @@ from fractalkit.validation import check_count
 
 __all__ = [
     "INCEPTION_ENV",
+    "INCEPTION_RECORD",
+    "INCEPTION_SHA256",
+    "INCEPTION_SHA256_ENV",
     "INCEPTION_URL",
     "FeatureExtractor",
     "FeatureSet",
