@@ -74,6 +74,10 @@ IMAGE_METRIC_CASES = {  # id -> (call, exception, words the message must hold)
                    ValueError, "k"),
     "extract_batch_zero": (lambda: metrics.extract_features(StandIn(), _images(), batch=0), ValueError, "batch"),
     "extract_batch_negative": (lambda: metrics.extract_features(StandIn(), _images(), batch=-3), ValueError, "batch"),
+    "extract_bad_extractor_rows": (lambda: metrics.extract_features(lambda x: (x[:1].double().mean((2, 3)), x[:1].double()),
+                                                                    _images()), ValueError, "extractor"),
+    "extract_bad_extractor_type": (lambda: metrics.extract_features(lambda x: x.double(), _images()),
+                                   ValueError, "extractor"),
     "extract_empty": (lambda: metrics.extract_features(StandIn(), torch.zeros(0, 3, 4, 4, dtype=torch.uint8)),
                       ValueError, "no images"),
 }
@@ -388,3 +392,38 @@ def test_inception_with_the_right_pin_loads_and_records_nothing(tmp_path, cache)
     path = _fake_inception(tmp_path / "inception.pt")
     metrics.InceptionV3(path, sha256=_sha(path).upper())
     assert not (cache / metrics.INCEPTION_RECORD).exists()
+
+
+def _orders_call(name: str, *args):
+    from fractalkit.graphs import (
+        random_bfs_encodings,
+        random_bfs_log_prob,
+        random_bfs_order,
+        uniform_order,
+    )
+
+    fns = {"log_prob": random_bfs_log_prob, "bfs": random_bfs_order, "uniform": uniform_order,
+           "encodings": random_bfs_encodings}
+    return fns[name](*args)
+
+
+ORDER_CASES = {
+    "log_prob_float_orders": (lambda: _orders_call("log_prob", _graph(), torch.tensor([[0.0, 1.0, 2.0]] * 2)),
+                              TypeError, "orders"),
+    "log_prob_not_a_graph": (lambda: _orders_call("log_prob", "graph", torch.zeros(2, 3, dtype=torch.long)),
+                             TypeError, "graph"),
+    "bfs_not_a_graph": (lambda: _orders_call("bfs", [1, 2]), TypeError, "graph"),
+    "uniform_not_a_graph": (lambda: _orders_call("uniform", None), TypeError, "graph"),
+    "encodings_not_an_encoding": (lambda: _orders_call("encodings", "enc", _graph()), TypeError, "encoding"),
+    "permute_wrong_shape": (lambda: _graph().permute(torch.zeros(2, 2, dtype=torch.long)), ValueError, "order"),
+    "permute_out_of_range": (lambda: _graph().permute(torch.full((2, 3), 5)), ValueError, "order"),
+    "permute_negative": (lambda: _graph().permute(torch.full((2, 3), -1)), ValueError, "order"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ORDER_CASES))
+def test_graph_orders_refuse_bad_arguments(case: str) -> None:
+    call, exc, words = ORDER_CASES[case]
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value), str(info.value)

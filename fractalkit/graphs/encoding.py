@@ -103,8 +103,19 @@ class Graph:
         Returns:
             A :class:`Graph` with ``node_types[g, i] = old[g, order[g, i]]`` and the adjacency
             permuted on both axes (the caller keeps existing nodes first).
+
+        Raises:
+            TypeError: ``order`` is not an integer tensor.
+            ValueError: ``order`` is not ``[N, n]`` or holds entries outside ``[0, n)``.
         """
         idx = check_integer_tensor("Graph.permute", "order", order).to(self.node_types.device).long()
+        n_graphs, n = self.node_types.shape
+        if tuple(idx.shape) != (n_graphs, n) or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n)):
+            raise ValueError(
+                f"Graph.permute: order must be int64 [N={n_graphs}, n={n}] with entries in [0, {n}), "
+                f"got shape {list(idx.shape)}"
+                + (f" with entries in [{int(idx.min())}, {int(idx.max())}]" if idx.numel() else "")
+            )
         types = self.node_types.gather(1, idx)
         mask = self.node_mask.gather(1, idx)
         rows = self.adjacency.gather(1, idx[:, :, None].expand_as(self.adjacency))

@@ -279,7 +279,10 @@ def extract_features(
         progress: show a tqdm bar.
 
     Raises:
-        ValueError: values outside 0..255, a wrong shape, non-finite values.
+        ValueError: values outside 0..255, a wrong shape, non-finite values; an extractor that
+            does not return ``(features [n, D], probabilities [n, K])`` for a batch of n;
+            ``batch`` below 1.
+        TypeError: ``batch`` not an integer.
     """
     from tqdm.auto import tqdm
 
@@ -302,7 +305,16 @@ def extract_features(
         if x.min() < 0 or x.max() > 255:
             raise ValueError(f"extract_features: values must lie in 0..255, got [{x.min()}, {x.max()}]")
         with torch.no_grad():
-            f, p = extractor(x.to(torch.uint8))
+            out = extractor(x.to(torch.uint8))
+        if not (isinstance(out, tuple | list) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)
+                and all(t.dim() == 2 and t.shape[0] == x.shape[0] for t in out)):
+            got = [list(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in out] \
+                if isinstance(out, tuple | list) else type(out).__name__
+            raise ValueError(
+                f"extract_features: the extractor {type(extractor).__name__} must return (features "
+                f"[{x.shape[0]}, D], probabilities [{x.shape[0]}, K]) for {x.shape[0]} images, got {got}"
+            )
+        f, p = out
         feats.append(f.double().cpu().numpy())
         probs.append(p.double().cpu().numpy())
     if not feats:
