@@ -427,7 +427,7 @@ class Fractal(nn.Module):
         """
         self.root.check_x(x)
         c = self._condition(c, y, x.shape[0])
-        if not isinstance(num_draws, int) or num_draws < 1:
+        if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
             raise ValueError(f"Fractal.log_prob: num_draws must be a positive integer, got {num_draws}")
         x = x.long()
         cond = self.top_condition(c, x.shape[0])
@@ -514,6 +514,8 @@ class Fractal(nn.Module):
             int64 ``[N, *event_shape]`` on the model's device.
         """
         options = SampleOptions.make(options, **overrides)
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)):
+            raise TypeError(f"sample: num_samples must be a non-negative int or None, got {num_samples!r}")
         if c is not None or y is not None:
             c = self._condition(c, y, num_samples)
             n = self.conditioner.check(c, num_samples)

@@ -200,3 +200,25 @@ def test_sample_options_refuse_bad_fields(case: int) -> None:
         SampleOptions(**fields)
     with pytest.raises(exc, match=rf"\b{name}\b"):  # the keyword spelling of model.sample
         SampleOptions.make(None, **fields)
+
+
+def _plain_model() -> Fractal:
+    torch.manual_seed(0)
+    return Fractal([(SequenceChunks(E, 1), ARLevelConfig(width=WIDTH, depth=1, heads=2))],
+                   leaf=CategoricalLeafConfig(num_values=V), num_classes=3).eval()
+
+
+CALL_CASES = {  # bools and floats where a count belongs (True was 1 sample / 1 draw)
+    "sample_num_samples_bool": (lambda m: m.sample(True), TypeError, "num_samples"),
+    "sample_num_samples_float": (lambda m: m.sample(2.0), TypeError, "num_samples"),
+    "sample_num_samples_bool_with_labels": (lambda m: m.sample(True, y=torch.tensor([1])), TypeError, "num_samples"),
+    "log_prob_num_draws_bool": (lambda m: m.log_prob(torch.zeros(1, E, dtype=torch.long), num_draws=True),
+                                ValueError, "num_draws"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CALL_CASES))
+def test_fractal_calls_refuse_bools_as_counts(case: str) -> None:
+    call, exc, name = CALL_CASES[case]
+    with pytest.raises(exc, match=rf"\b{name}\b"):
+        call(_plain_model())
