@@ -51,6 +51,8 @@ IMAGE_METRIC_CASES = {  # id -> (call, exception, words the message must hold)
     "is_split_zero": (lambda: metrics.inception_score(_probs(), split_size=0), ValueError, "split_size"),
     "is_split_float": (lambda: metrics.inception_score(_probs(), split_size=2.5), TypeError, "split_size"),
     "is_split_str": (lambda: metrics.inception_score(_probs(), split_size="5"), TypeError, "split_size"),
+    "is_strings": (lambda: metrics.inception_score([["a", "b"]]), TypeError, "inception_score"),
+    "frechet_strings": (lambda: metrics.frechet_distance(["a"], [[1.0]], [0.0], [[1.0]]), TypeError, "frechet_distance"),
     "is_empty": (lambda: metrics.inception_score(np.zeros((0, 4))), ValueError, "inception_score"),
     "is_nan": (lambda: metrics.inception_score(np.full((3, 4), np.nan)), ValueError, "inception_score"),
     "pr_k_zero": (lambda: metrics.precision_recall(_feats(), _feats(seed=1), k=0), ValueError, "k"),

@@ -106,11 +106,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
     Raises:
         ValueError: shapes disagree or an input is not finite.
+        TypeError: an input is not an array of numbers.
     """
     import scipy.linalg
 
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    try:
+        mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+        sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"frechet_distance: mu and sigma must be arrays of numbers ({err})") from None
     d = mu1.shape[0]
     if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(
@@ -178,7 +182,10 @@ def inception_score(probs: np.ndarray | Tensor, split_size: int = 5000) -> float
         TypeError: ``split_size`` not an integer.
     """
     split_size = check_count("inception_score", "split_size", split_size)
-    p = _numpy(probs).astype(np.float64)
+    try:
+        p = np.asarray(_numpy(probs), np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"inception_score: probs must be numbers [N, K], got {type(probs).__name__} ({err})") from None
     if p.ndim != 2 or p.shape[0] < 1 or (p < 0).any() or not np.allclose(p.sum(1), 1, atol=1e-3):
         raise ValueError(f"inception_score: expected probabilities [N, K] with rows summing to 1, got {p.shape}")
     scores = []
