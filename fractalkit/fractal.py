@@ -50,7 +50,7 @@ from fractalkit.protocol import (
     SampleOptions,
     ScoreContext,
 )
-from fractalkit.validation import check_log_prob
+from fractalkit.validation import check_log_prob, check_probability
 
 # Re-exported for the converter and presets, which write version-2 (class-label) config dicts;
 # those load through the one conversion (fractalkit.legacy.upgrade_config).
@@ -79,9 +79,7 @@ def _conditioner_of(
                 "spelling of conditioner=ClassLabel(num_classes, drop=label_drop)), not both"
             )
         return conditioner
-    label_drop = 0.1 if label_drop is None else label_drop
-    if not 0 <= label_drop < 1:
-        raise ValueError(f"Fractal: label_drop must lie in [0, 1), got {label_drop}")
+    label_drop = 0.1 if label_drop is None else check_probability("Fractal", "label_drop", label_drop)
     return ClassLabel(num_classes, drop=float(label_drop)) if num_classes else Unconditional()
 
 
@@ -307,7 +305,40 @@ class Fractal(nn.Module):
                 ``drop`` probability (and its own per-part dropout).
             generator: random stream for the dropout.
         """
-        return self.conditioner(c, n, drop=drop, generator=generator)
+        return self._checked_top(self.conditioner(c, n, drop=drop, generator=generator), n, c is None)
+
+    def _checked_top(self, e: Any, n: int, null: bool) -> Tensor:
+        """The conditioner's output ``e``, checked to be the top condition ``[N, T0, D0]``.
+
+        A floating ``e`` of another dtype than the model's parameters is cast to it (outside
+        autocast, which chooses dtypes itself); anything else is refused with an error naming
+        the conditioner's class and kind, what was expected and what came back.
+        """
+        width, tokens = self.root.cond_dim, self.root.cond_tokens
+        what = (
+            f"Fractal: the conditioner {type(self.conditioner).__name__} (kind "
+            f"{getattr(type(self._config.conditioner), 'kind', '?')!r}) returned"
+            + (" for the null condition" if null else "")
+        )
+        want = f"the top condition [N={n}, T={tokens}, D={width}]"
+        if not isinstance(e, Tensor):
+            raise TypeError(f"{what} a {type(e).__name__}; expected a float tensor, {want}")
+        if tuple(e.shape) != (n, tokens, width):
+            raise ValueError(
+                f"{what} shape {list(e.shape)}; expected {want} (N instances, T the top level's "
+                "out_tokens, D its width; embed may return [N, D], one vector every token reads)"
+            )
+        if not e.dtype.is_floating_point:
+            raise TypeError(f"{what} dtype {e.dtype}; expected a floating dtype for {want}")
+        dtype = next(self.root.parameters()).dtype
+        if e.dtype != dtype and not torch.is_autocast_enabled(e.device.type):
+            e = e.to(dtype)
+        if e.numel() and not bool(torch.isfinite(e).all()):
+            raise ValueError(
+                f"{what} non-finite values (NaN or inf) in {want}; check its embedding of this "
+                "condition (and its weights)"
+            )
+        return e
 
     def _canvas(self, x: Tensor, known: Tensor | None = None, needed: bool = False) -> Canvas | None:
         """The element positions of ``x [N, *event]`` (and, decoding, the decided values from
@@ -396,7 +427,7 @@ class Fractal(nn.Module):
         """
         self.root.check_x(x)
         c = self._condition(c, y, x.shape[0])
-        if not isinstance(num_draws, int) or num_draws < 1:
+        if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
             raise ValueError(f"Fractal.log_prob: num_draws must be a positive integer, got {num_draws}")
         x = x.long()
         cond = self.top_condition(c, x.shape[0])
@@ -483,6 +514,8 @@ class Fractal(nn.Module):
             int64 ``[N, *event_shape]`` on the model's device.
         """
         options = SampleOptions.make(options, **overrides)
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)):
+            raise TypeError(f"sample: num_samples must be a non-negative int or None, got {num_samples!r}")
         if c is not None or y is not None:
             c = self._condition(c, y, num_samples)
             n = self.conditioner.check(c, num_samples)

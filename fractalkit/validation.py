@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import json
 import math
+import numbers
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -124,6 +125,36 @@ def check_integer(owner: str, name: str, value: Any, *, minimum: int | None = No
     if minimum is not None and value < minimum:
         raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_probability(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float after checking it is a real number in ``[0, 1)`` (a dropout rate).
+
+    Raises:
+        TypeError: not a real number (strings and bools are refused, not converted).
+        ValueError: NaN, infinite, or outside ``[0, 1)``.
+    """
+    number = check_finite_number(owner, name, value)
+    if not 0 <= number < 1:
+        raise ValueError(f"{owner}: {name} must lie in [0, 1), got {value!r}")
+    return number
+
+
+def check_count(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int after checking it is an integer >= ``minimum`` (a count, a size, a
+    split; Python and numpy integers pass, bools, floats and strings are refused, not converted).
+
+    Raises:
+        TypeError: not an int.
+        ValueError: below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{owner}: {name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_integer_tensor(owner: str, name: str, t: Any) -> Tensor:

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fractalkit.validation import check_count
+
 __all__ = ["NGramModel", "choose_order"]
 
 
@@ -96,10 +98,8 @@ class NGramModel:
     """
 
     def __init__(self, order: int, num_values: int) -> None:
-        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-            raise ValueError(f"NGramModel: order must be an int >= 1, got {order!r}")
-        if isinstance(num_values, bool) or not isinstance(num_values, int) or num_values < 2:
-            raise ValueError(f"NGramModel: num_values must be an int >= 2, got {num_values!r}")
+        order = check_count("NGramModel", "order", order)
+        num_values = check_count("NGramModel", "num_values", num_values, minimum=2)
         if order * np.log2(num_values) > 62:
             raise ValueError(
                 f"NGramModel: {num_values} ** {order} does not fit in int64 keys; lower the order"
@@ -113,8 +113,14 @@ class NGramModel:
 
         Returns:
             ``self``.
+
+        Raises:
+            ValueError: no sequences, or no symbols at all (nothing to count), or values
+                outside ``[0, V)``.
         """
         x, pos = _concat(_as_sequences(sequences, self.num_values))
+        if x.size == 0:
+            raise ValueError("NGramModel.fit: the sequences hold no symbols; there is nothing to count")
         v, n = self.num_values, self.order
         tables: list[dict[str, np.ndarray | float]] = [{} for _ in range(n)]
         upper_grams = None  # the unique (k+2)-gram keys, for order k's continuation counts
@@ -164,8 +170,15 @@ class NGramModel:
         return np.log(prob)
 
     def bits(self, sequences: Sequence[np.ndarray] | np.ndarray) -> float:
-        """Mean bits per symbol over ``sequences``."""
-        return float(-self.log_probs(sequences).mean() / np.log(2))
+        """Mean bits per symbol over ``sequences``.
+
+        Raises:
+            ValueError: the sequences hold no symbol (a mean over nothing is undefined).
+        """
+        logp = self.log_probs(sequences)
+        if logp.size == 0:
+            raise ValueError("NGramModel.bits: the sequences hold no symbols; bits per symbol is undefined")
+        return float(-logp.mean() / np.log(2))
 
 
 def choose_order(
@@ -179,12 +192,23 @@ def choose_order(
     Returns:
         ``(best order, {order: validation bits per symbol})``; orders whose keys would overflow
         are left out.
+
+    Raises:
+        ValueError: no orders, an order below 1, V below 2, empty ``train`` or ``valid``, a
+            non-finite score, or no order fitting int64 keys.
+        TypeError: an order or V that is not an integer.
     """
+    num_values = check_count("choose_order", "num_values", num_values, minimum=2)
+    if isinstance(orders, str | bytes) or not isinstance(orders, Sequence | range) or not len(orders):
+        raise ValueError(f"choose_order: orders must be a non-empty sequence of ints >= 1, got {orders!r}")
+    orders = [check_count("choose_order", f"orders[{i}]", n) for i, n in enumerate(orders)]
     scores = {}
     for n in orders:
         if n * np.log2(num_values) > 62:
             continue
         scores[n] = NGramModel(n, num_values).fit(train).bits(valid)
+        if not np.isfinite(scores[n]):
+            raise ValueError(f"choose_order: order {n} scored {scores[n]} bits per symbol; no order can be chosen from it")
     if not scores:
         raise ValueError(f"choose_order: no order in {list(orders)} fits int64 keys for V={num_values}")
     return min(scores, key=scores.get), scores

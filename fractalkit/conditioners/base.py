@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from fractalkit.config import BuildContext, ComponentConfig
 from fractalkit.sampling.rng import uniform
+from fractalkit.validation import check_count, check_probability
 
 
 class Conditioner(nn.Module, abc.ABC):
@@ -50,8 +51,10 @@ class Conditioner(nn.Module, abc.ABC):
 
     def __init__(self, width: int, tokens: int, *, drop: float = 0.0) -> None:
         super().__init__()
-        if not 0 <= drop < 1:
-            raise ValueError(f"{type(self).__name__}: drop must lie in [0, 1), got {drop}")
+        owner = type(self).__name__
+        check_count(owner, "width", width)
+        check_count(owner, "tokens", tokens)
+        check_probability(owner, "drop", drop)
         self.width, self.tokens, self.drop = int(width), int(tokens), float(drop)
 
     @property
@@ -110,6 +113,8 @@ class Conditioner(nn.Module, abc.ABC):
             e = self.null(n)
         else:
             e = self.embed(c, drop=drop, generator=generator)
+            if not isinstance(e, Tensor) or e.dim() not in (2, 3) or e.shape[0] != n:
+                return e  # not [N, D] or [N, T, D]: the Fractal refuses it, naming this class
             if drop and self.drop > 0 and self.has_null:
                 null = self.null(n)
                 dropped = uniform((n,), generator=generator, device=e.device) < self.drop
@@ -146,3 +151,4 @@ def check_instances(c: Tensor, n: int | None, what: str) -> int:
             f"(shape {list(c.shape)}); give one condition per instance"
         )
     return int(c.shape[0])
+

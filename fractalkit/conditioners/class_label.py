@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from fractalkit.conditioners.base import Conditioner, ConditionerConfig
 from fractalkit.config import BuildContext
 from fractalkit.registry import register
+from fractalkit.validation import check_count, check_probability
 
 
 class ClassLabelConditioner(Conditioner):
@@ -104,8 +105,8 @@ class ClassLabel(ConditionerConfig):
     drop: float = 0.1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"ClassLabel: num_classes must be an integer >= 1, got {self.num_classes}")
+        object.__setattr__(self, "num_classes", check_count("ClassLabel", "num_classes", self.num_classes))
+        check_probability("ClassLabel", "drop", self.drop)
 
     def build(self, ctx: BuildContext) -> ClassLabelConditioner:
         """A :class:`ClassLabelConditioner` for the top condition ``[N, ctx.cond_tokens, ctx.cond_dim]``."""

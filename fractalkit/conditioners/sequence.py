@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from fractalkit.conditioners.base import Conditioner, ConditionerConfig
 from fractalkit.config import BuildContext
 from fractalkit.registry import register
+from fractalkit.validation import check_count, check_probability
 
 
 class Padded(NamedTuple):
@@ -156,15 +157,15 @@ class Sequence(ConditionerConfig):
     drop: float = 0.1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_len, int) or self.max_len < 1:
-            raise ValueError(f"Sequence: max_len must be an integer >= 1, got {self.max_len}")
-        if (self.vocab > 0) == (self.features > 0) or min(self.vocab, self.features) < 0:
+        object.__setattr__(self, "max_len", check_count("Sequence", "max_len", self.max_len))
+        for name, minimum in (("vocab", 0), ("features", 0), ("depth", 0), ("heads", 1)):
+            object.__setattr__(self, name, check_count("Sequence", name, getattr(self, name), minimum))
+        if (self.vocab > 0) == (self.features > 0):
             raise ValueError(
                 f"Sequence: give exactly one of vocab (tokens) or features (frames) > 0, got "
                 f"vocab={self.vocab}, features={self.features}"
             )
-        if self.depth < 0 or self.heads < 1 or not 0 <= self.drop < 1:
-            raise ValueError(f"Sequence: need depth >= 0, heads >= 1, drop in [0, 1); got {self}")
+        check_probability("Sequence", "drop", self.drop)
 
     def build(self, ctx: BuildContext) -> SequenceConditioner:
         """A :class:`SequenceConditioner` for the top condition ``[N, ctx.cond_tokens, ctx.cond_dim]``."""

@@ -20,6 +20,7 @@ from fractalkit.conditioners.base import Conditioner, ConditionerConfig, check_i
 from fractalkit.config import BuildContext
 from fractalkit.registry import register
 from fractalkit.sampling.rng import uniform
+from fractalkit.validation import check_count, check_finite_number, check_probability
 
 
 class VectorConditioner(Conditioner):
@@ -128,21 +129,21 @@ class Vector(ConditionerConfig):
     feature_drop: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"Vector: dim must be an integer >= 1, got {self.dim}")
+        object.__setattr__(self, "dim", check_count("Vector", "dim", self.dim))
         for name in ("mean", "std"):
             v = getattr(self, name)
             if v is None:
                 continue
-            v = tuple(float(t) for t in v)
-            if len(v) != self.dim or not all(t == t and abs(t) != float("inf") for t in v):
+            if isinstance(v, str | bytes) or not hasattr(v, "__len__"):
+                raise TypeError(f"Vector: {name} must be a sequence of {self.dim} numbers or None, got {v!r}")
+            v = tuple(check_finite_number("Vector", f"{name}[{i}]", t) for i, t in enumerate(v))
+            if len(v) != self.dim:
                 raise ValueError(f"Vector: {name} must hold {self.dim} finite numbers, got {v}")
             object.__setattr__(self, name, v)
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"Vector: std must be positive, got {self.std}")
         for name in ("drop", "feature_drop"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"Vector: {name} must lie in [0, 1), got {getattr(self, name)}")
+            check_probability("Vector", name, getattr(self, name))
 
     @classmethod
     def fitted(cls, values: Tensor, **kwargs: Any) -> Vector:

@@ -36,6 +36,7 @@ of slot it fills.
 
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -102,8 +103,19 @@ class Graph:
         Returns:
             A :class:`Graph` with ``node_types[g, i] = old[g, order[g, i]]`` and the adjacency
             permuted on both axes (the caller keeps existing nodes first).
+
+        Raises:
+            TypeError: ``order`` is not an integer tensor.
+            ValueError: ``order`` is not ``[N, n]`` or holds entries outside ``[0, n)``.
         """
         idx = check_integer_tensor("Graph.permute", "order", order).to(self.node_types.device).long()
+        n_graphs, n = self.node_types.shape
+        if tuple(idx.shape) != (n_graphs, n) or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n)):
+            raise ValueError(
+                f"Graph.permute: order must be int64 [N={n_graphs}, n={n}] with entries in [0, {n}), "
+                f"got shape {list(idx.shape)}"
+                + (f" with entries in [{int(idx.min())}, {int(idx.max())}]" if idx.numel() else "")
+            )
         types = self.node_types.gather(1, idx)
         mask = self.node_mask.gather(1, idx)
         rows = self.adjacency.gather(1, idx[:, :, None].expand_as(self.adjacency))
@@ -129,9 +141,22 @@ def bfs_order(graph: Graph, root: Tensor | int = 0) -> Tensor:
         int64 ``[N, n]`` orders for :meth:`Graph.permute` (on the CPU).
 
     Raises:
-        ValueError: if a root is not an existing node of its graph.
+        ValueError: if a root is not an existing node of its graph, or a root tensor's shape
+            is not ``[]`` or ``[N]``.
+        TypeError: a float, bool or non-integer root.
     """
+    if not isinstance(graph, Graph):
+        raise TypeError(f"bfs_order: graph must be a fractalkit.graphs.Graph, got {type(graph).__name__}")
     n_graphs, n = graph.node_types.shape
+    if isinstance(root, Tensor):
+        check_integer_tensor("bfs_order", "root", root)
+        if root.dim() > 1 or (root.dim() == 1 and root.shape[0] != n_graphs):
+            raise ValueError(
+                f"bfs_order: root must be an int or an int64 tensor [N={n_graphs}] (one per graph), "
+                f"got shape {list(root.shape)}"
+            )
+    elif isinstance(root, bool) or not isinstance(root, numbers.Integral):
+        raise TypeError(f"bfs_order: root must be an int or an int64 tensor [N], got {root!r} ({type(root).__name__})")
     roots = torch.as_tensor(root, dtype=torch.int64).expand(n_graphs).tolist()
     adj = (graph.adjacency != 0).cpu().tolist()
     sizes = graph.num_nodes.cpu().tolist()

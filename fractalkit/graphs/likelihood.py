@@ -37,6 +37,7 @@ from torch import Tensor
 from fractalkit.graphs.automorphisms import log_automorphisms
 from fractalkit.graphs.encoding import Graph, GraphEncoding
 from fractalkit.graphs.orders import random_bfs_log_prob, random_bfs_order, uniform_order
+from fractalkit.validation import check_count
 
 __all__ = ["GraphLogLikelihood", "graph_log_likelihood", "graph_log_likelihood_exact"]
 
@@ -111,7 +112,16 @@ def _slice(graph: Graph, start: int, stop: int) -> Graph:
     return Graph(graph.node_types[start:stop], graph.adjacency[start:stop], graph.node_mask[start:stop])
 
 
-def _check(encoding: GraphEncoding, graph: Graph, where: str) -> None:
+def _check(
+    encoding: GraphEncoding, graph: Graph, where: str, batch_size: Any, log_prob_kwargs: Any
+) -> int:
+    """Check the shared arguments; returns ``batch_size`` as an int."""
+    batch_size = check_count(where, "batch_size", batch_size)
+    if log_prob_kwargs is not None and not isinstance(log_prob_kwargs, dict):
+        raise TypeError(
+            f"{where}: log_prob_kwargs must be a dict of keyword arguments for model.log_prob "
+            f"(e.g. {{'orders': 'identity'}}) or None, got {type(log_prob_kwargs).__name__}"
+        )
     if not isinstance(encoding, GraphEncoding):
         raise TypeError(f"{where}: encoding must be a GraphEncoding, got {type(encoding)}")
     if not isinstance(graph, Graph):
@@ -121,6 +131,7 @@ def _check(encoding: GraphEncoding, graph: Graph, where: str) -> None:
             f"{where}: graphs have {graph.node_types.shape[1]} node slots > the encoding's "
             f"max_nodes={encoding.max_nodes}"
         )
+    return batch_size
 
 
 def graph_log_likelihood(
@@ -169,19 +180,23 @@ def graph_log_likelihood(
         A :class:`GraphLogLikelihood` of float64 ``[N]`` tensors (nats).
 
     Raises:
-        TypeError: if ``encoding`` or ``graph`` has the wrong type.
-        ValueError: if ``num_orders`` is not a positive int, ``ordering`` is unknown, or the
-            graphs are larger than the encoding.
+        TypeError: if ``encoding``, ``graph`` or ``log_prob_kwargs`` has the wrong type, or a
+            count is not an integer.
+        ValueError: if ``num_orders``, ``batch_size`` or ``graph_batch`` is below 1,
+            ``ordering`` is unknown, the batch is empty, or the graphs are larger than the
+            encoding.
         ImportError: if ``pynauty`` (the ``graphs`` extra) is missing.
     """
     where = "graph_log_likelihood"
-    _check(encoding, graph, where)
+    batch_size = _check(encoding, graph, where, batch_size, log_prob_kwargs)
     if isinstance(num_orders, bool) or not isinstance(num_orders, int) or num_orders < 1:
         raise ValueError(f"{where}: num_orders must be a positive int, got {num_orders!r}")
     if ordering not in _ESTIMATES:
         raise ValueError(f"{where}: ordering must be 'bfs' or 'uniform', got {ordering!r}")
     if isinstance(graph_batch, bool) or not isinstance(graph_batch, int) or graph_batch < 1:
         raise ValueError(f"{where}: graph_batch must be a positive int, got {graph_batch!r}")
+    if len(graph) == 0:
+        raise ValueError(f"{where}: the batch holds no graphs (N = 0); pass at least one graph")
     kwargs = dict(log_prob_kwargs or {})
     if len(graph) > graph_batch:  # bound the memory: (K + 1) encodings per graph at a time
         parts = [
@@ -263,10 +278,13 @@ def graph_log_likelihood_exact(
         float64 ``[N]`` in nats.
 
     Raises:
-        ValueError: if a graph has more than ``max_nodes`` nodes or ``ordering`` is unknown.
+        ValueError: if a graph has more than ``max_nodes`` nodes, ``ordering`` is unknown, or
+            ``batch_size`` is below 1.
+        TypeError: as :func:`graph_log_likelihood`, and for a ``max_nodes`` that is not an int.
     """
     where = "graph_log_likelihood_exact"
-    _check(encoding, graph, where)
+    batch_size = _check(encoding, graph, where, batch_size, log_prob_kwargs)
+    max_nodes = check_count(where, "max_nodes", max_nodes, minimum=0)
     if ordering not in ("all", "bfs"):
         raise ValueError(f"{where}: ordering must be 'all' or 'bfs', got {ordering!r}")
     sizes = graph.num_nodes.tolist()

@@ -47,6 +47,7 @@ import numpy as np
 from torch import Tensor
 
 from fractalkit.graphs.encoding import Graph
+from fractalkit.validation import check_count, check_finite_number
 
 __all__ = [
     "MMD_SETTINGS",
@@ -134,7 +135,8 @@ def clustering_coefficients(adj: Tensor | np.ndarray) -> np.ndarray:
 
 
 def clustering_histogram(adj: Tensor | np.ndarray, bins: int = 100) -> np.ndarray:
-    """Histogram of the clustering coefficients over ``bins`` equal bins on [0, 1] (counts)."""
+    """Histogram of the clustering coefficients over ``bins`` (>= 1) equal bins on [0, 1] (counts)."""
+    bins = check_count("clustering_histogram", "bins", bins)
     hist, _ = np.histogram(clustering_coefficients(adj), bins=bins, range=(0.0, 1.0), density=False)
     return hist.astype(np.float64)
 
@@ -198,6 +200,7 @@ def gaussian_emd(x: np.ndarray, y: np.ndarray, sigma: float = 1.0, distance_scal
     Returns:
         The kernel value in (0, 1].
     """
+    sigma, distance_scaling = _kernel_widths("gaussian_emd", sigma, distance_scaling)
     size = max(len(x), len(y))
     x = np.pad(np.asarray(x, dtype=np.float64), (0, size - len(x)))
     y = np.pad(np.asarray(y, dtype=np.float64), (0, size - len(y)))
@@ -206,7 +209,11 @@ def gaussian_emd(x: np.ndarray, y: np.ndarray, sigma: float = 1.0, distance_scal
 
 
 def gaussian(x: np.ndarray, y: np.ndarray, sigma: float = 1.0, distance_scaling: float = 1.0) -> float:
-    """``exp(-||x - y||^2 / (2 sigma^2))`` (vectors padded to one length; no scaling used)."""
+    """``exp(-||x - y||^2 / (2 sigma^2))`` (vectors padded to one length; no scaling used).
+
+    ``sigma`` must be finite and positive (as must ``distance_scaling``, though unused).
+    """
+    sigma, distance_scaling = _kernel_widths("gaussian", sigma, distance_scaling)
     size = max(len(x), len(y))
     x = np.pad(np.asarray(x, dtype=np.float64), (0, size - len(x)))
     y = np.pad(np.asarray(y, dtype=np.float64), (0, size - len(y)))
@@ -235,21 +242,40 @@ def mmd(
         The squared MMD (>= 0 up to rounding for a positive-definite kernel).
 
     Raises:
-        ValueError: if a set is empty.
+        ValueError: if a set is empty, a vector is not 1-D or holds NaN/inf (or, for
+            histograms, negative counts), or ``sigma``/``distance_scaling`` is not positive.
+        TypeError: ``kernel`` not callable, ``sigma``/``distance_scaling`` not numbers.
     """
     if not len(samples1) or not len(samples2):
         raise ValueError("mmd: both sample sets must be non-empty")
+    if not callable(kernel):
+        raise TypeError(f"mmd: kernel must be a callable k(x, y, sigma, scaling), got {type(kernel).__name__}")
+    sigma, distance_scaling = _kernel_widths("mmd", sigma, distance_scaling)
 
-    def prep(s: Sequence[np.ndarray]) -> list[np.ndarray]:
-        s = [np.asarray(v, dtype=np.float64) for v in s]
-        return [v / v.sum() if v.sum() > 0 else v for v in s] if is_hist else s
+    def prep(s: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
+        out = []
+        for i, v in enumerate(s):
+            try:
+                v = np.asarray(v, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"mmd: {name}[{i}] is not a vector of numbers ({err})") from None
+            if v.ndim != 1 or not np.isfinite(v).all() or (is_hist and (v < 0).any()):
+                kind = "finite 1-D vector of non-negative counts" if is_hist else "finite 1-D vector"
+                raise ValueError(f"mmd: {name}[{i}] must be a {kind}, got shape {list(v.shape)}: {v!r:.80}")
+            out.append(v)
+        return [v / v.sum() if v.sum() > 0 else v for v in out] if is_hist else out
 
-    x, y = prep(samples1), prep(samples2)
+    x, y = prep(samples1, "samples1"), prep(samples2, "samples2")
 
     def disc(a: list[np.ndarray], b: list[np.ndarray]) -> float:
         return sum(kernel(u, v, sigma, distance_scaling) for u in a for v in b) / (len(a) * len(b))
 
     return disc(x, x) + disc(y, y) - 2 * disc(x, y)
+
+
+def _kernel_widths(owner: str, sigma: float, distance_scaling: float) -> tuple[float, float]:
+    return (check_finite_number(owner, "sigma", sigma, positive=True),
+            check_finite_number(owner, "distance_scaling", distance_scaling, positive=True))
 
 
 def graph_mmd(

@@ -32,11 +32,13 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fractalkit.graphs.encoding import Graph, GraphEncoding
+from fractalkit.validation import check_integer_tensor
 
 __all__ = [
     "random_bfs_encodings",
@@ -54,6 +56,11 @@ def _neighbour_lists(graph: Graph) -> tuple[list[list[list[int]]], list[int]]:
     for g, size in enumerate(sizes):
         out.append([[v for v in range(size) if adj[g][u][v]] for u in range(size)])
     return out, sizes
+
+
+def _check_graph(where: str, graph: Any) -> None:
+    if not isinstance(graph, Graph):
+        raise TypeError(f"{where}: graph must be a fractalkit.graphs.Graph, got {type(graph).__name__}")
 
 
 def _python_rng(generator: torch.Generator | None) -> random.Random:
@@ -86,8 +93,7 @@ def random_bfs_order(graph: Graph, *, generator: torch.Generator | None = None) 
         >>> orders.shape, log_q.dtype
         (torch.Size([1, 3]), torch.float64)
     """
-    if not isinstance(graph, Graph):
-        raise TypeError(f"random_bfs_order: graph must be a fractalkit.graphs.Graph, got {type(graph)}")
+    _check_graph("random_bfs_order", graph)
     rng = _python_rng(generator)
     neighbours, sizes = _neighbour_lists(graph)
     n = graph.node_types.shape[1]
@@ -129,9 +135,14 @@ def random_bfs_log_prob(graph: Graph, orders: Tensor) -> Tensor:
         float64 ``[N]`` log-probabilities in nats.
 
     Raises:
+        TypeError: if ``graph`` is not a :class:`~fractalkit.graphs.Graph` or ``orders`` is not
+            an integer tensor (float orders are not truncated).
         ValueError: if ``orders`` has the wrong shape or is not a permutation of the nodes.
     """
+    _check_graph("random_bfs_log_prob", graph)
     n_graphs, n = graph.node_types.shape
+    if isinstance(orders, Tensor):
+        check_integer_tensor("random_bfs_log_prob", "orders", orders)
     if not isinstance(orders, Tensor) or tuple(orders.shape) != (n_graphs, n):
         raise ValueError(f"random_bfs_log_prob: orders must be [{n_graphs}, {n}], got {getattr(orders, 'shape', None)}")
     neighbours, sizes = _neighbour_lists(graph)
@@ -186,6 +197,7 @@ def uniform_order(graph: Graph, *, generator: torch.Generator | None = None) -> 
     Returns:
         ``(orders, log_q)``: int64 ``[N, n]`` (missing nodes stay at the end) and float64 ``[N]``.
     """
+    _check_graph("uniform_order", graph)
     sizes = graph.num_nodes.cpu().tolist()
     n = graph.node_types.shape[1]
     out = []
@@ -212,5 +224,7 @@ def random_bfs_encodings(
     Returns:
         int64 ``[N, n * W]`` encodings.
     """
+    if not isinstance(encoding, GraphEncoding):
+        raise TypeError(f"random_bfs_encodings: encoding must be a GraphEncoding, got {type(encoding).__name__}")
     orders, _ = random_bfs_order(graph, generator=generator)
     return encoding.encode(graph.permute(orders))

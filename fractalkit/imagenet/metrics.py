@@ -29,8 +29,11 @@ reference images (ADM's reference batches), which precision/recall need.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +43,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fractalkit.validation import check_count
+
 __all__ = [
     "INCEPTION_ENV",
+    "INCEPTION_RECORD",
+    "INCEPTION_SHA256",
+    "INCEPTION_SHA256_ENV",
     "INCEPTION_URL",
     "FeatureExtractor",
     "FeatureSet",
@@ -65,6 +73,16 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 #: Environment variable naming a local copy of that file.
 INCEPTION_ENV = "FRACTALKIT_INCEPTION"
 INCEPTION_FILE = "inception-2015-12-05.pt"
+#: SHA-256 of the published Inception file, when known. It is None: no source we could check
+#: (StyleGAN2-ADA, EDM, clean-fid and torch-fidelity publish the URL, not a hash) records it, and
+#: a guessed value would refuse the real file. In its place the hash is recorded on first use
+#: (:data:`INCEPTION_RECORD` in the cache root) and every later load is checked against it;
+#: ``InceptionV3(sha256=...)`` or ``$FRACTALKIT_INCEPTION_SHA256`` pins it outright.
+INCEPTION_SHA256: str | None = None
+#: Environment variable pinning the Inception file's SHA-256 (64 hex digits).
+INCEPTION_SHA256_ENV = "FRACTALKIT_INCEPTION_SHA256"
+#: File in the cache root holding the SHA-256 recorded the first time an Inception file loaded.
+INCEPTION_RECORD = "inception-2015-12-05.pt.sha256.json"
 
 
 class FeatureExtractor(Protocol):
@@ -90,11 +108,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
     Raises:
         ValueError: shapes disagree or an input is not finite.
+        TypeError: an input is not an array of numbers.
     """
     import scipy.linalg
 
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    try:
+        mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+        sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"frechet_distance: mu and sigma must be arrays of numbers ({err})") from None
     d = mu1.shape[0]
     if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(
@@ -115,26 +137,57 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    features = np.asarray(features, np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors [N, D], got shape {features.shape}")
+def _gaussian(features: np.ndarray, what: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    features = _features(features, what)
+    if features.shape[0] < 2:
+        raise ValueError(f"{what}: need at least 2 feature vectors [N, D], got shape {features.shape}")
     return features.mean(0), np.cov(features, rowvar=False)
 
 
+def _features(a: np.ndarray | Tensor, what: str) -> np.ndarray:
+    """float64 ``[N, D]`` features, checked: two axes, D >= 1, finite (NaN features refused)."""
+    try:
+        f = np.asarray(_numpy(a), np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what}: expected float features [N, D], got {type(a).__name__} ({err})") from None
+    if f.ndim != 2 or f.shape[1] < 1:
+        raise ValueError(f"{what}: expected features [N, D], got shape {list(f.shape)}")
+    if not np.isfinite(f).all():
+        row = int(np.argwhere(~np.isfinite(f))[0][0])
+        raise ValueError(
+            f"{what}: the features hold NaN or inf (first in row {row}); drop those images or "
+            "fix the feature network"
+        )
+    return f
+
+
 def fid_from_features(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
-    """FID between two feature sets ``[N, D]`` and ``[M, D]`` (each fitted by a Gaussian)."""
-    return frechet_distance(*_gaussian(_numpy(a)), *_gaussian(_numpy(b)))
+    """FID between two feature sets ``[N, D]`` and ``[M, D]`` (each fitted by a Gaussian).
+
+    Raises:
+        ValueError: fewer than 2 rows, not two axes, or non-finite features.
+    """
+    return frechet_distance(*_gaussian(a, "fid_from_features: a"), *_gaussian(b, "fid_from_features: b"))
 
 
 def inception_score(probs: np.ndarray | Tensor, split_size: int = 5000) -> float:
     """Inception Score of class probabilities ``[N, K]``: ``exp(mean KL(p(y|x) || p(y)))`` per split
     of ``split_size`` images, averaged over splits (ADM's evaluator; 50,000 samples: 10 splits).
 
+    Args:
+        probs: ``[N, K]`` class probabilities, N >= 1.
+        split_size: images per split, >= 1 (the last split may be smaller).
+
     Raises:
-        ValueError: not ``[N, K]`` probabilities (non-negative, rows summing to 1).
+        ValueError: not ``[N, K]`` probabilities (non-negative, rows summing to 1), or
+            ``split_size`` below 1.
+        TypeError: ``split_size`` not an integer.
     """
-    p = _numpy(probs).astype(np.float64)
+    split_size = check_count("inception_score", "split_size", split_size)
+    try:
+        p = np.asarray(_numpy(probs), np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"inception_score: probs must be numbers [N, K], got {type(probs).__name__} ({err})") from None
     if p.ndim != 2 or p.shape[0] < 1 or (p < 0).any() or not np.allclose(p.sum(1), 1, atol=1e-3):
         raise ValueError(f"inception_score: expected probabilities [N, K] with rows summing to 1, got {p.shape}")
     scores = []
@@ -172,12 +225,28 @@ def precision_recall(
     neighbour. Precision: the fraction of ``fake`` inside the real manifold; recall: the fraction
     of ``real`` inside the fake one.
 
+    Args:
+        real, fake: features ``[N, D]`` and ``[M, D]``, finite.
+        k: the neighbour that sets each ball's radius, ``1 <= k < min(N, M)``.
+        batch: rows per distance block (memory ``batch * max(N, M)`` floats), >= 1.
+
     Returns:
         ``(precision, recall)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: shapes that disagree, too few rows for k, non-finite features, k or batch
+            below 1.
+        TypeError: k or batch not an integer.
     """
-    r, f = torch.as_tensor(_numpy(real), dtype=torch.float64), torch.as_tensor(_numpy(fake), dtype=torch.float64)
-    if r.dim() != 2 or f.dim() != 2 or r.shape[1] != f.shape[1] or min(len(r), len(f)) <= k:
-        raise ValueError(f"precision_recall: need [N, D] and [M, D] with N, M > k={k}, got {tuple(r.shape)}, {tuple(f.shape)}")
+    k = check_count("precision_recall", "k", k)
+    batch = check_count("precision_recall", "batch", batch)
+    r = torch.as_tensor(_features(real, "precision_recall: real"))
+    f = torch.as_tensor(_features(fake, "precision_recall: fake"))
+    if r.shape[1] != f.shape[1] or min(len(r), len(f)) <= k:
+        raise ValueError(
+            f"precision_recall: need [N, D] and [M, D] with N, M > k={k}, got {tuple(r.shape)}, "
+            f"{tuple(f.shape)}"
+        )
     precision = _inside(f, r, _radii(r, k, batch), batch).double().mean().item()
     recall = _inside(r, f, _radii(f, k, batch), batch).double().mean().item()
     return precision, recall
@@ -219,10 +288,14 @@ def extract_features(
         progress: show a tqdm bar.
 
     Raises:
-        ValueError: values outside 0..255, a wrong shape, non-finite values.
+        ValueError: values outside 0..255, a wrong shape, non-finite values; an extractor that
+            does not return ``(features [n, D], probabilities [n, K])`` for a batch of n;
+            ``batch`` below 1.
+        TypeError: ``batch`` not an integer.
     """
     from tqdm.auto import tqdm
 
+    batch = check_count("extract_features", "batch", batch)
     if isinstance(images, np.ndarray | Tensor):
         images = torch.as_tensor(images)
         batches: Iterable[Tensor] = images.split(batch)
@@ -234,12 +307,23 @@ def extract_features(
         x = torch.as_tensor(x)
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"extract_features: expected images [N, 3, H, W], got {list(x.shape)}")
+        if x.shape[0] == 0:  # an empty batch adds nothing (all empty: "no images" below)
+            continue
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise ValueError("extract_features: images hold non-finite values")
         if x.min() < 0 or x.max() > 255:
             raise ValueError(f"extract_features: values must lie in 0..255, got [{x.min()}, {x.max()}]")
         with torch.no_grad():
-            f, p = extractor(x.to(torch.uint8))
+            out = extractor(x.to(torch.uint8))
+        if not (isinstance(out, tuple | list) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)
+                and all(t.dim() == 2 and t.shape[0] == x.shape[0] for t in out)):
+            got = [list(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in out] \
+                if isinstance(out, tuple | list) else type(out).__name__
+            raise ValueError(
+                f"extract_features: the extractor {type(extractor).__name__} must return (features "
+                f"[{x.shape[0]}, D], probabilities [{x.shape[0]}, K]) for {x.shape[0]} images, got {got}"
+            )
+        f, p = out
         feats.append(f.double().cpu().numpy())
         probs.append(p.double().cpu().numpy())
     if not feats:
@@ -252,20 +336,34 @@ class InceptionV3:
     ``[N, 1008]`` (no output bias, as the original IS), from the TorchScript file
     ``inception-2015-12-05.pt`` (images of any size are resized to 299x299 inside).
 
+    The file is TorchScript, i.e. executable code, so its SHA-256 is checked before
+    ``torch.jit.load``: against ``sha256`` (or ``$FRACTALKIT_INCEPTION_SHA256``, or
+    :data:`INCEPTION_SHA256`) when given, else against the hash recorded the first time an
+    Inception file loaded on this machine (:data:`INCEPTION_RECORD` in the cache root; the first
+    load records it).
+
     Args:
         path: the file; default ``$FRACTALKIT_INCEPTION``, else ``<fractalkit cache>/
             inception-2015-12-05.pt``.
         download: fetch :data:`INCEPTION_URL` into that place if the file is missing (needs the
             network; about 100 MB).
         device: where to run it.
+        sha256: the file's expected SHA-256 (64 hex digits); None: the environment variable,
+            the pinned constant, or the recorded hash.
 
     Raises:
         FileNotFoundError: the file is missing and ``download`` is False (the message says where
             to get it and where to put it).
+        ValueError: the file's SHA-256 differs from the expected or recorded one, or the file
+            is not a TorchScript Inception network (the message names the file and the fix).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, *, download: bool = False, device: str = "cpu"):
+    def __init__(
+        self, path: str | os.PathLike | None = None, *, download: bool = False, device: str = "cpu",
+        sha256: str | None = None,
+    ):
         path = self.default_path() if path is None else Path(path)
+        expected = _expected_sha256(sha256)
         if not path.is_file():
             if not download:
                 raise FileNotFoundError(
@@ -278,7 +376,19 @@ class InceptionV3:
             fetch(INCEPTION_URL, path, desc="inception-2015-12-05.pt")
         self.path = path
         self.device = torch.device(device)
-        self.net = torch.jit.load(str(path), map_location=self.device).eval()
+        to_record = _verify_inception(path, expected)
+        try:
+            with warnings.catch_warnings():  # the published file is TorchScript: nothing to switch to
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
+                self.net = torch.jit.load(str(path), map_location=self.device).eval()
+        except Exception as err:  # torch's RuntimeError/ValueError for a file that is not TorchScript
+            raise ValueError(
+                f"Inception-v3: {path} is not a loadable TorchScript file ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). Delete it and download "
+                f"{INCEPTION_URL} again (or pass download=True)"
+            ) from err
+        if to_record is not None:  # first use, and it loaded: later loads are checked against it
+            _record_inception(path, to_record)
 
     @staticmethod
     def default_path() -> Path:
@@ -295,6 +405,88 @@ class InceptionV3:
         features = self.net(x, return_features=True)
         probs = self.net(x, no_output_bias=True)
         return features, probs
+
+
+def _expected_sha256(sha256: str | None) -> str | None:
+    """The pinned hash: the argument, else ``$FRACTALKIT_INCEPTION_SHA256``, else the constant."""
+    for where, value in (("sha256", sha256), (f"${INCEPTION_SHA256_ENV}", os.environ.get(INCEPTION_SHA256_ENV)),
+                         ("INCEPTION_SHA256", INCEPTION_SHA256)):
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise ValueError(f"Inception-v3: {where} must be 64 hex digits (a SHA-256), got {value!r}")
+        return value.lower()
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify_inception(path: Path, expected: str | None) -> str | None:
+    """Check the Inception file's SHA-256 against ``expected`` or the recorded hash, before any of
+    its code is loaded; returns the hash to record when neither exists (first use), else None."""
+    from fractalkit.hub import cache_dir
+
+    actual = _file_sha256(path)
+    fix = (f"Delete {path} and download {INCEPTION_URL} again (or pass download=True)")
+    if expected is not None:
+        if actual != expected:
+            raise ValueError(
+                f"Inception-v3: {path} has SHA-256 {actual}, not the pinned {expected}: it is not "
+                f"the published network (corrupted or replaced). {fix}"
+            )
+        return None
+    record = cache_dir() / INCEPTION_RECORD
+    if record.is_file():
+        try:
+            recorded = json.loads(record.read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"Inception-v3: the recorded hash {record} is unreadable ({err}); delete it (the "
+                "next load records the file's hash again)"
+            ) from None
+        if actual != recorded:
+            raise ValueError(
+                f"Inception-v3: {path} has SHA-256 {actual}, but the Inception file first loaded "
+                f"here had {recorded} (recorded in {record}): it changed (corrupted or replaced). "
+                f"{fix}; if you trust this file, delete {record} to record it instead"
+            )
+        return None
+    return actual
+
+
+def _record_inception(path: Path, actual: str) -> None:
+    """Record the SHA-256 of the first Inception file that loaded (atomically; a read-only cache
+    only loses the record)."""
+    from fractalkit.hub import cache_dir
+
+    record = cache_dir() / INCEPTION_RECORD
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"sha256": actual, "file": str(path), "url": INCEPTION_URL}, indent=2) + "\n")
+        os.replace(tmp, record)
+    except OSError:
+        pass
+
+
+def _read_npz(path: Path, what: str, fix: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickles), or one ValueError naming the file and ``fix``
+    in place of numpy's and zipfile's errors (truncated, not a zip, object arrays, bad headers)."""
+    try:
+        with open(path, "rb") as f:  # our own handle: numpy leaves its own open on some errors
+            data = np.load(f, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            with data:
+                return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        raise ValueError(f"{what}: {path} is not a readable .npz file ({type(err).__name__}: {err}); {fix}") from None
 
 
 # ---- reference statistics ----------------------------------------------------------------------
@@ -334,24 +526,26 @@ def load_reference(
             f"reference statistics: no file at {path} (the original's adm_in64_stats.npz / "
             "adm_in256_stats.npz, or an ADM reference batch VIRTUAL_imagenet64_labeled.npz)"
         )
-    try:
-        data = np.load(path, allow_pickle=False)
-        keys = set(data.files)
-    except Exception as err:
-        raise ValueError(f"reference statistics: {path} is not a readable .npz file: {err}") from err
+    data = _read_npz(path, "reference statistics", "write it again (save_reference) or fetch the original file again")
+    keys = set(data)
     features = None
     if "arr_0" in keys:
         if extractor is None:
             raise ValueError(f"{path} holds reference images (arr_0): pass a feature extractor")
         images = data["arr_0"]
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"{path}: arr_0 must be uint8 images [N, H, W, 3], got {images.shape}")
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{path}: arr_0 must be uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
         features = extract_features(extractor, torch.from_numpy(images).permute(0, 3, 1, 2),
                                     batch=batch, progress=progress).features
     if {"mu", "sigma"} <= keys:
-        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        try:
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: mu and sigma must be float arrays ({err})") from None
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not [D] and [D, D]")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise ValueError(f"{path}: mu or sigma holds NaN or inf; write the statistics again")
     elif features is not None:
         mu, sigma = _gaussian(features)
     else:
@@ -360,8 +554,9 @@ def load_reference(
 
 
 def save_reference(path: str | os.PathLike, features: np.ndarray | Tensor) -> Reference:
-    """Write ``mu``/``sigma`` (the original's npz format) of features ``[N, D]`` to ``path``."""
-    mu, sigma = _gaussian(_numpy(features))
+    """Write ``mu``/``sigma`` (the original's npz format) of features ``[N, D]`` (N >= 2,
+    finite) to ``path``."""
+    mu, sigma = _gaussian(features, "save_reference")
     np.savez(path, mu=mu, sigma=sigma)
     return Reference(mu, sigma, _numpy(features))
 
@@ -371,8 +566,14 @@ def evaluate(samples: FeatureSet, reference: Reference, *, split_size: int = 500
 
     Returns:
         ``{"fid", "inception_score", "num_samples"}`` plus ``"precision"``, ``"recall"``.
+
+    Raises:
+        ValueError, TypeError: as :func:`inception_score` and :func:`precision_recall` for
+            ``split_size`` and ``k``; fewer than 2 samples; non-finite features.
     """
-    mu, sigma = _gaussian(samples.features)
+    split_size = check_count("evaluate", "split_size", split_size)
+    k = check_count("evaluate", "k", k)
+    mu, sigma = _gaussian(samples.features, "evaluate: samples.features")
     out = {
         "fid": frechet_distance(mu, sigma, reference.mu, reference.sigma),
         "inception_score": inception_score(samples.probs, split_size),
@@ -483,11 +684,18 @@ def sample_images(
     Returns:
         uint8 ``[N, 3, H, W]``; under several processes on rank 0 only (every other rank
         returns None after the merge).
+
+    Raises:
+        ValueError, TypeError: ``num_samples`` or ``batch`` not an integer >= 1, ``seed`` not
+            an integer; a batch file in ``folder`` that is unreadable or does not hold the
+            images its name promises (the message names the file: delete it to draw it again).
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"sample_images: num_samples must be a positive int, got {num_samples!r}")
+    batch = check_count("sample_images", "batch", batch)
+    seed = check_count("sample_images", "seed", seed, minimum=0)
     options = options if options is not None else getattr(model, "pretrained_options", None)
     device = next(model.parameters()).device
     rank, world = _process_group()
@@ -503,7 +711,7 @@ def sample_images(
             n = min(batch, num_samples - start)
             path = Path(folder) / f"samples_{start:06d}_{n}.npz" if folder is not None else None
             if path is not None and path.is_file():
-                images = torch.from_numpy(np.load(path)["arr_0"]).permute(0, 3, 1, 2)
+                images = _resumed_batch(path, n, tuple(model.event_shape))
             else:
                 y = sample_labels(model, start, n, device)
                 g = torch.Generator(device=device).manual_seed(seed + b)
@@ -559,3 +767,20 @@ def _gather_batches(
                 if first + i < len(starts):
                     parts.append(got[: min(batch, num_samples - starts[first + i])].cpu())
     return torch.cat(parts) if rank == 0 else None
+
+
+def _resumed_batch(path: Path, n: int, event_shape: tuple[int, ...]) -> Tensor:
+    """The ``n`` images ``[n, 3, H, W]`` a finished batch file holds, checked against its name
+    and the model (a file from another run, model or batch size is refused, never trimmed)."""
+    fix = "delete it to draw that batch again (or use a fresh --samples-dir / folder)"
+    data = _read_npz(path, "sample_images", fix)
+    images = data.get("arr_0")
+    c, h, w = event_shape if len(event_shape) == 3 else (None, None, None)
+    if images is None or images.dtype != np.uint8 or images.shape != (n, h, w, c):
+        got = "no arr_0" if images is None else f"{images.dtype} {list(images.shape)}"
+        raise ValueError(
+            f"sample_images: {path} should hold {n} uint8 images [{n}, {h}, {w}, {c}] (this "
+            f"model's, batch of {n}) but holds {got}: it is from another run, model or batch "
+            f"size; {fix}"
+        )
+    return torch.from_numpy(images).permute(0, 3, 1, 2)

@@ -108,7 +108,20 @@ class SampleOptions:
             raise ValueError(f"filter_threshold: expected in [0, 1), got {self.filter_threshold}")
         if self.constraint is not None and not callable(self.constraint):
             raise TypeError(f"constraint: expected a callable or None, got {type(self.constraint).__name__}")
+        if self.callback is not None and not callable(self.callback):
+            raise TypeError(
+                f"SampleOptions: callback must be a callable taking a Progress, or None, got "
+                f"{self.callback!r:.80} ({type(self.callback).__name__})"
+            )
+        if not isinstance(self.kv_cache, bool):
+            raise TypeError(f"SampleOptions: kv_cache must be True or False, got {self.kv_cache!r}")
         if self.steps is not None:
+            if isinstance(self.steps, str | bytes) or not isinstance(self.steps, Sequence):
+                raise TypeError(
+                    f"SampleOptions: steps must be a sequence with one entry per level, top first "
+                    f"(e.g. steps=({self.steps!r:.20},) for one level, or steps=(64, 16)), or None; "
+                    f"got {self.steps!r:.80} ({type(self.steps).__name__})"
+                )
             steps = tuple(self.steps)
             for s in steps:
                 if s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 1):
