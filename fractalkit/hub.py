@@ -456,7 +456,7 @@ def download(
         if max_bytes is not None and total is not None and total > max_bytes:
             raise refuse(
                 f"the server announces {total:,} bytes (Content-Length), more than the bound of "
-                f"{max_bytes:,} ({human_size(max_bytes)}): this is not the file expected (a wrong "
+                f"{max_bytes:,} bytes ({human_size(max_bytes)}): this is not the file expected (a wrong "
                 "address or mirror?); check the address, or raise the bound with max_bytes=...")
         if isinstance(response, http.client.HTTPResponse) and not response.chunked and response.fp is not None:
             # Read the stream itself, not response.read: http.client stops at Content-Length and
