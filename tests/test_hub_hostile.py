@@ -122,7 +122,7 @@ def server(good_bytes):
 def cache(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv(hub.CACHE_ENV, str(root))
-    for var in (hub.OFFLINE_ENV, "HF_HUB_OFFLINE", hub.MIRROR_ENV):
+    for var in (hub.OFFLINE_ENV, "HF_HUB_OFFLINE", "FRACTALKIT_MIRROR"):
         monkeypatch.delenv(var, raising=False)
     return root
 
