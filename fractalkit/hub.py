@@ -20,6 +20,14 @@ The cache folder is ``cache_dir=``, else ``$FRACTALKIT_CACHE``, else
 ``<cache>/fractalgen/<name>/``; to install one by hand (a machine without internet), put the
 original ``checkpoint-last.pth`` there: the next call converts it.
 
+Released files are fetched within bounds (:func:`download`: the release's size plus a margin,
+an overall deadline, strict ``Content-Length``) from the authors' address or a mirror
+(``mirror=`` or ``$FRACTALKIT_MIRROR``, laid out like the cache: :func:`mirror_url`). A file
+whose size is not the release's, that does not convert, or whose weights fail
+:func:`check_weights` is deleted and nothing is cached. The cached folder's ``source.json``
+records the size and SHA-256 of each file it loads; every later load checks them, and a damaged
+folder raises a :class:`PretrainedError` naming it (delete it: the next call fetches again).
+
 This module sits below :class:`fractalkit.Fractal` (it never imports it, nor any wing): the
 model class comes in as ``cls`` (``Fractal.from_pretrained`` passes itself; a plain
 :func:`from_pretrained` call uses the class ``fractalkit`` registers with
