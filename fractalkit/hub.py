@@ -42,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.client
@@ -655,7 +656,8 @@ def save_pretrained(
     exchange where the system has one, else: the old folder renamed aside, the new one renamed
     in, the old removed). A crash or a full disk at any point leaves the old model or the new
     one; after a crash in the instant between the two renames the old folder waits beside as
-    ``.<name>.old-*`` and :func:`from_pretrained` of the folder says so. Other files in an
+    ``.<name>.old-*`` and :func:`from_pretrained` of the folder says so. A folder that cannot
+    be renamed (a mount point) has its files replaced one by one, each atomically. Other files in an
     existing folder are carried over (hard links where possible); the names written here, and
     ``sampling.json`` when no sampling is given, come from the new model only.
 
@@ -742,10 +744,31 @@ def _swap_in(new: Path, folder: Path) -> None:
         shutil.rmtree(new)  # now the old folder
     else:
         aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, aside)  # replaces the empty placeholder
-        os.rename(new, folder)
+        try:
+            os.replace(folder, aside)  # replaces the empty placeholder
+        except OSError:  # a folder that cannot be renamed (a mount point): file by file
+            os.rmdir(aside)
+            _replace_files(new, folder)
+            return
+        try:
+            os.rename(new, folder)
+        except OSError:
+            os.replace(aside, folder)  # put the old model back
+            raise
         shutil.rmtree(aside, ignore_errors=True)
     _fsync_dir(folder.parent)
+
+
+def _replace_files(new: Path, folder: Path) -> None:
+    """The fallback of :func:`_swap_in` for a folder that cannot be renamed: each file replaced
+    atomically, the weights last; the written names the new folder lacks are removed."""
+    names = sorted(os.listdir(new), key=lambda n: n == WEIGHTS_FILE)
+    for name in names:
+        if name in _HUB_FILES:
+            os.replace(new / name, folder / name)
+    for name in _HUB_FILES:
+        if name not in names and (folder / name).is_file():
+            (folder / name).unlink()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -975,10 +998,10 @@ def _source_record(url: str, original: Path, folder: Path) -> str:
 _CHECKED_FILES = ("config.json", "model.safetensors", "sampling.json")
 
 
-def _verify_cached(release: Release, folder: Path) -> None:
+def _verify_cached(release: Release, folder: Path) -> dict[str, Any] | None:
     """Check a cached release folder against its source.json: every recorded file present, the
-    size first, then the SHA-256. A source.json of an older version (no ``files``) is completed
-    on this first use."""
+    size first, then the SHA-256. Returns the record of a source.json of an older version (no
+    ``files``), for :func:`_load_cached` to complete on this first use; else None."""
     source = folder / SOURCE_FILE
     if not source.is_file():
         raise _damaged(release, folder, f"it has no {SOURCE_FILE} (the record of its files)")
@@ -989,10 +1012,8 @@ def _verify_cached(release: Release, folder: Path) -> None:
         raise _damaged(release, folder, f"{SOURCE_FILE} is not readable JSON ({err})") from err
     if not isinstance(record, dict):
         raise _damaged(release, folder, f"{SOURCE_FILE} is not a JSON object")
-    if files is None:  # written by an older fractalkit: record the hashes on this first use
-        record["files"] = {n: _file_record(folder / n) for n in _CHECKED_FILES if (folder / n).is_file()}
-        _write(source, json.dumps(record, indent=2) + "\n")
-        return
+    if files is None:  # written by an older fractalkit: recorded on this first use
+        return record
     if not isinstance(files, dict) or WEIGHTS_FILE not in files:
         raise _damaged(release, folder, f"{SOURCE_FILE} records no {WEIGHTS_FILE}")
     for name in _CHECKED_FILES:
@@ -1013,15 +1034,23 @@ def _verify_cached(release: Release, folder: Path) -> None:
         if name in files and _sha256(folder / name) != files[name].get("sha256"):
             raise _damaged(release, folder, f"{name} does not have the SHA-256 {SOURCE_FILE} records "
                            "(its bytes changed since it was cached)")
+    return None
 
 
 def _load_cached(release: Release, folder: Path, device: str, cls: type) -> Any:
     """Load a cached release folder after checking it; any problem names the folder and the fix."""
-    _verify_cached(release, folder)
+    older = _verify_cached(release, folder)
     try:
-        return _load_folder(folder, device, cls)
+        model = _load_folder(folder, device, cls)
+        if older is not None and release.check_weights:  # cached before weights were checked
+            check_weights(model)
     except (PretrainedError, ValueError, OSError, KeyError) as err:
         raise _damaged(release, folder, f"{type(err).__name__}: {err}") from err
+    if older is not None:  # record the files' sizes and hashes now, check them from now on
+        older["files"] = {n: _file_record(folder / n) for n in _CHECKED_FILES if (folder / n).is_file()}
+        with contextlib.suppress(OSError):  # a read-only cache, or another process at once
+            _write(folder / SOURCE_FILE, json.dumps(older, indent=2) + "\n")
+    return model
 
 
 def _released(release: Release, root: Path, offline: bool, progress: bool, keep_original: bool,

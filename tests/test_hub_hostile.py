@@ -436,3 +436,20 @@ def test_a_cache_of_an_older_version_is_recorded_on_first_use_then_verified(rele
     _flip_a_bit(folder / "model.safetensors")
     with pytest.raises(hub.PretrainedError, match="does not have the SHA-256"):
         Fractal.from_pretrained(NAME, offline=True)
+
+
+def test_a_damaged_cache_of_an_older_version_is_caught_on_first_use(release, server, cache):
+    """Zeroed weights cached by an older fractalkit (no check, no hashes) load no more."""
+    import json
+
+    Fractal.from_pretrained(NAME, progress=False)
+    folder = _folder(cache)
+    _zero_the_weights(folder / "model.safetensors")
+    source = folder / hub.SOURCE_FILE
+    record = json.loads(source.read_text())
+    del record["files"]
+    source.write_text(json.dumps(record))
+    with pytest.raises(hub.PretrainedError, match="exact zeros") as err:
+        Fractal.from_pretrained(NAME, offline=True)
+    assert str(folder) in str(err.value) and "Delete the folder" in str(err.value)
+    assert "files" not in json.loads(source.read_text())  # nothing recorded for a bad folder

@@ -136,3 +136,23 @@ def test_save_pretrained_onto_a_file_is_refused(models, tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
         hub.save_pretrained(models[0], tmp_path / "f")
+
+
+def test_a_folder_that_cannot_be_renamed_is_replaced_file_by_file(models, tmp_path, monkeypatch):
+    """A mount point cannot be renamed (EBUSY): the files are replaced one by one instead."""
+    old, new = models
+    folder = hub.save_pretrained(old, tmp_path / "model", sampling=OLD_OPTIONS)
+    real_replace = hub.os.replace
+
+    def busy(src, dst):
+        if Path(src) == folder:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(hub, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(hub.os, "replace", busy)
+    hub.save_pretrained(new, folder)
+    monkeypatch.undo()
+    loaded = Fractal.from_pretrained(folder)
+    assert _same_weights(loaded, new) and loaded.pretrained_options is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
