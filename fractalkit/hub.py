@@ -471,9 +471,11 @@ def download(
             # Read the stream itself, not response.read: http.client stops at Content-Length and
             # silently drops what follows, so a body longer than announced would go unnoticed.
             read = response.fp.read1
-        else:  # chunked transfer (no Content-Length) or file://
+        elif isinstance(response, http.client.HTTPResponse):  # chunked: http.client decodes
+            read = response.read1
+        else:  # file://
             fp = getattr(response, "fp", None)
-            read = getattr(fp, "read1", None) or getattr(response, "read1", None) or response.read
+            read = getattr(fp, "read1", None) or response.read
         sock = _socket(response)
         got = have
         with open(partial, "ab" if have else "wb") as f, tqdm(

@@ -59,6 +59,19 @@ class HostileServer:
                         for _ in range(1024):  # 64 MiB, as in the issue
                             self.wfile.write(block)
                             server.sent += len(block)
+                    elif mode in ("chunked", "chunked-endless"):  # no Content-Length either
+                        self.protocol_version = "HTTP/1.1"
+                        self.send_response(200)
+                        self.send_header("Transfer-Encoding", "chunked")
+                        self.send_header("Connection", "close")
+                        self.end_headers()
+                        rounds = 1024 if mode == "chunked-endless" else 1
+                        for _ in range(rounds):
+                            for i in range(0, len(data), 1 << 16):
+                                block = data[i:i + (1 << 16)]
+                                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+                                server.sent += len(block)
+                        self.wfile.write(b"0\r\n\r\n")
                     elif mode == "trickle":  # 1 KB at a time: the stall timeout never fires
                         self.send_response(200)
                         self.send_header("Content-Length", str(len(data)))
@@ -170,6 +183,16 @@ def test_a_body_without_length_is_cut_off_at_the_bound(release, server, cache):
     assert server.sent < 64 << 20  # the client stopped reading long before the 64 MiB were sent
     _nothing_cached(cache)
     _recovers(server, cache)
+
+
+def test_a_chunked_body_is_read_within_the_bound(release, server, cache):
+    server.mode = "chunked-endless"
+    with pytest.raises(hub.PretrainedError, match="more than the bound"):
+        Fractal.from_pretrained(NAME, progress=False)
+    _nothing_cached(cache)
+    server.mode = "chunked"  # the file itself, chunked: decoded, not framed
+    model = Fractal.from_pretrained(NAME, progress=False)
+    assert sum(p.numel() for p in model.parameters()) == TINY_AR_PARAMS
 
 
 def test_a_user_bound_applies_too(release, server, cache):
