@@ -1047,7 +1047,10 @@ def _load_cached(release: Release, folder: Path, device: str, cls: type) -> Any:
         if older is not None and release.check_weights:  # cached before weights were checked
             check_weights(model)
     except (PretrainedError, ValueError, OSError, KeyError) as err:
-        raise _damaged(release, folder, f"{type(err).__name__}: {err}") from err
+        # the loader's hints are for a user's own files (a diverged run, an earlier checkpoint);
+        # a cached release has one fix, which _damaged gives
+        detail = re.sub(r"\s*\((saved from )?a diverged run\?\)|; load an earlier checkpoint", "", str(err))
+        raise _damaged(release, folder, f"{type(err).__name__}: {detail}") from err
     if older is not None:  # record the files' sizes and hashes now, check them from now on
         older["files"] = {n: _file_record(folder / n) for n in _CHECKED_FILES if (folder / n).is_file()}
         with contextlib.suppress(OSError):  # a read-only cache, or another process at once

@@ -461,18 +461,28 @@ def test_a_cache_of_an_older_version_is_recorded_on_first_use_then_verified(rele
         Fractal.from_pretrained(NAME, offline=True)
 
 
-def test_a_damaged_cache_of_an_older_version_is_caught_on_first_use(release, server, cache):
-    """Zeroed weights cached by an older fractalkit (no check, no hashes) load no more."""
+def _nan_weights(path: Path) -> None:
+    """Every tensor's bytes 0xFF (NaN in float32), as random bytes from a transfer would give."""
+    data = path.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    path.write_bytes(data[:header] + b"\xff" * (len(data) - header))
+
+
+@pytest.mark.parametrize(("damage", "detail"), [(_zero_the_weights, "exact zeros"), (_nan_weights, "NaN")],
+                         ids=["zeroed", "nan"])
+def test_a_damaged_cache_of_an_older_version_is_caught_on_first_use(release, server, cache, damage, detail):
+    """Weights damaged in a cache an older fractalkit wrote (no check, no hashes) load no more."""
     import json
 
     Fractal.from_pretrained(NAME, progress=False)
     folder = _folder(cache)
-    _zero_the_weights(folder / "model.safetensors")
+    damage(folder / "model.safetensors")
     source = folder / hub.SOURCE_FILE
     record = json.loads(source.read_text())
     del record["files"]
     source.write_text(json.dumps(record))
-    with pytest.raises(hub.PretrainedError, match="exact zeros") as err:
+    with pytest.raises(hub.PretrainedError, match=detail) as err:
         Fractal.from_pretrained(NAME, offline=True)
     assert str(folder) in str(err.value) and "Delete the folder" in str(err.value)
+    assert "diverged" not in str(err.value) and "earlier checkpoint" not in str(err.value)
     assert "files" not in json.loads(source.read_text())  # nothing recorded for a bad folder
