@@ -332,7 +332,7 @@ def default_deadline(max_bytes: int) -> float:
     return DEADLINE_GRACE + max_bytes / MIN_RATE
 
 
-def _content_length(response: Any, url: str, max_bytes: int | None) -> int | None:
+def _content_length(response: Any, url: str) -> int | None:
     """The response's ``Content-Length`` as a byte count (None: absent), parsed strictly."""
     values = response.headers.get_all("Content-Length") or []
     if not values:
@@ -440,7 +440,7 @@ def download(
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # range past the end: the partial file is bad, restart
             return retry_from_zero()
-        if 300 <= err.code < 400:
+        if urllib.request.HTTPRedirectHandler.inf_msg in str(err.msg):
             raise DownloadError(
                 f"{url}: the server redirected more than "
                 f"{urllib.request.HTTPRedirectHandler.max_redirections} times or in a loop (the "
@@ -453,7 +453,7 @@ def download(
         raise
     with response:
         status = getattr(response, "status", None) or 200
-        length = _content_length(response, url, max_bytes)
+        length = _content_length(response, url)
         if have and status == 206:
             match = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", response.headers.get("Content-Range") or "")
             if match is None or int(match.group(1)) != have:  # not the rest of this file
@@ -1198,6 +1198,10 @@ def from_pretrained(
         )
     name = str(name_or_path)
     if name in RELEASES:
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
+            raise ValueError(f"from_pretrained: max_bytes must be a positive number of bytes, got {max_bytes!r}")
+        if deadline is not None and not (isinstance(deadline, int | float) and deadline > 0):
+            raise ValueError(f"from_pretrained: deadline must be a positive number of seconds, got {deadline!r}")
         release = RELEASES[name]
         return _released(release, _cache_root(cache_dir), _offline(offline),
                          progress, keep_original, device, cls, url=_address(release, mirror),

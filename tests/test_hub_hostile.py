@@ -250,6 +250,16 @@ def test_a_redirect_loop_is_reported_as_one(release, server, cache):
     _recovers(server, cache)
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"max_bytes": 0}, "max_bytes must be a positive"), ({"max_bytes": 1.5e6}, "max_bytes must be a positive"),
+    ({"deadline": 0}, "deadline must be a positive"), ({"deadline": "60"}, "deadline must be a positive"),
+])
+def test_from_pretrained_checks_its_bounds_before_anything(release, server, cache, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Fractal.from_pretrained(NAME, progress=False, **kwargs)
+    assert server.requests == [] and not cache.exists()
+
+
 def test_download_checks_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="max_bytes must be a positive"):
         hub.download("http://127.0.0.1:9/x", tmp_path / "x", max_bytes=0)
