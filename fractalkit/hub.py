@@ -659,7 +659,8 @@ def save_pretrained(
     in, the old removed). A crash or a full disk at any point leaves the old model or the new
     one; after a crash in the instant between the two renames the old folder waits beside as
     ``.<name>.old-*`` and :func:`from_pretrained` of the folder says so. A folder that cannot
-    be renamed (a mount point) has its files replaced one by one, each atomically. Other files in an
+    be renamed (a mount point), or whose parent may not be written, has its files replaced one by
+    one instead, each atomically. Other files in an
     existing folder are carried over (hard links where possible); the names written here, and
     ``sampling.json`` when no sampling is given, come from the new model only.
 
@@ -684,9 +685,14 @@ def save_pretrained(
         raise NotADirectoryError(f"save_pretrained: {folder} is a file, not a folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     sampling = sampling if sampling is not None else getattr(model, "pretrained_options", None)
-    new = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:
-        if folder.is_dir():  # keep what else the folder holds
+        new, inside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent)), False
+    except PermissionError:  # a folder of ours in a parent we may not write: file by file
+        if not folder.is_dir():
+            raise
+        new, inside = Path(tempfile.mkdtemp(prefix=".new-", dir=folder)), True
+    try:
+        if folder.is_dir() and not inside:  # keep what else the folder holds
             for entry in os.listdir(folder):
                 if entry not in _HUB_FILES:
                     _carry(folder / entry, new / entry)
@@ -696,7 +702,10 @@ def save_pretrained(
             payload = {"options": _options_dict(sampling), "published": published}
             _write(new / SAMPLING_FILE, json.dumps(payload, indent=2) + "\n")
         _write(new / CARD_FILE, _model_card(model, sampling, description, published))
-        _swap_in(new, folder)
+        if inside:
+            _replace_files(new, folder)
+        else:
+            _swap_in(new, folder)
     finally:
         shutil.rmtree(new, ignore_errors=True)
     return folder

@@ -156,3 +156,21 @@ def test_a_folder_that_cannot_be_renamed_is_replaced_file_by_file(models, tmp_pa
     loaded = Fractal.from_pretrained(folder)
     assert _same_weights(loaded, new) and loaded.pretrained_options is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_folder_in_a_parent_that_may_not_be_written_is_replaced_file_by_file(models, tmp_path, monkeypatch):
+    old, new = models
+    folder = hub.save_pretrained(old, tmp_path / "model", sampling=OLD_OPTIONS)
+    real_mkdtemp = hub.tempfile.mkdtemp
+
+    def mkdtemp(prefix=None, dir=None):
+        if Path(dir) == tmp_path:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkdtemp(prefix=prefix, dir=dir)
+
+    monkeypatch.setattr(hub.tempfile, "mkdtemp", mkdtemp)
+    hub.save_pretrained(new, folder)
+    monkeypatch.undo()
+    loaded = Fractal.from_pretrained(folder)
+    assert _same_weights(loaded, new) and loaded.pretrained_options is None
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
