@@ -383,6 +383,10 @@ def test_paper_release_sizes_are_in_the_files_units():
     for name in sizes:
         rel = hub.RELEASES[name]
         assert rel.size_bytes + rel.size_tolerance > 4 * rel.num_params
+    # the docs' table states the same sizes
+    table = (Path(__file__).resolve().parents[1] / "docs" / "checkpoints.md").read_text()
+    for name, text in sizes.items():
+        assert f"| `{name}` |" in table and f"| {text.removeprefix('about ')} |" in table.split(f"| `{name}` |")[1].split("\n")[0]
 
 
 @pytest.mark.parametrize("size", [0.9, 1.5e9, True, -1, 0])
