@@ -108,7 +108,8 @@ def server(tmp_path):
 @pytest.fixture
 def release(server, monkeypatch, tmp_path):
     """A test release of the tiny AR fixture at the local server; the cache in tmp_path."""
-    rel = fractalgen_release(NAME, f"{server.url}/tiny_ar.pth?dl=0", 0.9, heads=TINY_HEADS,
+    size = len(server.files["/tiny_ar.pth"])
+    rel = fractalgen_release(NAME, f"{server.url}/tiny_ar.pth?dl=0", size, heads=TINY_HEADS,
                              num_params=TINY_AR_PARAMS, title="Tiny AR")
     monkeypatch.setitem(hub.RELEASES, NAME, rel)
     monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
@@ -121,10 +122,12 @@ def _cached(tmp_path: Path) -> Path:
     return tmp_path / "cache" / "fractalgen" / NAME
 
 
-def _use(monkeypatch, release, path: str) -> None:
+def _use(monkeypatch, release, path: str, server) -> None:
+    """Point the test release at ``path``, declaring that file's size (the size check passes:
+    the converter's own checks are what is tested)."""
     base = release.url.split("/tiny_ar.pth")[0]
     monkeypatch.setitem(hub.RELEASES, NAME, fractalgen_release(
-        NAME, base + path, 0.9, heads=TINY_HEADS, num_params=TINY_AR_PARAMS))
+        NAME, base + path, len(server.files[path]), heads=TINY_HEADS, num_params=TINY_AR_PARAMS))
 
 
 def test_first_call_downloads_converts_caches_and_loads(release, server, tmp_path):
@@ -186,7 +189,7 @@ def test_server_ignoring_the_range_restarts_cleanly(release, server, tmp_path):
     ("/page.html", "not a PyTorch checkpoint"),  # e.g. a web page instead of the file
 ])
 def test_wrong_files_give_clear_errors_naming_the_model(release, server, tmp_path, monkeypatch, path, match):
-    _use(monkeypatch, release, path)
+    _use(monkeypatch, release, path, server)
     with pytest.raises(hub.PretrainedError, match=match) as err:
         Fractal.from_pretrained(NAME, progress=False)
     assert f"not a {NAME} checkpoint" in str(err.value)
@@ -212,7 +215,7 @@ def test_offline_without_cache_says_what_to_download_and_where(release, tmp_path
 
 def test_unreachable_server_gives_the_same_instructions(release, tmp_path, monkeypatch):
     monkeypatch.setitem(hub.RELEASES, NAME, fractalgen_release(
-        NAME, "http://127.0.0.1:9/nothing.pth", 0.9, heads=TINY_HEADS))
+        NAME, "http://127.0.0.1:9/nothing.pth", 900_000, heads=TINY_HEADS))
     with pytest.raises(hub.PretrainedError, match="cannot be downloaded") as err:
         Fractal.from_pretrained(NAME, progress=False, cache_dir=tmp_path / "elsewhere")
     assert str(tmp_path / "elsewhere" / "fractalgen" / NAME / hub.ORIGINAL_FILE) in str(err.value)
@@ -359,18 +362,18 @@ def test_released_checkpoints_are_checked_against_the_preset(monkeypatch, tmp_pa
 
 def test_register_release(monkeypatch):
     monkeypatch.setattr(hub, "RELEASES", dict(hub.RELEASES))
-    mirror = fractalgen_release("mirror-ar", "http://example.invalid/a.pth", 1.0, heads=TINY_HEADS)
+    mirror = fractalgen_release("mirror-ar", "http://example.invalid/a.pth", 1_000_000, heads=TINY_HEADS)
     hub.register_release(mirror)
-    hub.register_release(fractalgen_release("mirror-ar", "http://example.invalid/a.pth", 1.0,
+    hub.register_release(fractalgen_release("mirror-ar", "http://example.invalid/a.pth", 1_000_000,
                                             heads=TINY_HEADS))  # an equal entry again is fine
     assert hub.RELEASES["mirror-ar"] == mirror
     with pytest.raises(ValueError, match="already registered"):
-        hub.register_release(fractalgen_release("mirror-ar", "http://example.invalid/b.pth", 1.0,
+        hub.register_release(fractalgen_release("mirror-ar", "http://example.invalid/b.pth", 1_000_000,
                                                 heads=TINY_HEADS))
     with pytest.raises(ValueError, match="needs a convert callable"):
-        hub.register_release(hub.Release("bare", "http://example.invalid/c.pth", 1.0))
+        hub.register_release(hub.Release("bare", "http://example.invalid/c.pth", 1_000_000))
     with pytest.raises(ValueError, match="needs a preset or heads"):
-        fractalgen_release("bare", "http://example.invalid/c.pth", 1.0)
+        fractalgen_release("bare", "http://example.invalid/c.pth", 1_000_000)
 
 
 def test_hub_needs_no_fractal_and_loads_any_registered_kind(tiny_model, tmp_path, monkeypatch):
@@ -393,7 +396,7 @@ def test_hub_needs_no_fractal_and_loads_any_registered_kind(tiny_model, tmp_path
     original.parent.mkdir(parents=True)
     original.write_bytes(b"anything the converter understands")
     monkeypatch.setattr(hub, "RELEASES", dict(hub.RELEASES))
-    hub.register_release(hub.Release("plain", "http://example.invalid/p.bin", 0.1, convert=convert,
+    hub.register_release(hub.Release("plain", "http://example.invalid/p.bin", 34, convert=convert,
                                      folder="elsewhere", sampling=SampleOptions(guidance=1.5)))
     model = MyFractal.from_pretrained("plain", cache_dir=tmp_path / "cache", offline=True)
     assert seen == [(b"anything the converter understands", MyFractal)]

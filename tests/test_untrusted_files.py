@@ -107,7 +107,7 @@ def test_manifest_names_stay_inside_and_cover_every_loaded_file(model, tmp_path,
 ])
 def test_release_names_cannot_escape_the_cache_root(tmp_path, monkeypatch, field, value):
     kwargs = {"name": "safe", "folder": "fractalgen", field: value}
-    release = hub.Release(kwargs["name"], "http://127.0.0.1:9/x.pth", 0.1,
+    release = hub.Release(kwargs["name"], "http://127.0.0.1:9/x.pth", 100_000,
                           convert=lambda path, cls: None, folder=kwargs["folder"])
     with pytest.raises(ValueError, match="not a plain folder name"):
         hub.register_release(release)
@@ -122,7 +122,7 @@ def test_release_names_cannot_escape_the_cache_root(tmp_path, monkeypatch, field
 
 
 def test_a_cache_folder_linked_out_of_the_cache_is_refused(tmp_path, monkeypatch):
-    release = hub.Release("linked", "http://127.0.0.1:9/x.pth", 0.1,
+    release = hub.Release("linked", "http://127.0.0.1:9/x.pth", 100_000,
                           convert=lambda path, cls: None, folder="linkedfolder")
     monkeypatch.setitem(hub.RELEASES, release.name, release)
     cache = tmp_path / "cache"

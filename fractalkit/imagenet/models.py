@@ -168,11 +168,28 @@ class Release:
 
     Attributes:
         url: the download address (README's model table; ``util/download.py``).
-        size_mb: the file's approximate size in MB (10^6 bytes), for messages.
+        size_mib: the file's size in whole MiB (2^20 bytes), as the original counts it: 1,650
+            MiB is 1.73 GB. The exact byte count is not published; :attr:`size_bytes` and
+            :attr:`size_tolerance` say what a download must have.
     """
 
     url: str
-    size_mb: float
+    size_mib: int
+
+    @property
+    def size_bytes(self) -> int:
+        """The size in bytes (``size_mib`` MiB; exact to within :attr:`size_tolerance`)."""
+        return self.size_mib * 2**20
+
+    @property
+    def size_tolerance(self) -> int:
+        """How far the true size may be from :attr:`size_bytes`: 1 MiB (a whole-MiB figure)."""
+        return 2**20
+
+    @property
+    def size_mb(self) -> float:
+        """The size in MB (10^6 bytes): 1,650 MiB is 1,730 MB."""
+        return self.size_bytes / 1e6
 
 
 def _dropbox(file_id: str, rlkey: str, st: str) -> str:

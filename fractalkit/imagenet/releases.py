@@ -86,7 +86,7 @@ class PresetShapes:
 def fractalgen_release(
     name: str,
     url: str,
-    size_mb: float,
+    size_bytes: int,
     *,
     preset: str | None = None,
     heads: Sequence[int] | None = None,
@@ -95,17 +95,20 @@ def fractalgen_release(
     sampling: SampleOptions | None = None,
     published: bool = False,
     notes: str = "",
+    size_tolerance: int = 0,
 ) -> Release:
     """A :class:`fractalkit.hub.Release` of an original FractalGen checkpoint (e.g. a mirror).
 
     Args:
         name: the name users pass to ``Fractal.from_pretrained``.
         url: the address of the ``.pth`` file.
-        size_mb: its approximate size in MB.
+        size_bytes: its size in bytes (exact, or within ``size_tolerance`` bytes): bounds the
+            download and is checked before conversion.
         preset: a paper model's name (:data:`fractalkit.imagenet.models.PAPER_MODELS`) the file
             must match, tensor by tensor.
         heads: attention heads per level then the leaf's, for another architecture.
-        num_params, title, sampling, published, notes: as in :class:`fractalkit.hub.Release`.
+        num_params, title, sampling, published, notes, size_tolerance: as in
+            :class:`fractalkit.hub.Release`.
 
     Raises:
         ValueError: neither ``preset`` nor ``heads`` says how to build it, or an unknown preset.
@@ -115,7 +118,7 @@ def fractalgen_release(
     if preset is not None and preset not in PAPER_MODELS:
         raise ValueError(f"fractalgen_release: unknown preset {preset!r}; known: {sorted(PAPER_MODELS)}")
     return Release(
-        name=name, url=url, size_mb=size_mb,
+        name=name, url=url, size_bytes=size_bytes, size_tolerance=size_tolerance,
         convert=FractalGenConverter(preset, None if heads is None else tuple(int(h) for h in heads)),
         verify=PresetShapes(preset) if preset is not None else None,
         num_params=num_params, title=title, sampling=sampling, published=published, notes=notes,
@@ -130,7 +133,8 @@ def paper_release(model: PaperModel) -> Release:
         notes += (f" Not published for this model: {', '.join(assumed)}; the values of the other "
                   "256x256 models are used.")
     return fractalgen_release(
-        model.name, model.release.url, model.release.size_mb, preset=model.name,
+        model.name, model.release.url, model.release.size_bytes, preset=model.name,
+        size_tolerance=model.release.size_tolerance,
         num_params=model.num_params, title=model.title, sampling=model.sampling.options(),
         published=True, notes=notes,
     )
