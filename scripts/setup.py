@@ -19,7 +19,7 @@ Three steps, each skipped when it is already done, so running it again is safe a
      installs torch from that index only, e.g. a CUDA-specific one from pytorch.org.
 3. ``pip install -e ".[dev]"`` (``--extras``): the library, the examples', docs' and test tools.
 
-``--dry-run`` prints what it would run and changes nothing. Without a virtual environment
+``--dry-run`` prints what it would run and changes nothing (it asks nothing over the network). Without a virtual environment
 (conda, an environment you manage yourself): ``--no-venv`` installs into the Python running
 this script.
 """
@@ -72,8 +72,22 @@ def nvidia_gpu(run=subprocess.run, which=shutil.which) -> str | None:
     return lines[0] if done.returncode == 0 and lines else None
 
 
+def reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether ``url`` answers within ``timeout`` seconds (any HTTP status counts as an answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def torch_plan(choice: str, *, gpu: str | None, index: str | None, installed: str | None,
-               system: str | None = None) -> tuple[list[str] | None, str]:
+               system: str | None = None, cpu_index: bool = True) -> tuple[list[str] | None, str]:
     """Which torch to install: ``(pip install arguments or None, one line saying why)``.
 
     Args:
@@ -83,6 +97,9 @@ def torch_plan(choice: str, *, gpu: str | None, index: str | None, installed: st
         index: an index URL to install torch from (``--torch-index``), or None.
         installed: the version of torch already in the environment, or None.
         system: ``platform.system()`` (tests pass one).
+        cpu_index: PyTorch's CPU index answers (:func:`reachable`). When it does not (offline,
+            behind a mirror), torch comes from pip's configured indexes and find-links alone,
+            instead of pip retrying the CPU index for every package.
 
     Returns:
         None for the arguments when no torch is installed (``keep``, or ``auto`` with a recent
@@ -103,8 +120,13 @@ def torch_plan(choice: str, *, gpu: str | None, index: str | None, installed: st
         why = f"an NVIDIA GPU ({gpu})" if gpu else "no NVIDIA GPU found"
     else:
         why = f"--torch {choice}"
-    if choice == "cpu":
+    if choice == "cpu" and cpu_index:
         requirement, extra, kind = pinned, ["--extra-index-url", CPU_INDEX], "the CPU build"
+    elif choice == "cpu":
+        requirement, extra, kind = pinned, [], (
+            f"the CPU build wanted, but {CPU_INDEX} does not answer: pip's own indexes and "
+            "find-links decide which build (on Linux PyPI's is the CUDA one; --torch-index "
+            "names a mirror of the CPU index)")
     elif choice == "cuda":
         requirement, extra, kind = pinned, [], "PyPI's build"
         if system == "Windows" and not index:
@@ -151,12 +173,12 @@ def existing_venv(venv: Path, windows: bool | None = None) -> Path | None:
 
 
 def build_plan(args: argparse.Namespace, *, gpu: str | None, installed: str | None,
-               env_exists: bool, python: Path) -> list[tuple[str, list[str] | None]]:
+               env_exists: bool, python: Path, cpu_index: bool = True) -> list[tuple[str, list[str] | None]]:
     """The steps as ``(what, command or None when nothing runs)``, in order.
 
     Args:
         args: the parsed command line (:func:`parse_args`).
-        gpu, installed: as in :func:`torch_plan`.
+        gpu, installed, cpu_index: as in :func:`torch_plan`.
         env_exists: the environment is already there (or ``--no-venv``).
         python: the environment's interpreter.
     """
@@ -169,7 +191,8 @@ def build_plan(args: argparse.Namespace, *, gpu: str | None, installed: str | No
         steps.append((f"{args.venv}: a new virtual environment",
                       [sys.executable, "-m", "venv", str(args.venv)]))
     pip = [str(python), "-m", "pip", "install"]
-    torch_args, why = torch_plan(args.torch, gpu=gpu, index=args.torch_index, installed=installed)
+    torch_args, why = torch_plan(args.torch, gpu=gpu, index=args.torch_index, installed=installed,
+                                 cpu_index=cpu_index)
     steps.append((why, None if torch_args is None else [*pip, *torch_args]))
     extras = f".[{args.extras}]" if args.extras else "."
     steps.append((f'fractalkit, editable, with "{extras}"', [*pip, "-e", extras]))
@@ -241,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     installed = _installed_torch(python) if exists else None
     gpu = nvidia_gpu()
-    plan = build_plan(args, gpu=gpu, installed=installed, env_exists=exists, python=python)
+    # Only asked when the CPU index would be used: the answer saves pip's retries per package
+    # (--dry-run asks nothing over the network and shows the plan for a reachable index)
+    cpu_index = args.dry_run or not (args.torch in ("auto", "cpu") and not gpu and not args.torch_index) \
+        or reachable(CPU_INDEX + "/")
+    plan = build_plan(args, gpu=gpu, installed=installed, env_exists=exists, python=python,
+                      cpu_index=cpu_index)
     for what, command in plan:
         print(f"==> {what}", flush=True)
         if command is None:
