@@ -52,7 +52,8 @@ def commands(page: Path) -> list[str]:
                 if re.match(rf"\s*(\w+=\S+\s+)*({PYTHON}|torchrun)\b", part):
                     found.append(part.strip())
     outside = re.sub(r"```.*?```", "", text, flags=re.S)
-    found += re.findall(rf"`((?:\w+=\S+ )*(?:{PYTHON}|torchrun) [^`]+)`", outside)
+    for span in re.findall(rf"`((?:\w+=\S+ )*(?:{PYTHON}|torchrun) [^`]+)`", outside):
+        found += [part.strip() for part in span.split(" && ")]
     return found
 
 
