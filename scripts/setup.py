@@ -124,9 +124,9 @@ def torch_plan(choice: str, *, gpu: str | None, index: str | None, installed: st
         requirement, extra, kind = pinned, ["--extra-index-url", CPU_INDEX], "the CPU build"
     elif choice == "cpu":
         requirement, extra, kind = pinned, [], (
-            f"the CPU build wanted, but {CPU_INDEX} does not answer: pip's own indexes and "
-            "find-links decide which build (on Linux PyPI's is the CUDA one; --torch-index "
-            "names a mirror of the CPU index)")
+            f"the CPU build is wanted but {CPU_INDEX} does not answer, so the build is the one "
+            "pip's own indexes and find-links hold (on Linux PyPI's is the CUDA one; "
+            "--torch-index names a mirror of the CPU index)")
     elif choice == "cuda":
         requirement, extra, kind = pinned, [], "PyPI's build"
         if system == "Windows" and not index:
@@ -141,7 +141,7 @@ def torch_plan(choice: str, *, gpu: str | None, index: str | None, installed: st
         )
     if index:  # the user's index replaces the others for torch (e.g. a CUDA 12.6 build)
         extra = ["--index-url", index]
-    return [requirement, *extra], f"torch: {kind}, {requirement} ({why})"
+    return [requirement, *extra], f"{requirement}, {kind} ({why})"
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     done = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SetupError(f"the environment does not import torch and fractalkit:\n{done.stderr[-2000:]}")
+        last = "\n".join(done.stderr.strip().splitlines()[-15:])  # whole lines: the traceback's end
+        raise SetupError(f"the environment does not import torch and fractalkit:\n{last}")
     print(f"\nfractalkit is set up in {sys.prefix if args.no_venv else args.venv} ({done.stdout.strip()}).")
     print(next_steps(python, no_venv=args.no_venv))
     return 0
