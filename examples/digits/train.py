@@ -61,8 +61,9 @@ def load_data() -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise SystemExit(
-            "examples/digits needs scikit-learn (its digits ship inside the wheel): "
-            'pip install -e ".[examples]" or pip install scikit-learn'
+            "examples/digits needs scikit-learn (its digits ship inside the wheel): run "
+            "python3 scripts/setup.py and this script with .venv/bin/python, or in your own "
+            'environment pip install -e ".[examples]"'
         ) from err
     digits = load_digits()
     x = torch.from_numpy(digits.images.astype(np.int64)).unsqueeze(1)
