@@ -5,13 +5,14 @@
     .venv/bin/python -m pytest                                               # the tests
 
 Standard library only: it runs before anything is installed, with any Python 3.10 or newer.
-Three steps, each skipped when it is already done, so running it again is safe and quick:
+Three steps; running it again is safe and quick (the first two are skipped when done, and pip
+finds the third's requirements satisfied):
 
 1. ``.venv`` (``--venv``): made with ``python -m venv`` unless it already holds a Python.
 2. torch, unless the environment already has torch >= 2.4 (``--torch`` replaces it):
-   - no NVIDIA GPU: the CPU build, ``torch==2.13.0`` (the version the tests pin) with PyTorch's
-     CPU index as an *extra* index, so pip takes the small ``+cpu`` wheel there instead of the
-     CUDA build of several GB that PyPI serves on Linux;
+   - no NVIDIA GPU: the CPU build, ``torch==2.13.0`` (the version the project is tested with)
+     with PyTorch's CPU index as an *extra* index, so pip takes the small ``+cpu`` wheel there
+     instead of the CUDA build of several GB that PyPI serves on Linux;
    - an NVIDIA GPU (``nvidia-smi`` lists one): the same version from PyPI, which on Linux is
      the CUDA build;
    - ``--torch`` or ``$FRACTALKIT_TORCH``: ``cpu``, ``cuda``, ``keep`` (install no torch) or a
@@ -19,9 +20,9 @@ Three steps, each skipped when it is already done, so running it again is safe a
      installs torch from that index only, e.g. a CUDA-specific one from pytorch.org.
 3. ``pip install -e ".[dev]"`` (``--extras``): the library, the examples', docs' and test tools.
 
-``--dry-run`` prints what it would run and changes nothing (it asks nothing over the network). Without a virtual environment
-(conda, an environment you manage yourself): ``--no-venv`` installs into the Python running
-this script.
+``--dry-run`` prints what it would run and changes nothing (it asks nothing over the network).
+Without a virtual environment (conda, an environment you manage yourself): ``--no-venv``
+installs into the Python running this script.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import sys
 from pathlib import Path
 
 MIN_PYTHON = (3, 10)
-#: the torch release the test suite is pinned against (tests/test_pinned.py)
+#: the torch release the project is tested with (tests/test_pinned.py's figures come from it)
 TORCH_VERSION = "2.13.0"
 #: an existing torch at least this new is kept (pyproject.toml's requirement)
 TORCH_MINIMUM = (2, 4)
