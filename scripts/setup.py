@@ -73,7 +73,7 @@ def nvidia_gpu(run=subprocess.run, which=shutil.which) -> str | None:
     return lines[0] if done.returncode == 0 and lines else None
 
 
-def reachable(url: str, timeout: float = 5.0) -> bool:
+def reachable(url: str, timeout: float = 10.0) -> bool:
     """Whether ``url`` answers within ``timeout`` seconds (any HTTP status counts as an answer)."""
     import urllib.error
     import urllib.request
