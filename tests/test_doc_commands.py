@@ -38,6 +38,8 @@ SKIP_MODULES = {"pip", "pytest", "mkdocs"}
 #: against tests/data, which holds a slice of each under the same relative path.
 LOCAL_COPY = "../shared/data/"
 SAMPLES = ROOT / "tests" / "data"
+#: the interpreters the pages name: python, python3 (before the set-up) and the set-up's .venv
+PYTHON = r"(?:python3?|\.venv/bin/python)"
 
 
 def commands(page: Path) -> list[str]:
@@ -46,10 +48,12 @@ def commands(page: Path) -> list[str]:
     found = []
     for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            if re.match(r"\s*(\w+=\S+\s+)*(python|torchrun)\b", line):
-                found.append(line.strip())
+            for part in line.split(" && "):  # the quick start: set-up && train
+                if re.match(rf"\s*(\w+=\S+\s+)*({PYTHON}|torchrun)\b", part):
+                    found.append(part.strip())
     outside = re.sub(r"```.*?```", "", text, flags=re.S)
-    found += re.findall(r"`((?:\w+=\S+ )*(?:python|torchrun) [^`]+)`", outside)
+    for span in re.findall(rf"`((?:\w+=\S+ )*(?:{PYTHON}|torchrun) [^`]+)`", outside):
+        found += [part.strip() for part in span.split(" && ")]
     return found
 
 
@@ -59,6 +63,8 @@ def split(command: str) -> tuple[str, list[str]] | None:
         return None
     tokens = [t for t in shlex.split(command, comments=True) if not re.match(r"^\w+=", t)]
     tokens = [t for t in tokens if not (t.startswith("[") and t.endswith("]"))]  # [--optional]
+    if re.fullmatch(PYTHON, tokens[0]):
+        tokens = ["python", *tokens[1:]]
     if tokens[0] == "torchrun":  # its own options come before the script
         start = next(i for i, t in enumerate(tokens) if t.endswith(".py"))
         tokens = ["python", *tokens[start:]]

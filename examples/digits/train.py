@@ -12,13 +12,14 @@ The fractal: ``ImagePatches(8, 2, channels=1)`` (an AR level over the 4x4 grid o
 bits/dim are exact, and completing the bottom half of an image given its top half is an exact draw
 from the model (the known half is a prefix of its raster order).
 
-Usage (from the repository root; ``pip install -e ".[examples]"`` brings scikit-learn)::
+Usage (from the repository root, after ``python3 scripts/setup.py``, which brings scikit-learn)::
 
-    python examples/digits/train.py                    # a few minutes on a CPU
-    python examples/digits/train.py --resume           # after Ctrl-C: continue the saved run
+    .venv/bin/python examples/digits/train.py              # a few minutes on a CPU
+    .venv/bin/python examples/digits/train.py --resume     # after Ctrl-C: continue the saved run
 
 writes ``samples.png`` (one row per digit 0-9, classifier-free guidance), ``completion.png``
-(held-out digits: top half given, bottom half drawn) and ``results.json`` into ``--out``, and the
+(held-out digits: top half given, bottom half drawn) and ``results.json`` into ``--out``
+(``runs/digits-results``; ``examples/digits/results`` holds the committed run), and the
 model as a ``save_pretrained`` folder into ``--model-out`` (``runs/digits``; load it with
 ``Fractal.from_pretrained("runs/digits")``). Training goes through :class:`fractalkit.training.Trainer`:
 a checkpoint goes to ``--run-dir`` (``runs/digits-training/checkpoint``) every ``--save-every``
@@ -60,8 +61,9 @@ def load_data() -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise SystemExit(
-            "examples/digits needs scikit-learn (its digits ship inside the wheel): "
-            'pip install -e ".[examples]" or pip install scikit-learn'
+            "examples/digits needs scikit-learn (its digits ship inside the wheel): run "
+            "python3 scripts/setup.py and this script with .venv/bin/python, or in your own "
+            'environment pip install -e ".[examples]"'
         ) from err
     digits = load_digits()
     x = torch.from_numpy(digits.images.astype(np.int64)).unsqueeze(1)
@@ -277,7 +279,8 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Command line: ``--steps``, ``--batch``, ``--lr``, ``--seed``, ``--threads``, ``--out``."""
+    """Command line: ``--steps``, ``--batch``, ``--lr``, ``--seed``, ``--threads``, ``--out``
+    (default ``runs/digits-results``, never the committed ``examples/digits/results``)."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=cli.positive_int, default=1500, help="optimizer steps (default 1500)")
     ap.add_argument("--batch", type=cli.positive_int, default=64)
@@ -285,8 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--per-class", type=cli.positive_int, default=10, help="samples drawn per digit")
     ap.add_argument("--seed", type=cli.non_negative_int, default=0)
     ap.add_argument("--threads", type=cli.positive_int, default=1)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
-                    help="pictures and results.json (default examples/digits/results)")
+    # Not examples/digits/results: that folder holds the committed run the README shows, and a
+    # quick start must not rewrite tracked files (pass --out there to refresh them on purpose)
+    ap.add_argument("--out", type=Path, default=Path("runs/digits-results"),
+                    help="pictures and results.json (default runs/digits-results; the committed "
+                         "figures are in examples/digits/results)")
     ap.add_argument("--model-out", type=Path, default=Path("runs/digits"),
                     help="the model folder (default runs/digits; load it with Fractal.from_pretrained)")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/digits-training"),

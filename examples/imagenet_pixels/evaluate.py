@@ -102,6 +102,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def data_note(args: argparse.Namespace, part: str) -> str | None:
+    """What the scored images are, when they are not held-out images (None when they are).
+
+    Printed before scoring and beside the figure: a bits/dim over training images reads like a
+    test figure unless it says otherwise.
+    """
+    if not args.data:
+        return ("NOT HELD-OUT: without --data these are new random crops (seed + 1) of the same "
+                "scikit-image photographs the default training run learnt from, so the figure "
+                "measures the fit to the training photographs. For a held-out figure, train with "
+                "--data D --holdout F and evaluate with the same --data D --holdout F --part heldout")
+    if part != "heldout":
+        return (f"NOT HELD-OUT: --part {part} of {args.data} (--holdout {args.holdout:g}) holds the "
+                "images a run on this data trained on; for a held-out figure pass the training "
+                "run's --holdout and --part heldout")
+    return None
+
+
 def sample_quality(model: Fractal, args: argparse.Namespace, device: torch.device, rank: int = 0) -> dict:
     """FID, IS (and precision/recall with an image reference) of ``--num-samples`` samples.
 
@@ -304,6 +322,9 @@ def evaluate_checkpoint(args: argparse.Namespace, rank: int, world: int, device:
         num_classes=None if args.unconditional or model.num_classes == 0 else model.num_classes,
         natural_count=max(args.max_images, 16),
     )
+    note = data_note(args, part)
+    if note and rank == 0:
+        print(f"evaluate.py: {note}", file=sys.stderr, flush=True)
     use_labels = (
         dataset.has_labels and not args.unconditional and model.num_classes > 0
         and info.get("conditional", True)
@@ -340,7 +361,10 @@ def evaluate_checkpoint(args: argparse.Namespace, rank: int, world: int, device:
         return results
     label = {"exact": "exact", "bound": "upper bound", "estimate": "estimate"}.get(kind, kind)
     across = f", {world} processes" if world > 1 else ""
-    print(f"{mean:.4f} ± {stderr:.4f} bits/dim ({label}; {n} images, {args.draws} draw(s){across})")
+    if note:
+        results["note"] = note
+    shown = "; NOT held-out images, see the note above" if note else "; held-out images"
+    print(f"{mean:.4f} ± {stderr:.4f} bits/dim ({label}; {n} images, {args.draws} draw(s){across}{shown})")
     print(json.dumps(results), flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

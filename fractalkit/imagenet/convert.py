@@ -95,6 +95,7 @@ import math
 import re
 import sys
 import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -249,6 +250,14 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             f"{path} is not a PyTorch checkpoint (it starts with {shown!r}"
             f"{': a web page, not the file' if head.lstrip()[:1] == b'<' else ''})"
         )
+    # A zip archive keeps its directory at the end: without it the file was cut short (an
+    # interrupted download or copy), which torch reports as an "internal miniz error" or EINVAL.
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        raise FractalGenFormatError(
+            f"{path} is truncated or corrupt: it starts as a PyTorch checkpoint (a zip archive) "
+            f"but its {path.stat().st_size:,} bytes end without the archive's directory, as an "
+            "interrupted download or copy leaves it. Delete it and download or copy it again"
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             try:
@@ -258,8 +267,13 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
                     raise
                 return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        first = _reason(err)
         refused = "weights only load failed" in str(err).lower()
+        if not refused and re.search(r"unexpected EOF|truncated|ran out of input", str(err), re.I):
+            raise FractalGenFormatError(
+                f"{path} is truncated or corrupt ({type(err).__name__}: {first}), as an "
+                "interrupted download or copy leaves it. Delete it and download or copy it again"
+            ) from err
         if not refused:  # not a pickle the restricted loader refused: not a checkpoint at all
             raise FractalGenFormatError(
                 f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {first})"
@@ -277,6 +291,29 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         stacklevel=3,
     )
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _reason(err: BaseException, limit: int = 300) -> str:
+    """The informative part of torch.load's error, in whole sentences (never cut mid-sentence).
+
+    torch's messages run to a dozen lines of advice with terminal escape codes; the line naming
+    what the restricted unpickler refused (``WeightsUnpickler error: ...``) is the one that says
+    what is in the file. Whole sentences are kept up to ``limit`` characters (the first one
+    always, however long), and "..." marks what was left out.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # terminal colours
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    refused = [ln for ln in lines if ln.startswith("WeightsUnpickler error:")]
+    text = refused[0] if refused else " ".join(lines)
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", text)
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 1 + len(sentence) > limit:
+            return kept + " ..."
+        kept += " " + sentence
+    return kept
 
 
 # ---- names ---------------------------------------------------------------------------------
