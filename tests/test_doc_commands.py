@@ -32,7 +32,8 @@ PAGES = sorted(
 #: files the pages tell the reader to bring (downloads, their own photos)
 READER_INPUTS = {"fractalmar_in64.pth", "my_photo.jpg", "my_mask.png"}
 PATH_FLAGS = {"--checkpoint", "--resume", "--data", "--image", "--cache"}
-SKIP_MODULES = {"pip", "pytest", "mkdocs"}
+#: tools of their own (the standard library's file server serves a mirror folder)
+SKIP_MODULES = {"pip", "pytest", "mkdocs", "http"}
 #: where the pages put a local copy of the public datasets (a development machine's offline
 #: mirror, not part of a clone). A documented path under it must name a dataset file, checked
 #: against tests/data, which holds a slice of each under the same relative path.

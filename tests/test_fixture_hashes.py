@@ -105,8 +105,17 @@ def test_a_changed_fixture_is_reported_by_name(tmp_path, monkeypatch) -> None:
     assert victim in message and "extra.json" in message and gone in message and UPDATE in message
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] != ["--update"]:
-        sys.exit(f"usage: {UPDATE}")
+def main(argv: list[str] | None = None) -> None:
+    """Rewrite SHA256SUMS from the fixture files as they are (after a deliberate change)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--update", action="store_true", required=True,
+                        help="rewrite tests/fixtures/SHA256SUMS")
+    parser.parse_args(argv)
     SUMS.write_text(render_sums())
     print(f"wrote {SUMS} ({len(fixture_files())} files)")
+
+
+if __name__ == "__main__":
+    main()
