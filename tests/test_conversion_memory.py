@@ -255,3 +255,12 @@ def test_converted_weights_map_the_file_and_write_the_file_save_file_writes(tmp_
         assert torch.equal(a, b), n
     for (n, a), (_, b) in zip(model.named_buffers(), reference.named_buffers(), strict=True):
         assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+def test_release_sizes_are_stated_in_the_files_units(name):
+    """size_mb is MB of 10^6 bytes, as the file has it: one float32 state dict (4 bytes per
+    parameter) plus the pickle's few MB; the original's table counts MiB (1650 for 1.73 GB)."""
+    record = PAPER_MODELS[name]
+    weights = 4 * record.num_params
+    assert weights <= record.release.size_mb * 1e6 <= weights + 4e6

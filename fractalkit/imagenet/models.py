@@ -168,7 +168,10 @@ class Release:
 
     Attributes:
         url: the download address (README's model table; ``util/download.py``).
-        size_mb: the file's approximate size in MB (10^6 bytes), for messages.
+        size_mb: the file's approximate size in MB (10^6 bytes), for messages. The original's
+            download table counts MiB (2^20 bytes: FractalMAR-64's "1650" is this 1,730 MB,
+            1.73 GB); each file holds one float32 state dict, 4 bytes per parameter
+            (:attr:`PaperModel.num_params`) plus about 2 MB.
     """
 
     url: str
@@ -347,7 +350,7 @@ PAPER_MODELS: MappingProxyType[str, PaperModel] = MappingProxyType({
             # AR levels decode one child per step: the command's --num_iter_list is unused.
             sampling=_published(11.0, 1.03, None, guidance=_AR64_EVAL, schedule=_AR64_EVAL,
                                 temperature=_AR64_EVAL),
-            release=Release(_dropbox("n25tbij7aqkwo1ypqhz72", "2czevgex3ocg2ae8zde3xpb3f", "mj0subup"), 1688),
+            release=Release(_dropbox("n25tbij7aqkwo1ypqhz72", "2czevgex3ocg2ae8zde3xpb3f", "mj0subup"), 1770),
             training=TrainingSettings(batch_size=2048, epochs=800),
         ),
         PaperModel(
@@ -356,7 +359,7 @@ PAPER_MODELS: MappingProxyType[str, PaperModel] = MappingProxyType({
             num_params=431_995_648,
             sampling=_published(6.5, 1.02, (64, 16), guidance=_MAR64_EVAL, schedule=_MAR64_EVAL,
                                 temperature=_MAR64_EVAL, steps=_MAR64_EVAL),
-            release=Release(_dropbox("lh7fmv48pusujd6m4kcdn", "huihey61ok32h28o3tbbq6ek9", "fxtoawba"), 1650),
+            release=Release(_dropbox("lh7fmv48pusujd6m4kcdn", "huihey61ok32h28o3tbbq6ek9", "fxtoawba"), 1730),
             training=TrainingSettings(batch_size=2048, epochs=800),
         ),
         PaperModel(
@@ -365,7 +368,7 @@ PAPER_MODELS: MappingProxyType[str, PaperModel] = MappingProxyType({
             num_params=186_300_224,
             sampling=_published(29.0, 1.1, (64, 16, 16), guidance=_FID_NOTE, schedule=_ASSUMED_256,
                                 temperature=_ASSUMED_256, steps=_ASSUMED_256),
-            release=Release(_dropbox("zrdm7853ih4tcv98wmzhe", "htq9yuzovet7d6ioa64s1xxd0", "4c4d93vs"), 712),
+            release=Release(_dropbox("zrdm7853ih4tcv98wmzhe", "htq9yuzovet7d6ioa64s1xxd0", "4c4d93vs"), 747),
             training=TrainingSettings(batch_size=1024, epochs=800),
         ),
         PaperModel(
@@ -374,7 +377,7 @@ PAPER_MODELS: MappingProxyType[str, PaperModel] = MappingProxyType({
             num_params=437_000_064,
             sampling=_published(21.0, 1.1, (64, 16, 16), guidance=f"{_FID_NOTE}; {_LARGE_TRAIN}",
                                 schedule=_LARGE_TRAIN, temperature=_LARGE_TRAIN, steps=_LARGE_TRAIN),
-            release=Release(_dropbox("y1k05xx7ry8521ckxkqgt", "wolq4krdq7z7eyjnaw5ndhq6k", "vjeu5uzo"), 1669),
+            release=Release(_dropbox("y1k05xx7ry8521ckxkqgt", "wolq4krdq7z7eyjnaw5ndhq6k", "vjeu5uzo"), 1750),
             training=TrainingSettings(batch_size=1024, epochs=800),
         ),
         PaperModel(
@@ -383,7 +386,7 @@ PAPER_MODELS: MappingProxyType[str, PaperModel] = MappingProxyType({
             num_params=849_586_240,
             sampling=_published(19.0, 1.1, (64, 16, 16), guidance=_HUGE_EVAL, schedule=_HUGE_EVAL,
                                 temperature=_HUGE_EVAL, steps=_HUGE_EVAL),
-            release=Release(_dropbox("t2rru8xr6wm23yvxskpww", "dn9ss9zw4zsnckf6bat9hss6h", "y7w921zo"), 3243),
+            release=Release(_dropbox("t2rru8xr6wm23yvxskpww", "dn9ss9zw4zsnckf6bat9hss6h", "y7w921zo"), 3401),
             training=TrainingSettings(batch_size=1024, epochs=600),
         ),
     ]
