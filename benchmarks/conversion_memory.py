@@ -6,13 +6,17 @@ as a multiple of the original file's size, on a FractalMAR-64-shaped checkpoint 
 widths and heads, fewer top-level blocks so the file is a few hundred MB; random weights),
 written in the original's format (a pickled dict with ``"model"`` and an ``argparse.Namespace``).
 
-Each stage runs in a fresh subprocess: the figure is ``ru_maxrss`` at the end minus ``ru_maxrss``
-after ``import fractalkit`` (the interpreter's baseline), in the file's units (bytes). The
-conversion reads the file from the cache folder with ``offline=True`` (no network).
+Each stage runs in a fresh subprocess. The figure is the peak RSS of the call (``VmHWM``, the
+high-water mark ``ru_maxrss`` reports, read from ``/proc/self/status`` after ``clear_refs`` reset
+it to the current RSS, so the imports' own peak is not counted) minus the RSS just before the
+call, in the file's units (bytes) and as a multiple of the file's size. ``ru_maxrss`` itself is
+recorded beside it but is no baseline: a child's starts at its parent's peak (Linux carries it
+over ``fork``/``exec``). The conversion reads the file from the cache folder with
+``offline=True`` (no network). Linux only.
 
 Run: ``PYTHONPATH=. python benchmarks/conversion_memory.py [--top-depth 6] [--label after]``;
 writes ``benchmarks/results/conversion_memory.json`` (a ``--label`` entry is added beside the
-others, with the machine from ``benchmarks/machine.py``).
+others, with the machine it ran on from ``benchmarks/machine.py``, load average included).
 """
 
 from __future__ import annotations
@@ -138,9 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         from machine import describe
 
         data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        data.setdefault("machine", describe("cpu"))
         data["command"] = "PYTHONPATH=. python benchmarks/conversion_memory.py --label <label>"
-        data[args.label] = result
+        data[args.label] = {**result, "machine": describe("cpu")}
         RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 

@@ -182,11 +182,11 @@ def write_safetensors(
 
 def _refuse_shared(tensors: Mapping[str, Tensor]) -> None:
     spans = sorted(
-        (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), name)
+        (str(t.device), t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), name)
         for name, t in tensors.items() if t.numel() and t.device.type != "meta"
     )
-    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
-        if start < end:
+    for (d1, _, end, a), (d2, start, _, b) in itertools.pairwise(spans):
+        if d1 == d2 and start < end:
             raise ValueError(
                 f"write_safetensors: {a!r} and {b!r} share memory (tied weights?); safetensors "
                 "stores each tensor once: save one and tie them again after loading"
@@ -306,13 +306,17 @@ def assign_state(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list[st
 
     Returns:
         ``(missing, unexpected)`` names, as ``load_state_dict(strict=False)`` reports them;
-        a missing parameter is left on the meta device.
+        ``missing`` also names any parameter or buffer still on the meta device afterwards.
     """
     state = upgrade_state_dict(state)
     want = {k: v.dtype for k, v in model.state_dict().items()}
     state = {k: v.to(want[k]) if k in want and v.dtype != want[k] else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    return list(missing), list(unexpected)
+    missing = list(missing)
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if t.is_meta and name not in missing:
+            missing.append(name)
+    return missing, list(unexpected)
 
 
 def save(model: ConfiguredModel, path: str | os.PathLike) -> None:

@@ -264,3 +264,16 @@ def test_release_sizes_are_stated_in_the_files_units(name):
     record = PAPER_MODELS[name]
     weights = 4 * record.num_params
     assert weights <= record.release.size_mb * 1e6 <= weights + 4e6
+
+
+def test_assign_state_reports_what_it_left_unset():
+    """A parameter the state lacks stays on the meta device and is reported missing (Fractal.load
+    turns that into its "does not match its config" error)."""
+    state = dict(_tiny_model().state_dict())
+    dropped = next(iter(state))
+    del state[dropped]
+    with persistence.parameters_on_meta():
+        model = _tiny_model()
+    missing, unexpected = persistence.assign_state(model, {**state, "extra.weight": torch.zeros(1)})
+    assert missing == [dropped] and unexpected == ["extra.weight"]
+    assert dict(model.named_parameters())[dropped].is_meta
