@@ -14,6 +14,9 @@ recorded beside it but is no baseline: a child's starts at its parent's peak (Li
 over ``fork``/``exec``). The conversion reads the file from the cache folder with
 ``offline=True`` (no network). Linux only.
 
+The subprocesses import ``fractalkit`` from the current folder first: to measure another
+checkout (e.g. main, for "before"), run from its root with ``PYTHONPATH`` set to it.
+
 Run: ``PYTHONPATH=. python benchmarks/conversion_memory.py [--top-depth 6] [--label after]``;
 writes ``benchmarks/results/conversion_memory.json`` (a ``--label`` entry is added beside the
 others, with the machine it ran on from ``benchmarks/machine.py``, load average included).
