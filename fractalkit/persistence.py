@@ -368,12 +368,20 @@ def load(cls: type[M], path: str | os.PathLike, *, device: str | torch.device = 
             f"Fractal.load: {path} holds NaN/inf values in {len(bad)} tensor(s), e.g. {bad[:3]} "
             "(saved from a diverged run?); load an earlier checkpoint"
         )
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    dtype = dtypes.pop() if len(dtypes) == 1 else None  # keep the saved precision
     with parameters_on_meta():
         model = cls.from_config(config)
-    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
-    if len(dtypes) == 1:  # keep the saved precision (the buffers follow; no weights exist yet)
-        model = model.to(dtypes.pop())
+    if dtype is not None:  # the buffers follow; no weights exist yet
+        model = model.to(dtype)
     missing, unexpected = assign_state(model, state)
+    if missing or unexpected:
+        # A plug-in that derives a buffer from a parameter while it is built has that buffer
+        # on the meta device: build it with its initial weights and copy, as before.
+        model = cls.from_config(config)
+        if dtype is not None:
+            model = model.to(dtype)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"Fractal.load: {path} does not match its config: missing {missing[:5]}, "

@@ -277,3 +277,22 @@ def test_assign_state_reports_what_it_left_unset():
     missing, unexpected = persistence.assign_state(model, {**state, "extra.weight": torch.zeros(1)})
     assert missing == [dropped] and unexpected == ["extra.weight"]
     assert dict(model.named_parameters())[dropped].is_meta
+
+
+class _DerivesABuffer(Fractal):
+    """A model that computes a buffer from a parameter while it is built (as a plug-in might)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        first = next(self.parameters())
+        self.register_buffer("derived", first.detach().float().sum().reshape(1), persistent=False)
+
+
+def test_load_falls_back_to_copying_for_models_that_derive_buffers_from_parameters(tmp_path):
+    model = _tiny_model(6)
+    model.save(tmp_path / "m.safetensors")
+    loaded = _DerivesABuffer.load(tmp_path / "m.safetensors")
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    for (n, a), (_, b) in zip(loaded.state_dict().items(), model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    assert loaded.derived.shape == (1,)  # built from the initial weights, as before this change
