@@ -1125,6 +1125,7 @@ def _fetch_and_convert(release: Release, folder: Path, progress: bool, keep_orig
             os.replace(tmp / name, folder / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    del model  # its weights may map the original: freed before the folder is read (one copy)
     if not keep_original:
         original.unlink()
     return _load_cached(release, folder, device, cls)

@@ -44,7 +44,8 @@ def test_a_kill_at_every_filesystem_step_of_a_save_leaves_a_loadable_checkpoint(
     result = _sweep(tmp_path)
     ops = result["operations"]
     # the save really goes through the file system: renames, writes and flushes are all counted
-    assert {"mkdir", "replace", "fsync", "rmtree", "torch.save", "safetensors.save_file"} <= set(ops)
+    # (the weights are written tensor by tensor through open(), fractalkit.persistence)
+    assert {"mkdir", "replace", "fsync", "rmtree", "torch.save", "open-write"} <= set(ops)
     assert result["failures"] == []
     assert result["crashes"] >= 2 * len(ops) - 2  # every step but the no-op mkdir of a parent
     assert result["recovered"] == 2 * len(ops)

@@ -4,7 +4,7 @@
     python examples/pretrained/demo.py --model fractalmar-large-in256 --classes 88 --photo coffee
     python examples/pretrained/demo.py --model my-folder --mask right-half --out demo
 
-The first run downloads and converts the model (``Fractal.from_pretrained``: 0.7-3.2 GB, cached
+The first run downloads and converts the model (``Fractal.from_pretrained``: 0.75-3.4 GB, cached
 after that). It then draws one image per ``--classes`` entry and inpaints the middle of a
 scikit-image photograph (``--photo``; ``--mask`` as in ``examples/imagenet_pixels/complete.py``),
 with the published sampling settings and a progress bar over the top level's steps. On a CPU an

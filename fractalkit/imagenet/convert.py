@@ -121,6 +121,7 @@ from fractalkit.levels.ar import ARLevelConfig
 from fractalkit.levels.mar import MARLevelConfig
 from fractalkit.levels.summary import SummaryConfig
 from fractalkit.partition import ImagePatches
+from fractalkit.persistence import assign_state, parameters_on_meta
 from fractalkit.protocol import LevelPlan, LogProb, SampleOptions, ScoreContext
 
 __all__ = [
@@ -844,7 +845,8 @@ def _build(
     else:
         config = config_from_state_dict(state_dict, heads=heads)
     try:
-        return Fractal.from_config(config)
+        with parameters_on_meta():  # the weights come from the file: none are allocated here
+            return Fractal.from_config(config)
     except ValueError as err:
         raise FractalGenFormatError(
             f"the architecture read from the tensor shapes cannot be built: {err}"
@@ -869,7 +871,12 @@ def load_fractalgen(
         key, trust_pickle: as in :func:`load_state_dict`.
 
     Returns:
-        The model in eval mode, on the CPU, in float32.
+        The model in eval mode, on the CPU, in float32. Its parameters *are* the file's
+        tensors (renamed; float32 ones are not copied, the three leaf biases are stacked): for a
+        ``.pth`` file in PyTorch's zip format they are the file's pages, mapped copy-on-write
+        and read on first use, so a released checkpoint converts in about its own size of
+        memory. Do not overwrite the file in place while the model is in use (deleting or
+        replacing it is fine); ``copy.deepcopy(model)`` makes an independent copy.
 
     Raises:
         FractalGenFormatError: the source is not a FractalGen checkpoint, or a tensor is missing,
@@ -879,8 +886,13 @@ def load_fractalgen(
         state_dict = dict(source)
     else:
         state_dict = load_state_dict(source, key=key, trust_pickle=trust_pickle)
-    model = _build(state_dict, preset, heads)
-    model.load_state_dict(convert_state_dict(state_dict, model), strict=True)
+    model = _build(state_dict, preset, heads)  # parameters on the meta device
+    converted = convert_state_dict(state_dict, model)
+    if isinstance(source, Mapping):  # the caller's tensors stay the caller's
+        converted = {k: v.clone() for k, v in converted.items()}
+    missing, unexpected = assign_state(model, converted)
+    if missing or unexpected:  # convert_state_dict covers the model exactly; a guard
+        raise FractalGenFormatError(f"conversion left {missing[:5]} unset and {unexpected[:5]} unused")
     return model.eval()
 
 
@@ -901,7 +913,10 @@ def convert_checkpoint(
         preset, heads, key, trust_pickle: as in :func:`load_fractalgen`.
 
     Returns:
-        The converted model.
+        The converted model (its weights mapped from ``src``, see :func:`load_fractalgen`).
+
+    Memory: tensor by tensor, about the size of ``src`` above what the process used before
+    (nothing is initialised, copied or serialised whole; :func:`fractalkit.persistence.save`).
     """
     model = load_fractalgen(src, preset=preset, heads=heads, key=key, trust_pickle=trust_pickle)
     model.save(dst)
