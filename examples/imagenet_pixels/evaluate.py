@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixels_common import autocast, checkpoint_info, pick_device
+from pixels_common import IMAGE_DATA, autocast, checkpoint_info, pick_device
 
 from fractalkit import Fractal
 from fractalkit.cli import (
     ArgumentParser,
     add_debug_argument,
+    check_data,
     non_negative_int,
     positive_int,
     probability,
@@ -157,6 +158,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    check_data(None, "--data", args.data, what=IMAGE_DATA)
     ckpt = Path(args.checkpoint)
     info = checkpoint_info(ckpt)
     model = load_model(ckpt, ema=not args.no_ema, device=device).eval()
