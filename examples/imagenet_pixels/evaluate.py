@@ -2,7 +2,7 @@
 
     python examples/imagenet_pixels/evaluate.py --checkpoint runs/tiny-in32
     python examples/imagenet_pixels/evaluate.py --checkpoint runs/small-in64 \\
-        --data ../shared/data/tiny-imagenet-64/train.parquet --holdout 0.05 --part heldout \\
+        --data zh-plus/tiny-imagenet --holdout 0.05 --part heldout \\
         --max-images 256 --draws 4 --heatmap heat.png
 
 What the number is (printed beside it):

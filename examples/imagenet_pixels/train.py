@@ -2,7 +2,7 @@
 
     python examples/imagenet_pixels/train.py                       # tiny preset, scikit-image crops
     python examples/imagenet_pixels/train.py --preset small-in64 \\
-        --data ../shared/data/tiny-imagenet-64/train.parquet --holdout 0.05 --minutes 25
+        --data zh-plus/tiny-imagenet --holdout 0.05 --minutes 25
     torchrun --nproc_per_node=8 examples/imagenet_pixels/train.py --preset fractalmar-in64 \\
         --data /datasets/imagenet/train --batch-size 2048 --epochs 800 --ema
 

@@ -59,11 +59,12 @@ COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-class DatasetUnavailableError(OSError):
+class DatasetUnavailableError(FileNotFoundError):
     """A Hub dataset could not be loaded (offline without a cache, an unknown or gated name).
 
-    An ``OSError``, so the example scripts report it as one line with exit code 2; the message
-    names the dataset, its page, the local forms accepted and the ``--data`` override.
+    A ``FileNotFoundError`` (as for a missing local path, so callers that catch that keep
+    working, and the example scripts report it as one line with exit code 2); the message names
+    the dataset, its page, the local forms accepted and the ``--data`` override.
     """
 
 
