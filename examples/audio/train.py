@@ -131,8 +131,8 @@ def silence(bits: int) -> int:
 def read_wav(data: bytes) -> np.ndarray:
     """16-bit mono WAV bytes to float64 samples in ``[-1, 1)`` (standard library ``wave``)."""
     with wave.open(io.BytesIO(data)) as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(f"read_wav: expected 16-bit mono, got {w.getparams()}")
+        if w.getsampwidth() != 2 or w.getnchannels() != 1 or w.getframerate() != RATE:
+            raise ValueError(f"read_wav: expected 16-bit mono at {RATE} Hz, got {w.getparams()}")
         frames = w.readframes(w.getnframes())
     return np.frombuffer(frames, dtype="<i2").astype(np.float64) / 32768.0
 
