@@ -27,6 +27,7 @@ from fractalkit.filelock import FolderInUseError
 __all__ = [
     "DEBUG_ENV",
     "ArgumentParser",
+    "MissingInputError",
     "UserError",
     "add_debug_argument",
     "check_data",
@@ -160,11 +161,17 @@ def output_folder(text: str) -> Path:
     return path
 
 
-def _fail(parser: argparse.ArgumentParser | None, message: str) -> NoReturn:
-    """``parser.error(message)`` (one line, exit 2), or a :class:`UserError` without a parser."""
+class MissingInputError(UserError, FileNotFoundError):
+    """An input named on the command line does not exist: a :class:`UserError` (one line, exit
+    code 2 under :func:`run`) that is also a ``FileNotFoundError`` for callers of ``main``."""
+
+
+def _fail(parser: argparse.ArgumentParser | None, message: str, *, missing: bool = False) -> NoReturn:
+    """``parser.error(message)`` (one line, exit 2), or without a parser a :class:`UserError`
+    (:class:`MissingInputError` when ``missing``)."""
     if parser is not None:
         parser.error(message)
-    raise UserError(message)
+    raise (MissingInputError if missing else UserError)(message)
 
 
 def check_device(parser: argparse.ArgumentParser | None, text: str | None, flag: str = "--device"):
@@ -256,7 +263,7 @@ def check_data(
         if hub and is_hub_name(str(value)):
             return str(value)
         also = " or a Hugging Face Hub dataset name (owner/name)" if hub and "Hub" not in forms else ""
-        _fail(parser, f"{flag} {value}: no such file or folder; expected {forms}{also}")
+        _fail(parser, f"{flag} {value}: no such file or folder; expected {forms}{also}", missing=True)
     if path.is_dir():
         if expect == "file":
             _fail(parser, f"{flag} {value} is a folder; expected {forms}")
