@@ -119,6 +119,23 @@ def test_each_example_default_is_a_known_public_name() -> None:
         assert info.url == f"https://huggingface.co/datasets/{default}" and info.local_example.startswith("--data ")
 
 
+@pytest.mark.parametrize("script", ["text/train.py", "audio/train.py", "molecules/train.py", "molecules/conditional.py"])
+def test_each_command_line_defaults_to_its_name(script, monkeypatch) -> None:
+    import argparse
+
+    class Stop(Exception):
+        pass
+
+    def stop(self, args=None, namespace=None):
+        raise Stop(self.get_default("data"))
+
+    module = load(ROOT / "examples" / script)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    with pytest.raises(Stop) as info:
+        module.main([])
+    assert info.value.args[0] in hub_datasets.KNOWN
+
+
 def test_the_text_default_resolves_to_the_whole_text(fake_hub) -> None:
     T = load(ROOT / "examples" / "text" / "train.py")
     data, vocab = T.load_corpus(T.DATA)
