@@ -222,8 +222,8 @@ def _files(tmp: Path) -> dict[str, str]:
     """Bad inputs: an empty file, a binary one, an empty folder, a file where a folder goes."""
     (tmp / "empty.txt").write_bytes(b"")
     (tmp / "empty.parquet").write_bytes(b"")
-    (tmp / "binary.txt").write_bytes(bytes(range(256)) * 8)
-    (tmp / "binary.csv").write_bytes(bytes(range(256)) * 8)
+    (tmp / "bytes.txt").write_bytes(bytes(range(256)) * 8)
+    (tmp / "bytes.csv").write_bytes(bytes(range(256)) * 8)
     (tmp / "notes.txt").write_text("not audio\n")
     (tmp / "emptydir").mkdir()
     (tmp / "afile").write_text("x\n")
@@ -235,7 +235,7 @@ def _files(tmp: Path) -> dict[str, str]:
 BAD = [
     ("text-missing", EX / "text/train.py", ["--data", "{tmp}/nothere.txt"], "no such file"),
     ("text-empty", EX / "text/train.py", ["--data", "{tmp}/empty.txt"], "empty file"),
-    ("text-binary", EX / "text/train.py", ["--data", "{tmp}/binary.txt"], "binary"),
+    ("text-binary", EX / "text/train.py", ["--data", "{tmp}/bytes.txt"], "binary"),
     ("text-folder", EX / "text/train.py", ["--data", "{tmp}/emptydir"], "is a folder"),
     ("text-out-file", EX / "text/train.py", ["--out", "{tmp}/afile"], "not a folder"),
     ("text-device-gpu", EX / "text/train.py", ["--device", "gpu"], "not a device"),
@@ -251,12 +251,12 @@ BAD = [
     ("audio-offline-default", EX / "audio/train.py", [], "Free-Spoken-Digit-Dataset"),
     ("molecules-missing", EX / "molecules/train.py", ["--data", "{tmp}/nothere.csv"], "no such file"),
     ("molecules-empty", EX / "molecules/train.py", ["--data", "{tmp}/empty.txt"], "empty file"),
-    ("molecules-binary", EX / "molecules/train.py", ["--data", "{tmp}/binary.csv"], "binary"),
+    ("molecules-binary", EX / "molecules/train.py", ["--data", "{tmp}/bytes.csv"], "binary"),
     ("molecules-folder", EX / "molecules/train.py", ["--data", "{tmp}/emptydir"], "is a folder"),
     ("molecules-device-gpu", EX / "molecules/train.py", ["--device", "gpu"], "not a device"),
     ("molecules-device-cuda99", EX / "molecules/train.py", ["--device", "cuda:99"], "--device cuda:99"),
     ("conditional-missing", EX / "molecules/conditional.py", ["--data", "{tmp}/nothere.csv"], "no such file"),
-    ("conditional-binary", EX / "molecules/conditional.py", ["--data", "{tmp}/binary.csv"], "binary"),
+    ("conditional-binary", EX / "molecules/conditional.py", ["--data", "{tmp}/bytes.csv"], "binary"),
     ("conditional-device-gpu", EX / "molecules/conditional.py", ["--device", "gpu"], "not a device"),
     ("graphs-missing", EX / "graphs/train.py", ["--data", "{tmp}/nothere"], "no such file"),
     ("graphs-file", EX / "graphs/train.py", ["--data", "{tmp}/afile"], "is a file"),
