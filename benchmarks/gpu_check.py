@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run of this script")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
+    if Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder; give the JSON file to write")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {"machine": describe(device.type)}
     print(json.dumps(results["machine"], indent=1), flush=True)

@@ -1,6 +1,6 @@
 """The paper's Table 2 on real data, on a CPU: do more levels give better likelihood for less?
 
-Same data (CIFAR-10 32x32 from ``../shared/data/cifar10-32``), same wall-clock budget per model,
+Same data (CIFAR-10 32x32, ``--data``: the Hub's ``uoft-cs/cifar10`` by default), same wall-clock budget per model,
 models of similar width: one level over all 3,072 pixel-channels (flat AR, a categorical leaf),
 two levels (1,024 pixels, then the RGB leaf), three levels (8x8 patches of 4x4, pixels, RGB
 leaf), each with AR and MAR levels. Reports GFLOPs per image (the paper's convention, from
@@ -36,18 +36,21 @@ from fractalkit import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "cifar10-32" / "train.parquet"
+#: CIFAR-10 on the Hugging Face Hub (downloaded once and cached); ``--data`` also takes a local
+#: parquet file or image folder, e.g. ``../shared/data/cifar10-32/train.parquet``
+DATA = "uoft-cs/cifar10"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def load_cifar(n_train: int, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 ``[N, 3, 32, 32]`` train and held-out images from the shared parquet file."""
-    from datasets import load_dataset
+def load_cifar(n_train: int, n_test: int, data: str | Path = DATA) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[N, 3, 32, 32]`` train and held-out images: the first ``n_train + n_test`` rows
+    of ``data`` (a Hub name, a parquet file or an image folder), not flipped."""
+    from fractalkit.imagenet.data import load_image_dataset
 
-    if not DATA.is_file():
-        raise FileNotFoundError(f"levels_study: {DATA} is missing (see ../shared/data/README.md)")
-    ds = load_dataset("parquet", data_files=str(DATA), split="train").with_format("torch")
-    images = torch.stack([ds[i]["image"] for i in range(n_train + n_test)])
+    ds = load_image_dataset(data, 32, flip=False)
+    if len(ds) < n_train + n_test:
+        raise ValueError(f"levels_study: {data} holds {len(ds)} images, fewer than {n_train + n_test}")
+    images = torch.stack([ds[i][0] for i in range(n_train + n_test)])
     return images[:n_train], images[n_train:]
 
 
@@ -136,9 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=cli.positive_int, default=64)
     parser.add_argument("--models", nargs="+",
                         default=["ar-1level", "ar-2level", "ar-3level", "mar-2level", "mar-3level"])
+    parser.add_argument("--data", default=DATA, help=f"CIFAR-10: a Hub dataset name (default {DATA}), "
+                        "a parquet file or an image folder")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
-    train, test = load_cifar(2000, 64)
+    args.data = str(cli.check_data(parser, "--data", args.data, what="a parquet file, an image folder or a Hub dataset name"))
+    train, test = load_cifar(2000, 64, args.data)
     rows = []
     for name in args.models:
         r = run(name, train, test, args.budget, args.batch, args.width)

@@ -67,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--num-samples must be >= 2 for FID, got {args.num_samples}")
     if not Path(args.reference).is_file():
         p.error(f"--reference: no file at {args.reference}")
+    args.device = str(cli.check_device(p, args.device))
+    for flag, value in (("--out", args.out), ("--samples-dir", args.samples_dir)):
+        if value is not None and value.exists() and not value.is_dir():
+            p.error(f"{flag} {value} exists and is not a folder; give a folder (it is created if missing)")
     return args
 
 

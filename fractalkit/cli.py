@@ -21,13 +21,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fractalkit.data.hub_datasets import is_hub_name
 from fractalkit.filelock import FolderInUseError
 
 __all__ = [
     "DEBUG_ENV",
     "ArgumentParser",
+    "MissingInputError",
     "UserError",
     "add_debug_argument",
+    "check_data",
+    "check_device",
+    "check_output_folder",
     "int_list",
     "non_negative_float",
     "non_negative_int",
@@ -154,6 +159,139 @@ def output_folder(text: str) -> Path:
     except OSError as err:
         raise argparse.ArgumentTypeError(f"cannot create the folder {path}: {err.strerror}") from None
     return path
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input named on the command line does not exist: a :class:`UserError` (one line, exit
+    code 2 under :func:`run`) that is also a ``FileNotFoundError`` for callers of ``main``."""
+
+
+def _fail(parser: argparse.ArgumentParser | None, message: str, *, missing: bool = False) -> NoReturn:
+    """``parser.error(message)`` (one line, exit 2), or without a parser a :class:`UserError`
+    (:class:`MissingInputError` when ``missing``)."""
+    if parser is not None:
+        parser.error(message)
+    raise (MissingInputError if missing else UserError)(message)
+
+
+def check_device(parser: argparse.ArgumentParser | None, text: str | None, flag: str = "--device"):
+    """The ``torch.device`` that ``text`` names, checked after parsing (``None``: CUDA if present).
+
+    Refused with one line and exit code 2 (``parser.error``): a name torch does not know
+    (``gpu``), ``cuda`` without CUDA, a CUDA index beyond the devices present, ``mps`` without
+    MPS. Checked after ``parse_args`` rather than as an argparse type, so that documented
+    commands naming ``cuda`` still parse on a CPU-only machine.
+
+    Args:
+        parser: the script's parser (its ``error`` reports); None raises :class:`UserError`.
+        text: the value given, e.g. ``"cpu"``, ``"cuda"``, ``"cuda:1"``; None or ``""`` picks.
+        flag: the option's name in the message.
+
+    Returns:
+        ``torch.device``.
+    """
+    import torch
+
+    if not text:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        _fail(parser, f"{flag} {text!r}: not a device; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            _fail(parser, f"{flag} {text}: CUDA is not available on this machine; use {flag} cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            _fail(parser, f"{flag} {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                  f"numbered from 0")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            _fail(parser, f"{flag} {text}: MPS is not available on this machine; use {flag} cpu")
+    elif device.type != "cpu":
+        _fail(parser, f"{flag} {text}: unsupported device type {device.type!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def _looks_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if b"\0" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:  # a multi-byte character cut at the end of the block is fine
+        return err.start < len(head) - 3
+    return False
+
+
+def check_data(
+    parser: argparse.ArgumentParser | None,
+    flag: str,
+    value: str | os.PathLike | None,
+    *,
+    expect: str = "any",
+    what: str = "",
+    suffixes: tuple[str, ...] = (),
+    text: bool = False,
+    hub: bool = True,
+) -> str | Path | None:
+    """Check a data argument after parsing: a Hub name, or a local path of the right form.
+
+    A value that does not exist locally but reads as ``owner/name`` is returned as a Hub name
+    (loaded later). A local path is refused (one line, exit code 2) when it is missing, an empty
+    file or an empty folder, a folder where a file is expected (or the reverse), a file of
+    another kind than ``suffixes``, or binary where text is expected.
+
+    Args:
+        parser: the script's parser (its ``error`` reports); None raises :class:`UserError`.
+        flag: the option, e.g. ``"--data"``.
+        value: what was given (None passes through).
+        expect: ``"file"``, ``"folder"`` or ``"any"``.
+        what: the accepted forms, for the messages (e.g. ``"a UTF-8 .txt file"``).
+        suffixes: accepted file suffixes (lower case, with the dot); empty: any.
+        text: the file must be UTF-8 text.
+        hub: whether a Hugging Face Hub dataset name is accepted.
+
+    Returns:
+        The Hub name (``str``), the local ``Path``, or None.
+    """
+    if value is None:
+        return None
+    path = Path(value)
+    forms = what or {"file": "a file", "folder": "a folder"}.get(expect, "a file or folder")
+    if not path.exists():
+        if hub and is_hub_name(str(value)):
+            return str(value)
+        also = " or a Hugging Face Hub dataset name (owner/name)" if hub and "Hub" not in forms else ""
+        _fail(parser, f"{flag} {value}: no such file or folder; expected {forms}{also}", missing=True)
+    if path.is_dir():
+        if expect == "file":
+            _fail(parser, f"{flag} {value} is a folder; expected {forms}")
+        if not any(not p.name.startswith(".") for p in path.iterdir()):
+            _fail(parser, f"{flag} {value} is an empty folder; expected {forms}")
+        return path
+    if expect == "folder":
+        _fail(parser, f"{flag} {value} is a file; expected {forms}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        _fail(parser, f"{flag} {value}: a {path.suffix or 'suffix-less'} file; expected {forms}")
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            _fail(parser, f"{flag} {value} is an empty file; expected {forms}")
+        if text and _looks_binary(path):
+            _fail(parser, f"{flag} {value} is binary, not UTF-8 text; expected {forms}")
+    except OSError as err:
+        _fail(parser, f"{flag} {value}: cannot be read ({err.strerror})")
+    return path
+
+
+def check_output_folder(parser: argparse.ArgumentParser | None, flag: str, value: str | os.PathLike) -> Path:
+    """An output folder checked after parsing: created if missing, refused (one line, exit 2)
+    when it is a file or cannot be created. Returns it as a ``Path``."""
+    try:
+        return output_folder(str(value))
+    except argparse.ArgumentTypeError as err:
+        _fail(parser, f"{flag} {err}")
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -5,7 +5,8 @@ For each documented command (fenced bash blocks and inline code spans starting w
 or ``torchrun``) the test checks that the script or module exists, that its argument parser
 accepts the arguments (parsing only: ``parse_args`` is stopped right after it succeeds), and
 that every path it reads (``--checkpoint``, ``--resume``, ``--data``, ``--image``, mask files)
-is in the repository, a file of the pages' local dataset copy (checked against the same-named
+is in the repository, a public dataset's name on the Hugging Face Hub that the project knows
+(``fractalkit.data.hub_datasets.KNOWN``), a file of the pages' local dataset copy (checked against the same-named
 slice in ``tests/data``, never read outside the repository), made by an earlier command of the same page
 (a run folder from ``train.py``'s ``--out`` or its default ``runs/<preset>``), an absolute path
 of the reader's own data set, or one of the inputs the page asks the reader to bring.
@@ -23,6 +24,8 @@ import shlex
 from pathlib import Path
 
 import pytest
+
+from fractalkit.data import hub_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(
@@ -124,6 +127,8 @@ def produced(target: str, ns: argparse.Namespace) -> list[str]:
 
 def readable(value: str, made: list[str]) -> bool:
     if value in READER_INPUTS or Path(value).is_absolute():
+        return True
+    if value in hub_datasets.KNOWN:  # a public dataset by name (tests/test_data_by_name.py loads each)
         return True
     if value.startswith(LOCAL_COPY):
         return (SAMPLES / value.removeprefix(LOCAL_COPY)).exists()

@@ -63,6 +63,7 @@ import torch
 
 from fractalkit import ARLevelConfig, Fractal, SequenceChunks, cli
 from fractalkit.baselines import NGramModel, choose_order
+from fractalkit.data import hub_datasets
 from fractalkit.leaves import DiscretizedLogisticLeafConfig
 from fractalkit.protocol import ScoreContext
 from fractalkit.training import budget
@@ -71,8 +72,13 @@ from fractalkit.validation import read_json_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wavenet import WaveNetLevelConfig
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fsdd-8k" / "recordings.parquet"
+#: the default data: the Free Spoken Digit Dataset on the Hugging Face Hub (downloaded once and
+#: cached); ``--data`` also takes a local parquet file with columns audio_wav (WAV bytes), digit,
+#: speaker, index, such as ``../shared/data/fsdd-8k/recordings.parquet``
+DATA = "silky1708/Free-Spoken-Digit-Dataset"
 RATE = 8000
+#: recordings with ``index`` below this are the test split (FSDD's usual split: 0-4)
+TEST_INDICES = 5
 LENGTH = 4096
 MU = 255
 #: what a model can be conditioned on, and its number of classes (``digit+speaker``: one
@@ -125,18 +131,67 @@ def silence(bits: int) -> int:
 def read_wav(data: bytes) -> np.ndarray:
     """16-bit mono WAV bytes to float64 samples in ``[-1, 1)`` (standard library ``wave``)."""
     with wave.open(io.BytesIO(data)) as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(f"read_wav: expected 16-bit mono, got {w.getparams()}")
+        if w.getsampwidth() != 2 or w.getnchannels() != 1 or w.getframerate() != RATE:
+            raise ValueError(f"read_wav: expected 16-bit mono at {RATE} Hz, got {w.getparams()}")
         frames = w.readframes(w.getnframes())
     return np.frombuffer(frames, dtype="<i2").astype(np.float64) / 32768.0
 
 
-def load_clips(path: Path = DATA, *, limit: int | None = None, length: int = LENGTH,
+COLUMNS = ("audio_wav", "digit", "speaker", "index")
+
+
+def read_recordings(source: str | Path = DATA, limit: int | None = None) -> dict[str, list]:
+    """The recordings' columns: ``{"audio_wav": WAV bytes, "digit", "speaker", "index"}`` lists.
+
+    Args:
+        source: a local parquet file with those columns, or a Hub dataset name (its audio, digit
+            and speaker columns are mapped by :mod:`fractalkit.data.hub_datasets`; speaker and
+            index missing there are read from FSDD file names ``{digit}_{speaker}_{index}.wav``).
+        limit: only the first ``limit`` rows.
+
+    Raises:
+        FileNotFoundError: a local ``source`` does not exist.
+        ValueError: a column is missing or the file is not parquet.
+    """
+    if hub_datasets.is_hub_name(source):
+        ds = hub_datasets.load_hub_dataset(str(source), kind="audio")
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        audio = ds["audio_wav"] if "audio_wav" in ds.column_names else None
+        if audio is None or "digit" not in ds.column_names:
+            raise ValueError(f"--data {source}: expected audio and digit columns, got {ds.column_names}")
+        table = {"audio_wav": [a["bytes"] if isinstance(a, dict) else a for a in audio],
+                 "digit": [int(d) for d in ds["digit"]]}
+        names = [a.get("path") if isinstance(a, dict) else None for a in audio]
+        parsed = [hub_datasets.speaker_and_index(n) for n in names]
+        for column, part in (("speaker", 0), ("index", 1)):
+            if column in ds.column_names:
+                table[column] = list(ds[column])
+            elif all(p is not None for p in parsed):
+                table[column] = [p[part] for p in parsed]
+            else:
+                raise ValueError(f"--data {source}: no {column} column and no FSDD file names to read it from")
+        return table
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not Path(source).exists():
+        raise FileNotFoundError(f"{source}: no such file (the FSDD recordings.parquet, or a Hub dataset name)")
+    try:
+        table = pq.read_table(source, columns=list(COLUMNS))
+    except (pa.ArrowInvalid, KeyError) as err:
+        raise ValueError(f"--data {source}: not a parquet file with columns {', '.join(COLUMNS)} ({err})") from None
+    if limit is not None:
+        table = table.slice(0, limit)
+    return {c: table.column(c).to_pylist() for c in COLUMNS}
+
+
+def load_clips(path: str | Path = DATA, *, limit: int | None = None, length: int = LENGTH,
                bits: int = 8) -> dict[str, torch.Tensor]:
     """Every clip, cropped to at most ``length`` samples, padded after its end, with its metadata.
 
     Args:
-        path: the ``recordings.parquet`` file.
+        path: the ``recordings.parquet`` file, or a Hub dataset name (see :func:`read_recordings`).
         limit: read only the first ``limit`` rows (for quick tests).
         length: L.
         bits: 8 (mu-law) or 16 (PCM).
@@ -148,25 +203,21 @@ def load_clips(path: Path = DATA, *, limit: int | None = None, length: int = LEN
     Raises:
         FileNotFoundError: if ``path`` does not exist.
     """
-    import pyarrow.parquet as pq
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: the FSDD recordings (see ../shared/data/README.md)")
-    table = pq.read_table(path, columns=["audio_wav", "digit", "speaker", "index"])
-    if limit is not None:
-        table = table.slice(0, limit)
-    clips = [quantise(crop(read_wav(b), length), bits) for b in table.column("audio_wav").to_pylist()]
+    table = read_recordings(path, limit)
+    if not table["audio_wav"]:
+        raise ValueError(f"--data {path} holds no recordings")
+    clips = [quantise(crop(read_wav(b), length), bits) for b in table["audio_wav"]]
     x = torch.full((len(clips), length), silence(bits), dtype=torch.int64)
     for i, c in enumerate(clips):
         x[i, : c.size] = torch.from_numpy(c)
-    speakers = table.column("speaker").to_pylist()
+    speakers = table["speaker"]
     names = sorted(set(speakers))
     return {
         "x": x,
         "lengths": torch.tensor([c.size for c in clips], dtype=torch.int64),
-        "digit": torch.tensor(table.column("digit").to_pylist(), dtype=torch.int64),
+        "digit": torch.tensor(table["digit"], dtype=torch.int64),
         "speaker": torch.tensor([names.index(s) for s in speakers], dtype=torch.int64),
-        "index": torch.tensor(table.column("index").to_pylist(), dtype=torch.int64),
+        "index": torch.tensor(table["index"], dtype=torch.int64),
     }
 
 
@@ -412,11 +463,9 @@ def shrink_png(path: Path, colours: int = 64) -> None:
     small.save(path, optimize=True)
 
 
-def speaker_names(path: Path = DATA) -> list[str]:
+def speaker_names(path: str | Path = DATA) -> list[str]:
     """The speakers in label order (sorted names, as :func:`load_clips` numbers them)."""
-    import pyarrow.parquet as pq
-
-    return sorted(set(pq.read_table(path, columns=["speaker"]).column("speaker").to_pylist()))
+    return sorted(set(read_recordings(path)["speaker"]))
 
 
 def sample_labels(condition: str | None, names: list[str]) -> tuple[torch.Tensor, list[str]]:
@@ -443,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     """Train every model for each budget (CPU seconds, or ``--max-steps``) and seed; write the
     tables, WAVs and a PNG."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=DATA, help="the FSDD recordings.parquet")
+    ap.add_argument("--data", default=DATA, help="the FSDD recordings: a parquet file or a Hugging Face Hub "
+                    f"dataset name (default {DATA}, downloaded once and cached)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--results", default="", help="results file name in --out (default: results.json, "
                     "results_16bit.json for --bits 16)")
@@ -464,16 +514,26 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
     specs = [parse_spec(spec) for spec in args.models.split(",")]  # unknown suffixes fail here
+    outside = [i for i in args.eval_index if i >= TEST_INDICES]
+    if outside:
+        ap.error(f"--eval-index {','.join(map(str, outside))}: the test clips have index 0-{TEST_INDICES - 1}")
+    args.data = cli.check_data(ap, "--data", args.data, expect="file", suffixes=(".parquet",),
+                               what="a .parquet file or a Hub dataset name such as " + DATA)
+    args.out = cli.check_output_folder(ap, "--out", args.out)
     torch.set_num_threads(1)  # the budget is CPU time: one thread keeps it comparable
     clips = load_clips(args.data, bits=args.bits)
     names = speaker_names(args.data)
-    test = clips["index"] < 5
+    test = clips["index"] < TEST_INDICES
     train_clips = subset(clips, ~test)
     keep = torch.zeros_like(clips["index"], dtype=torch.bool)
     for i in args.eval_index:
         keep |= clips["index"] == i
     eval_clips = subset(clips, test & keep)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if eval_clips["x"].shape[0] == 0:
+        raise cli.UserError(f"--eval-index {','.join(map(str, args.eval_index))}: no test clip of {args.data} "
+                            "has that index")
+    if train_clips["x"].shape[0] == 0:
+        raise cli.UserError(f"--data {args.data}: no training clips (every clip has index < {TEST_INDICES})")
     name = args.results or ("results.json" if args.bits == 8 else "results_16bit.json")
     path = args.out / name
     results = read_json_file(path, owner="audio", fix="delete it (or pass another --out) and run again", error=SystemExit) if path.exists() else {}

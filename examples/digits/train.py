@@ -304,6 +304,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
+    for flag in ("--out", "--model-out", "--run-dir"):  # folders: refuse a file there in one line
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value.exists() and not value.is_dir():
+            ap.error(f"{flag} {value} exists and is not a folder; give a folder (it is created if missing)")
     return run(args.out, model_out=args.model_out, steps=args.steps, batch=args.batch, lr=args.lr, per_class=args.per_class,
                seed=args.seed, threads=args.threads, progress=not args.no_progress, run_dir=args.run_dir,
                save_every=args.save_every, log_every=args.log_every, resume=args.resume)

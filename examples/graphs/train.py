@@ -3,8 +3,11 @@
 Shape letters: N graphs, n node slots (18 for ego-small, 20 for community-small), W = n entries
 per node row, K importance-sampled orders.
 
-Data: ``../shared/data/graphs/{ego_small,community_small}_edges.npz`` (unlabelled, undirected
-graphs). Split: a seeded shuffle (``torch.randperm`` with seed 42), the first 80% train and the
+Data: ``{ego_small,community_small}_edges.npz`` in the ``--data`` folder (default
+``examples/graphs/data``; unlabelled, undirected graphs; keys ``num_nodes[G]``, ``edges[E, 2]``
+with node ids local to each graph, ``edge_offsets[G + 1]``). These benchmarks are not on the
+Hugging Face Hub: get them from the GDSS repository (see the README). ``--data`` also takes a Hub
+dataset name in the ``graphs-datasets`` layout (columns ``num_nodes``, ``edge_index``). Split: a seeded shuffle (``torch.randperm`` with seed 42), the first 80% train and the
 last 20% test (160 / 40 graphs for ego-small, 80 / 20 for community-small).
 
 A graph becomes a :class:`fractalkit.graphs.GraphEncoding` (one node type, one edge type:
@@ -41,6 +44,7 @@ import numpy as np
 import torch
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, MARLevelConfig, cli
+from fractalkit.data import hub_datasets
 from fractalkit.graphs import (
     Graph,
     GraphEncoding,
@@ -52,24 +56,63 @@ from fractalkit.graphs import (
 )
 from fractalkit.training import budget
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "graphs"
+HERE = Path(__file__).resolve().parent
+#: the default data folder: ego-small and community-small have no public copy on the Hugging Face
+#: Hub, so the default is this local folder (``--data`` overrides it, e.g. ``../shared/data/graphs``)
+DATA = HERE / "data"
+#: where the two benchmarks come from (GraphRNN's splits, as GDSS distributes them)
+SOURCE = "https://github.com/harryjo97/GDSS (data/ego_small.pkl, data/community_small.pkl)"
 #: node slots and the node subsets of the two graph levels per dataset
 LAYOUT = {"ego_small": (18, (3, 6)), "community_small": (20, (4, 5))}
 MODELS = ("ar-canonical", "ar-randbfs", "mar-graph")
 
 
-def load_graphs(name: str, *, data: Path = DATA) -> Graph:
+def missing_message(path: Path) -> str:
+    """What to download and where to put it, for a missing benchmark file."""
+    return (f"load_graphs: {path} is missing. The ego-small and community-small benchmarks are not on "
+            f"the Hugging Face Hub; get them from {SOURCE}, write each as {path.name} (keys num_nodes, "
+            f"edges, edge_offsets; see examples/graphs/README.md) into {path.parent}, or pass the folder "
+            "that holds them with --data FOLDER (e.g. --data ../shared/data/graphs)")
+
+
+def read_hub_graphs(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(num_nodes[G], edges[E, 2], edge_offsets[G + 1])`` of a Hub dataset with ``num_nodes``
+    and ``edge_index`` (``[2, E_g]`` per graph) columns."""
+    ds = hub_datasets.load_hub_dataset(name, kind="graphs")
+    if not {"num_nodes", "edge_index"} <= set(ds.column_names):
+        raise ValueError(f"--data {name}: expected num_nodes and edge_index columns, got {ds.column_names}")
+    sizes = np.asarray(ds["num_nodes"], dtype=np.int64)
+    per_graph = [np.asarray(e, dtype=np.int64).reshape(2, -1).T for e in ds["edge_index"]]
+    offsets = np.concatenate([[0], np.cumsum([len(e) for e in per_graph])]).astype(np.int64)
+    edges = np.concatenate(per_graph) if per_graph else np.zeros((0, 2), np.int64)
+    return sizes, edges, offsets
+
+
+def load_graphs(name: str, *, data: str | Path = DATA) -> Graph:
     """The dataset as a padded :class:`Graph` (node type 0, edge type 1), in the file's order.
 
+    Args:
+        name: ``ego_small`` or ``community_small`` (the node-slot layout).
+        data: the folder holding ``<name>_edges.npz``, or a Hub dataset name (see module docs).
+
     Raises:
-        FileNotFoundError: if the npz is missing (``../shared/data`` is not on a user's machine).
+        FileNotFoundError: if the npz is missing (the message says where to get it).
         ValueError: if a graph has more nodes than the layout's slots.
     """
-    path = Path(data) / f"{name}_edges.npz"
-    if not path.exists():
-        raise FileNotFoundError(f"load_graphs: {path} is missing; this example needs ../shared/data/graphs")
-    d = np.load(path)
-    sizes, edges, offsets = d["num_nodes"], d["edges"], d["edge_offsets"]
+    if hub_datasets.is_hub_name(data):
+        sizes, edges, offsets = read_hub_graphs(str(data))
+    else:
+        path = Path(data) / f"{name}_edges.npz"
+        if not path.exists():
+            raise FileNotFoundError(missing_message(path))
+        try:
+            d = np.load(path)
+            sizes, edges, offsets = d["num_nodes"], d["edges"], d["edge_offsets"]
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"load_graphs: {path} is not an npz with num_nodes, edges and edge_offsets "
+                             f"({type(err).__name__}: {err})") from None
+    if len(sizes) == 0:
+        raise ValueError(f"load_graphs: {data} holds no graphs")
     n = LAYOUT[name][0]
     if int(sizes.max()) > n:
         raise ValueError(f"load_graphs: {name} has a graph with {int(sizes.max())} nodes > {n} slots")
@@ -183,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     """Train the ablation's models on one dataset, score the test graphs, sample, report MMDs."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", choices=sorted(LAYOUT), default="ego_small")
+    ap.add_argument("--data", default=DATA, help="folder holding <dataset>_edges.npz (default "
+                    "examples/graphs/data), or a Hub dataset name with num_nodes and edge_index columns")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--max-steps", type=cli.positive_int, default=600)
     ap.add_argument("--batch", type=cli.positive_int, default=32)
@@ -194,9 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if Path(args.data) == DATA and not (DATA / f"{args.dataset}_edges.npz").exists():
+        raise FileNotFoundError(missing_message(DATA / f"{args.dataset}_edges.npz"))  # what to download
+    args.data = cli.check_data(ap, "--data", args.data, expect="folder",
+                               what="a folder holding <dataset>_edges.npz, or a Hub dataset name")
     n, subsets = LAYOUT[args.dataset]
     encoding = GraphEncoding(n, num_node_types=1, num_edge_types=1)
-    train_graphs, test_graphs = split(load_graphs(args.dataset))
+    train_graphs, test_graphs = split(load_graphs(args.dataset, data=args.data))
     canonical_test = test_graphs.permute(bfs_order(test_graphs, root=0))
     test_adj = graphs_to_adjacency(test_graphs)
     print(f"{args.dataset}: {len(train_graphs)} train, {len(test_graphs)} test graphs", flush=True)

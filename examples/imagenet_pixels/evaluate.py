@@ -2,7 +2,7 @@
 
     python examples/imagenet_pixels/evaluate.py --checkpoint runs/tiny-in32
     python examples/imagenet_pixels/evaluate.py --checkpoint runs/small-in64 \\
-        --data ../shared/data/tiny-imagenet-64/train.parquet --holdout 0.05 --part heldout \\
+        --data zh-plus/tiny-imagenet --holdout 0.05 --part heldout \\
         --max-images 256 --draws 4 --heatmap heat.png
     torchrun --standalone --nproc_per_node=4 examples/imagenet_pixels/evaluate.py \\
         --checkpoint runs/small-in64 --max-images 4096 --batch-size 64
@@ -39,12 +39,13 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixels_common import autocast, checkpoint_info
+from pixels_common import IMAGE_DATA, autocast, checkpoint_info, pick_device
 
 from fractalkit import Fractal
 from fractalkit.cli import (
     ArgumentParser,
     add_debug_argument,
+    check_data,
     non_negative_int,
     positive_int,
     probability,
@@ -300,6 +301,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    pick_device(args.device)  # an unknown or absent device: one line, exit code 2
+    check_data(None, "--data", args.data, what=IMAGE_DATA)
     rank, world, device = init_distributed(args.device)  # one process unless started by torchrun
     try:
         return evaluate_checkpoint(args, rank, world, device)

@@ -14,12 +14,17 @@ import torch
 from torch import Tensor
 
 from fractalkit import SampleOptions
-from fractalkit.cli import UserError, non_negative_float, positive_float, probability, steps_list
+from fractalkit.cli import (
+    UserError,
+    check_device,
+    non_negative_float,
+    positive_float,
+    probability,
+    steps_list,
+)
 from fractalkit.imagenet.presets import PRESETS
 from fractalkit.training.checkpoint import MANIFEST, resolve_checkpoint
 from fractalkit.validation import read_json_file
-
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download at run time
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,14 +32,19 @@ HERE = Path(__file__).resolve().parent
 REGIONS = ("center", "left-half", "right-half", "top-half", "bottom-half", "border", "outside-center")
 
 
+#: the forms ``--data`` takes (for messages)
+IMAGE_DATA = ("an image folder, a .parquet file, a save_to_disk folder or a Hugging Face Hub dataset name "
+              "such as zh-plus/tiny-imagenet")
+
+
 def pick_device(name: str | None = None) -> torch.device:
-    """``name`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``), else CUDA when present, else CPU."""
-    if name:
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``name`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``), else CUDA when present, else CPU.
+
+    Raises:
+        UserError: an unknown device name or a CUDA/MPS device this machine lacks (one line,
+            exit code 2 under :func:`fractalkit.cli.run`).
+    """
+    return check_device(None, name)
 
 
 def autocast(device: torch.device, enabled: bool):

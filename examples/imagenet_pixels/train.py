@@ -2,7 +2,7 @@
 
     python examples/imagenet_pixels/train.py                       # tiny preset, scikit-image crops
     python examples/imagenet_pixels/train.py --preset small-in64 \\
-        --data ../shared/data/tiny-imagenet-64/train.parquet --holdout 0.05 --minutes 25
+        --data zh-plus/tiny-imagenet --holdout 0.05 --minutes 25
     torchrun --nproc_per_node=8 examples/imagenet_pixels/train.py --preset fractalmar-in64 \\
         --data /datasets/imagenet/train --batch-size 2048 --epochs 800 --ema
 
@@ -35,6 +35,8 @@ from fractalkit.cli import (
     ArgumentParser,
     UserError,
     add_debug_argument,
+    check_data,
+    check_device,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -72,8 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="model configuration (default tiny-in32; with --resume: the checkpoint's)")
-    p.add_argument("--data", default=None, help="image folder, .parquet file or save_to_disk folder "
-                   "(default: crops of scikit-image's photographs, no download)")
+    p.add_argument("--data", default=None, help="image folder, .parquet file, save_to_disk folder or a "
+                   "Hugging Face Hub dataset name such as zh-plus/tiny-imagenet or uoft-cs/cifar10 "
+                   "(downloaded once and cached; default: crops of scikit-image's photographs, no download)")
     p.add_argument("--split", default="train", help="datasets split to read (default train)")
     p.add_argument("--holdout", type=probability, default=0.0, help="fraction held out for evaluation (seeded split)")
     p.add_argument("--upsample-small", action="store_true", help="upsample images smaller than the "
@@ -321,6 +324,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(None, args.device)  # one line for --device gpu or cuda without CUDA
+    check_data(None, "--data", args.data, what="an image folder, a .parquet file, a save_to_disk folder or a "
+               "Hugging Face Hub dataset name such as zh-plus/tiny-imagenet")
     rank, world, device = init_distributed(args.device)
     resume = load_resumable(args, device) if args.resume else None
     args.preset = args.preset or "tiny-in32"

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     budget.add_budget_arguments(ap, batch=64, out=HERE / "results_conditional", budget_s=180.0,
                                 models="fractal", device_help="torch device")
+    ap.add_argument("--data", default=base.DATA, help=base.DATA_HELP)
     ap.add_argument("--limit", type=cli.positive_int, default=40_000, help="QM9 rows read (the first ones)")
     ap.add_argument("--points", type=cli.positive_int, default=6, help="requested values per property")
     ap.add_argument("--per-value", type=cli.positive_int, default=100, help="samples per requested value")
@@ -145,9 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = cli.check_device(ap, args.device)
+    args.data = base.check_data_argument(ap, args.data)
 
-    x, smiles = base.prepare(limit=args.limit, cache=args.cache)
+    x, smiles = base.prepare(args.data, limit=args.limit, cache=args.cache)
     props = properties(smiles).float()
     keep = torch.isfinite(props).all(1)
     x, props, smiles = x[keep], props[keep], [s for s, k in zip(smiles, keep.tolist(), strict=True) if k]

@@ -65,6 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, ConditionerConfig, Fractal, cli
+from fractalkit.data import hub_datasets
 from fractalkit.graphs import (
     Graph,
     GraphEncoding,
@@ -77,7 +78,10 @@ from fractalkit.partition import SequenceChunks
 from fractalkit.training import budget
 from fractalkit.validation import read_json_file
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qm9" / "qm9.csv"
+#: the default data: QM9 on the Hugging Face Hub (180 MB, downloaded once and cached); ``--data``
+#: also takes a local .csv with a smiles column (or one SMILES per line, no header) or a .parquet
+#: file, such as ``../shared/data/qm9/qm9.csv``
+DATA = "yairschiff/qm9"
 #: atom types (element, formal charge): the original neutral vocabulary
 NEUTRAL_ATOMS: tuple[tuple[str, int], ...] = (("C", 0), ("N", 0), ("O", 0), ("F", 0))
 #: every (element, formal charge) pair in QM9's closed-shell molecules, most frequent first
@@ -97,13 +101,55 @@ def encoding_for(atoms: tuple[tuple[str, int], ...]) -> GraphEncoding:
     return GraphEncoding(MAX_ATOMS, num_node_types=len(atoms), num_edge_types=len(BOND_ORDERS))
 
 
-def read_smiles(path: Path = DATA, limit: int | None = None) -> list[str]:
-    """The SMILES column of ``qm9.csv`` (the first ``limit`` rows if given)."""
-    lines = Path(path).read_text().splitlines()
-    if lines[0].strip() != "smiles":
-        raise ValueError(f"read_smiles: expected a 'smiles' header in {path}, got {lines[0]!r}")
-    rows = [s.strip() for s in lines[1:] if s.strip()]
-    return rows if limit is None else rows[:limit]
+def read_smiles(path: str | Path = DATA, limit: int | None = None) -> list[str]:
+    """The SMILES column of QM9 (the first ``limit`` rows if given).
+
+    Args:
+        path: a Hub dataset name with a SMILES column (mapped by
+            :mod:`fractalkit.data.hub_datasets`), a ``.parquet`` file with a ``smiles`` column,
+            or a text/CSV file whose first line is the header ``smiles`` (one SMILES per line).
+        limit: the first ``limit`` rows only.
+
+    Raises:
+        ValueError: no smiles column or header, or no rows.
+    """
+    if hub_datasets.is_hub_name(path) or str(path).lower().endswith(".parquet"):
+        if hub_datasets.is_hub_name(path):
+            ds = hub_datasets.load_hub_dataset(str(path), kind="smiles")
+        else:
+            import datasets
+
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+            ds = ds.rename_columns({c: "smiles" for c in ds.column_names if c.lower() == "smiles" and c != "smiles"})
+        if "smiles" not in ds.column_names:
+            raise ValueError(f"read_smiles: {path} has no smiles column (columns: {ds.column_names})")
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        rows = [s.strip() for s in ds["smiles"] if s and s.strip()]
+    else:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        if not lines or lines[0].strip().lower() != "smiles":
+            raise ValueError(f"read_smiles: expected a 'smiles' header in {path}, got {lines[0] if lines else ''!r}")
+        rows = [s.strip() for s in lines[1:] if s.strip()]
+        rows = rows if limit is None else rows[:limit]
+    if not rows:
+        raise ValueError(f"read_smiles: {path} holds no SMILES")
+    return rows
+
+
+DATA_HELP = (f"QM9's SMILES: a Hugging Face Hub dataset name (default {DATA}, downloaded once and cached), "
+             "a .csv with a smiles header or a .parquet file with a smiles column")
+
+
+def check_data_argument(parser, value):
+    """``--data`` checked after parsing: a Hub name, or a non-empty .csv/.txt/.parquet file
+    (text where text is expected); one-line errors, exit code 2."""
+    path = cli.check_data(parser, "--data", value, expect="file", suffixes=(".csv", ".txt", ".smi", ".parquet"),
+                          what="a .csv/.txt file with a smiles header, a .parquet file or a Hub dataset name")
+    if path is not None and not isinstance(path, str) and path.suffix.lower() != ".parquet":
+        cli.check_data(parser, "--data", path, expect="file", text=True,
+                       what="a .csv/.txt file with a smiles header (UTF-8 text)")
+    return path
 
 
 def max_valences(atoms: tuple[tuple[str, int], ...]) -> list[int]:
@@ -190,7 +236,7 @@ def molecules_to_graphs(
 
 
 def prepare(
-    path: Path = DATA,
+    path: str | Path = DATA,
     *,
     limit: int | None = None,
     cache: Path | None = None,
@@ -200,7 +246,7 @@ def prepare(
     """Encoded molecules and their canonical SMILES (as rebuilt from the graphs), cached.
 
     Args:
-        path: ``qm9.csv``.
+        path: QM9's SMILES (see :func:`read_smiles`).
         limit: use the first ``limit`` rows only.
         cache: a ``.pt`` file to read the result from, or to write it to (preprocessing QM9
             takes a few minutes); None: no cache.
@@ -272,7 +318,7 @@ def graph_to_smiles(
     return out
 
 
-def canonical_qm9(path: Path = DATA, cache: Path | None = None) -> set[str]:
+def canonical_qm9(path: str | Path = DATA, cache: Path | None = None) -> set[str]:
     """Canonical SMILES (stereochemistry dropped) of every QM9 row RDKit parses: the full-QM9
     reference for novelty, whatever the filters of the training data. Cached like
     :func:`prepare`."""
@@ -646,6 +692,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--orderings-molecules", type=cli.positive_int, default=500,
                     help="M test molecules (a seeded subset) the importance-sampled log p(molecule) is computed on")
     ap.add_argument("--no-fcd", action="store_true", help="skip FCD (needs the fcd package)")
+    ap.add_argument("--data", default=DATA, help=DATA_HELP)
     cache = Path.home() / ".cache" / "fractalkit"
     ap.add_argument("--cache", type=Path, default=cache / "qm9_graphs.pt",
                     help="preprocessed QM9, neutral atoms (computed from the CSV on the first run)")
@@ -660,7 +707,8 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = cli.check_device(ap, args.device)
+    args.data = check_data_argument(ap, args.data)
     decodings = args.decodings.split(",")
     if set(decodings) - {"plain", "valence"}:
         ap.error(f"--decodings: expected plain and/or valence, got {args.decodings!r}")
@@ -684,11 +732,11 @@ def main(argv: list[str] | None = None) -> None:
     for charges in sorted({c for _, _, c, _ in specs.values()}):
         atoms = CHARGED_ATOMS if charges else NEUTRAL_ATOMS
         stats: dict = {}
-        x, smiles = prepare(cache=args.cache_charged if charges else args.cache, atoms=atoms, stats=stats)
+        x, smiles = prepare(args.data, cache=args.cache_charged if charges else args.cache, atoms=atoms, stats=stats)
         data[charges] = (atoms, *split(x, smiles), stats)
         print(f"{'charged' if charges else 'neutral'} atoms: {x.shape[0]} molecules "
               f"({data[charges][1].shape[0]} train, {data[charges][2].shape[0]} test); {stats}", flush=True)
-    full = canonical_qm9(cache=args.cache_full) if have_rdkit else None
+    full = canonical_qm9(args.data, cache=args.cache_full) if have_rdkit else None
     fcd = None
     if have_rdkit and not args.no_fcd:
         reference = sorted(full)

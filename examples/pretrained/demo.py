@@ -58,6 +58,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=Path("demo"))
     cli.add_debug_argument(p)
     args = p.parse_args(argv)
+    args.device = str(cli.check_device(p, args.device))
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} exists and is not a folder; give a folder (it is created if missing)")
     model = Fractal.from_pretrained(args.model, device=args.device)
     try:
         classes = [int(c) for c in args.classes.split(",")] if model.num_classes else []

@@ -38,28 +38,55 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fractalkit import ARLevelConfig, CategoricalLeafConfig, Fractal, SequenceChunks, cli
 from fractalkit.baselines import NGramModel, choose_order
+from fractalkit.data import hub_datasets
 from fractalkit.training import budget
 from fractalkit.validation import read_json_file
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+#: the default data: Tiny Shakespeare on the Hugging Face Hub (0.7 MB, downloaded once and cached);
+#: ``--data`` also takes a local UTF-8 .txt file such as ``../shared/data/tinyshakespeare/input.txt``
+DATA = "karpathy/tiny_shakespeare"
 SEQ_LEN = 256
 CHUNK = 16
 
 
-def load_corpus(path: Path = DATA) -> tuple[torch.Tensor, str]:
+def read_text(source: str | Path = DATA) -> str:
+    """The whole text of ``source``: a local UTF-8 file, or a Hub dataset name whose ``text``
+    rows (every split, in order) are joined.
+
+    Raises:
+        FileNotFoundError: a local ``source`` does not exist.
+        fractalkit.data.hub_datasets.DatasetUnavailableError: a Hub name that cannot be loaded.
+        ValueError: the text is empty or not UTF-8.
+    """
+    if hub_datasets.is_hub_name(source):
+        ds = hub_datasets.load_hub_dataset(str(source), kind="text", split="all")
+        if "text" not in ds.column_names:
+            raise ValueError(f"--data {source}: no text column (columns: {ds.column_names})")
+        text = "".join(ds["text"])
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--data {source} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not text:
+        raise ValueError(f"--data {source} holds no text")
+    return text
+
+
+def load_corpus(path: str | Path = DATA) -> tuple[torch.Tensor, str]:
     """The text as character indices and its vocabulary.
 
     Args:
-        path: a UTF-8 text file.
+        path: a UTF-8 text file, or a Hub dataset name with a ``text`` column.
 
     Returns:
         ``(data, vocab)``: int64 ``[num_chars]`` indices into ``vocab``, and ``vocab`` the sorted
         distinct characters (65 for Tiny Shakespeare).
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
+        FileNotFoundError: if a local ``path`` does not exist.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     vocab = "".join(sorted(set(text)))
     lookup = {ch: i for i, ch in enumerate(vocab)}
     return torch.tensor([lookup[ch] for ch in text], dtype=torch.int64), vocab
@@ -196,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     """Train both models for each budget and seed, fit the n-gram, and write the table."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     budget.add_budget_arguments(ap, batch=16, out=Path(__file__).parent / "results")
-    ap.add_argument("--data", type=Path, default=DATA, help="the Tiny Shakespeare input.txt")
+    ap.add_argument("--data", default=DATA, help="a UTF-8 .txt file or a Hugging Face Hub dataset with a "
+                    f"text column (default {DATA}, downloaded once and cached)")
     ap.add_argument("--cpu-budgets", type=cli.positive_float_list, default=None, help="CPU-second budgets (comma-separated); "
                     "overrides --budget-s and uses one thread")
     ap.add_argument("--seeds", type=cli.int_list, default=(0,), help="comma-separated seeds")
@@ -206,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cpu = bool(args.cpu_budgets)
     torch.set_num_threads(1 if cpu else args.threads)
-    device = torch.device(args.device)
+    device = cli.check_device(ap, args.device)
+    args.data = cli.check_data(ap, "--data", args.data, expect="file", text=True,
+                               what="a UTF-8 .txt file or a Hub dataset name such as karpathy/tiny_shakespeare")
     data, vocab = load_corpus(args.data)
     train_data, held_out = split_corpus(data)
     args.out.mkdir(parents=True, exist_ok=True)

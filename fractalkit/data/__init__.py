@@ -1,6 +1,8 @@
-"""Data helpers: natural-image crops for quick training runs and tiny enumerable spaces for tests.
+"""Data helpers: natural-image crops for quick training runs, tiny enumerable spaces for tests,
+and public datasets by name on the Hugging Face Hub (:mod:`fractalkit.data.hub_datasets`).
 
-Nothing here downloads; optional dependencies (scikit-image) are imported when first used.
+Nothing downloads at import; optional dependencies (scikit-image, datasets) are imported when
+first used.
 """
 
 from fractalkit.data.natural import PHOTOS, natural_image_crops

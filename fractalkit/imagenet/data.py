@@ -1,7 +1,9 @@
 """Image datasets for training and evaluating pixel models, through HuggingFace ``datasets``.
 
 Sources: a local image folder (``datasets``' ``imagefolder``: class sub-folders become labels), a
-parquet file (or a glob of them), or a dataset written with ``Dataset.save_to_disk``. With no
+parquet file (or a glob of them), a dataset written with ``Dataset.save_to_disk``, or a public
+dataset's name on the Hugging Face Hub (``zh-plus/tiny-imagenet``, ``uoft-cs/cifar10``; see
+:mod:`fractalkit.data.hub_datasets`). With no
 source, :class:`NaturalCrops` gives crops of the photographs inside scikit-image (no download).
 
 Every image is decoded to RGB, center-cropped to a square and resized to the target size (the
@@ -31,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from fractalkit.data.hub_datasets import is_hub_name, load_hub_dataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -309,14 +313,17 @@ def _open(source: str | os.PathLike, split: str) -> tuple[Any, str]:
 
     path = Path(source)
     text = str(source)
+    if is_hub_name(text):  # a public dataset by name, downloaded once and cached
+        return load_hub_dataset(text, kind="image", split=split), text
     if any(c in text for c in "*?["):
         if not list(path.parent.glob(path.name)):
             raise FileNotFoundError(f"data: no files match {text}")
         return datasets.load_dataset("parquet", data_files=text, split=split), text
     if not path.exists():
         raise FileNotFoundError(
-            f"data: {path} does not exist (expected an image folder, a .parquet file or a "
-            "dataset saved with save_to_disk)"
+            f"data: {path} does not exist (expected an image folder, a .parquet file, a "
+            "dataset saved with save_to_disk, or a Hugging Face Hub dataset name such as "
+            "zh-plus/tiny-imagenet)"
         )
     if path.is_file():
         if path.suffix.lower() != ".parquet":
@@ -360,8 +367,11 @@ def load_image_dataset(
     """Open an image dataset for a pixel model of resolution ``size``.
 
     Args:
-        source: an image folder, a ``.parquet`` file (or glob), a ``save_to_disk`` folder, or
-            None for :class:`NaturalCrops` (scikit-image photographs, no labels, no download).
+        source: an image folder, a ``.parquet`` file (or glob), a ``save_to_disk`` folder, a
+            Hugging Face Hub dataset name such as ``zh-plus/tiny-imagenet`` or ``uoft-cs/cifar10``
+            (downloaded once and cached; columns mapped by
+            :mod:`fractalkit.data.hub_datasets`), or None for :class:`NaturalCrops`
+            (scikit-image photographs, no labels, no download).
         size: target side S in pixels.
         split: the ``datasets`` split to read (slices such as ``"train[:10%]"`` work for
             folders and parquet files).
@@ -380,6 +390,8 @@ def load_image_dataset(
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
+        fractalkit.data.hub_datasets.DatasetUnavailableError: a Hub name that cannot be loaded
+            (offline without a cache, unknown or gated); the message says what to download.
         ValueError: not an image source, non-image files, labels out of range (images smaller
             than S raise when they are read).
     """

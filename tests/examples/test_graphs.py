@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -56,8 +55,7 @@ def test_missing_data_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(G, "load_graphs", functools.partial(G.load_graphs, data=DATA))  # no --data flag
-    G.main(["--dataset", "ego_small", "--max-steps", "2", "--batch", "4", "--num-orders", "2",
+    G.main(["--dataset", "ego_small", "--data", str(DATA), "--max-steps", "2", "--batch", "4", "--num-orders", "2",
             "--models", "ar-randbfs", "--out", str(tmp_path)])
     r = json.loads((tmp_path / "ego_small.json").read_text())["models"]["ar-randbfs"]
     assert r["steps"] == 2 and set(r["mmd"]) == {"degree", "clustering", "orbit"}
