@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fractalkit import cli
 from fractalkit.cli import positive_int
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +134,7 @@ def run(top_depth: int, folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--top-depth", type=positive_int, default=6, help="top-level blocks (published: 32)")
     parser.add_argument("--label", default="after", help="the entry to write (e.g. before, after)")
     parser.add_argument("--no-write", action="store_true", help="print only")
