@@ -80,3 +80,11 @@ def test_rgb_leaf_scoring_under_autocast_takes_the_generic_path() -> None:
         want = Leaf.observed_log_probs(leaf, x, cond)
     assert got.dtype == torch.float32
     assert torch.equal(got, want)
+
+
+def test_observed_log_softmax_refuses_a_second_derivative_loudly() -> None:
+    logits = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 6, (4,))
+    (grad,) = torch.autograd.grad(observed_log_softmax(logits, index).sum(), logits, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|differentiate|does not require grad"):
+        grad.sum().backward()

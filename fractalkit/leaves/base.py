@@ -38,8 +38,9 @@ class _ObservedLogSoftmax(torch.autograd.Function):
         return logp.gather(-1, index[..., None]).squeeze(-1)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        """``d/dlogits = grad * (onehot(index) - softmax(logits))``."""
+        """``d/dlogits = grad * (onehot(index) - softmax(logits))`` (not differentiable again)."""
         logp, index = ctx.saved_tensors
         out = logp.exp().mul_(grad[..., None].neg())
         out.scatter_add_(-1, index[..., None], grad[..., None])
@@ -51,7 +52,9 @@ def observed_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
 
     Equal to ``logits.log_softmax(-1).gather(-1, index[..., None]).squeeze(-1)`` (the same
     values; the gradient up to rounding), with a backward pass that allocates one
-    logits-sized buffer instead of two.
+    logits-sized buffer instead of two. That backward pass is not differentiable itself
+    (``create_graph=True`` through it raises); compute the plain expression for higher-order
+    derivatives.
 
     Args:
         logits: ``[..., V]`` floats.
