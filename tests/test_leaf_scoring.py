@@ -88,3 +88,15 @@ def test_observed_log_softmax_refuses_a_second_derivative_loudly() -> None:
     (grad,) = torch.autograd.grad(observed_log_softmax(logits, index).sum(), logits, create_graph=True)
     with pytest.raises(RuntimeError, match=r"once_differentiable|differentiate|does not require grad"):
         grad.sum().backward()
+
+
+def test_rgb_leaf_subclass_with_its_own_logits_is_scored_by_them() -> None:
+    class Shifted(RGBLeaf):
+        def element_logits(self, x, cond):
+            return super().element_logits(x, cond) + torch.arange(64, dtype=cond.dtype)
+
+    torch.manual_seed(0)
+    leaf = Shifted((3,), 24, 5, num_values=64, width=16, depth=1, heads=2)
+    x = torch.randint(0, 64, (6, 3))
+    cond = torch.randn(6, 5, 24)
+    torch.testing.assert_close(leaf.observed_log_probs(x, cond), _generic(leaf, x, cond))
