@@ -9,9 +9,12 @@ The models' training steps (forward, backward, AdamW) are timed in turn, one ste
 round, so the MAR/AR ratio is taken pair by pair (a shared machine drifts); then one more step
 of each is split level by level: each level's transformer forward (module hooks on its ``backbone``, the
 leaf's included) and the rest of the forward pass (embeddings, masking, gathering and scattering
-children, condition assembly, the loss), and the backward pass as a whole.
+children, condition assembly, the loss), and the backward pass as a whole. With ``--profile``
+one more step of each model runs under ``torch.profiler``, forward and backward separately: the
+operators with the largest self CPU time and their shares (what to quote on a shared machine,
+where the shares drift less than the seconds), plus the attention kernels' share.
 
-Run: ``PYTHONPATH=. python benchmarks/small_models.py --threads 2``
+Run: ``PYTHONPATH=. python benchmarks/small_models.py --threads 2 [--profile]``
 (writes benchmarks/results/small_models[_TAG].json).
 """
 
@@ -105,7 +108,30 @@ class Trainer:
                 "optimizer_s": opt_s}
 
 
-def measure(kinds: list[str], batch: int, steps: int) -> dict:
+def _op_shares(prof, top: int) -> dict:
+    """The ``top`` operators by self CPU time of a profile, with their shares of the total."""
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    ops = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return {"self_cpu_ms_total": total / 1e3, "attention_kernels_share": attention / total,
+            "top_ops": [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                         "share": e.self_cpu_time_total / total} for e in ops]}
+
+
+def profile_step(trainer: Trainer, top: int = 15) -> dict:
+    """One step under ``torch.profiler``: forward and backward operator shares, separately."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as fwd:
+        loss = trainer.model.loss(trainer.x, trainer.y, generator=trainer.g)
+    with profile(activities=[ProfilerActivity.CPU]) as bwd:
+        loss.total.backward()
+    trainer.opt.zero_grad(set_to_none=True)
+    return {"forward": _op_shares(fwd, top), "backward": _op_shares(bwd, top)}
+
+
+def measure(kinds: list[str], batch: int, steps: int, profiled: bool = False) -> dict:
     """Steps of the models in turn (one step each per round), then one split step each."""
     trainers = [Trainer(kind, batch) for kind in kinds]
     for t in trainers:
@@ -126,10 +152,15 @@ def measure(kinds: list[str], batch: int, steps: int) -> dict:
             "split_step": t.split_step(),
             "parameters": sum(p.numel() for p in t.model.parameters()),
         }
+        if profiled:
+            runs[t.kind]["profile"] = profile_step(t)
     out = {"batch": batch, "steps_per_model": steps, "runs": runs}
     if set(times) == {"mar", "ar"}:
         ratios = [sum(m) / sum(a) for m, a in zip(times["mar"], times["ar"], strict=True)]
         out["mar_over_ar_step"] = {"per_round": ratios, "median": statistics.median(ratios)}
+        for i, phase in enumerate(("forward", "backward")):
+            ratios = [m[i] / a[i] for m, a in zip(times["mar"], times["ar"], strict=True)]
+            out[f"mar_over_ar_{phase}"] = {"per_round": ratios, "median": statistics.median(ratios)}
     return out
 
 
@@ -140,12 +171,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=cli.positive_int, default=2)
     parser.add_argument("--models", nargs="+", default=["mar", "ar"], choices=["mar", "ar"])
     parser.add_argument("--tag", default="", help="suffix of the results file name")
+    parser.add_argument("--profile", action="store_true",
+                        help="also one profiled step per model: operator shares, forward and backward")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with mock.patch("fractalkit.levels.mar.training_mask_counts", fixed_mask_counts):
-        result = measure(args.models, args.batch, args.steps)
-    print(json.dumps(result, indent=1), flush=True)
+        result = measure(args.models, args.batch, args.steps, args.profile)
+    for kind, run in result["runs"].items():
+        print(f"{kind}: step {run['step_s_median']:.3f} s (forward {run['forward_s_median']:.3f}, "
+              f"backward {run['backward_s_median']:.3f}, optimizer {run['optimizer_s_median']:.3f})")
+        for phase, prof in run.get("profile", {}).items():
+            print(f"  {phase}: {prof['self_cpu_ms_total']:.0f} ms self CPU, attention kernels "
+                  f"{100 * prof['attention_kernels_share']:.1f}%")
+            for op in prof["top_ops"][:8]:
+                print(f"    {100 * op['share']:5.1f}%  {op['self_cpu_ms']:8.1f} ms  {op['calls']:4d}  {op['op']}")
+    if "mar_over_ar_step" in result:
+        ratio = result["mar_over_ar_step"]
+        print(f"MAR / AR step: median {ratio['median']:.3f} (rounds: "
+              f"{', '.join(f'{r:.3f}' for r in ratio['per_round'])})", flush=True)
     machine = {"cpu_flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
                "load_average": list(os.getloadavg())}
     RESULTS.mkdir(exist_ok=True)

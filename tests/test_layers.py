@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -189,3 +190,24 @@ def test_linear_keeps_nn_linear_state_dict() -> None:
     layer = Linear(4, 3)
     assert isinstance(layer, torch.nn.Linear)
     assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("n", "s", "width", "heads"), [(3, 5, 16, 4), (7, 3, 64, 4), (2, 21, 32, 2), (1, 1, 8, 1)])
+def test_attention_without_rope_equals_the_permuted_formulation(causal, n, s, width, heads) -> None:
+    """The [N, S, 3, H, E] unbind-then-transpose views give the same outputs and gradients, bit
+    for bit, as permuting the packed product first (what the layer computed before)."""
+    torch.manual_seed(n * 100 + s)
+    attn = Attention(width, heads, bias=True)
+    x = torch.randn(n, s, width, requires_grad=True)
+    e = width // heads
+    qkv = attn.qkv(x).view(n, s, 3, heads, e).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal and s > 1)
+    ref = attn.proj(ref.transpose(1, 2).reshape(n, s, width))
+    got = attn(x, causal=causal)
+    assert torch.equal(got, ref)
+    grad = torch.randn_like(got)
+    params = [x, *attn.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(ref, params, grad), strict=True):
+        assert torch.equal(a, b)

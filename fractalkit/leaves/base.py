@@ -21,6 +21,53 @@ from fractalkit.sampling.rng import sample_categorical
 from fractalkit.validation import check_integer, check_probabilities
 
 
+class _ObservedLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits).gather(index)`` with one fused backward pass.
+
+    Autograd's backward of the two ops allocates and zero-fills a logits-sized gradient for the
+    gather, then a second for the log-softmax; this forms ``onehot(index) - softmax`` scaled by
+    the incoming gradient in one logits-sized buffer (the leaves' logits are the largest
+    tensors of a small model's training step: 66 MB for the small MAR's pixels).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor) -> Tensor:
+        """``[..., V]`` logits and int64 ``[...]`` index to ``[...]`` log-probabilities."""
+        logp = logits.log_softmax(-1)
+        ctx.save_for_backward(logp, index)
+        return logp.gather(-1, index[..., None]).squeeze(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        """``d/dlogits = grad * (onehot(index) - softmax(logits))`` (not differentiable again)."""
+        logp, index = ctx.saved_tensors
+        out = logp.exp().mul_(grad[..., None].neg())
+        out.scatter_add_(-1, index[..., None], grad[..., None])
+        return out, None
+
+
+def observed_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+    """The log-softmax of ``logits`` over their last dim, read at ``index``.
+
+    Equal to ``logits.log_softmax(-1).gather(-1, index[..., None]).squeeze(-1)`` (the same
+    values; the gradient up to rounding), with a backward pass that allocates one
+    logits-sized buffer instead of two. That backward pass is not differentiable itself
+    (``create_graph=True`` through it raises); compute the plain expression for higher-order
+    derivatives.
+
+    Args:
+        logits: ``[..., V]`` floats.
+        index: int64 ``[...]``, values in ``[0, V)``.
+
+    Returns:
+        ``[...]`` natural-log probabilities, ``logits``' dtype.
+    """
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _ObservedLogSoftmax.apply(logits, index)
+    return logits.log_softmax(-1).gather(-1, index[..., None]).squeeze(-1)
+
+
 class Leaf(AbstractGenerator):
     """A generator with no child: categorical distributions over its E elements.
 
@@ -147,7 +194,7 @@ class Leaf(AbstractGenerator):
         """
         logits = self.element_logits(x, cond)  # [M, E, V]
         acc = accumulation_dtype(logits.dtype)
-        return logits.to(acc).log_softmax(-1).gather(-1, x[..., None]).squeeze(-1)
+        return observed_log_softmax(logits.to(acc), x)
 
     def score(self, x: Tensor, cond: Tensor, ctx: ScoreContext) -> Score:
         """Exact log-probabilities of ``x [M, *event]``; see :meth:`AbstractGenerator.score`."""

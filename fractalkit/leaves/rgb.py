@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from fractalkit.config import BuildContext, LeafConfig
-from fractalkit.leaves.base import Leaf
+from fractalkit.leaves.base import Leaf, observed_log_softmax
 from fractalkit.nn.blocks import Backbone
 from fractalkit.nn.init import xavier_init
 from fractalkit.nn.linear import Linear
@@ -66,14 +66,42 @@ class RGBLeaf(Leaf):
         """Xavier-uniform linears with zero bias; codebooks N(0, 0.02); LayerNorms (1, 0)."""
         xavier_init(self)
 
-    def element_logits(self, x: Tensor, cond: Tensor) -> Tensor:
-        """``[M, E]`` values and ``[M, T, D]`` condition to ``[M, E, V]`` logits."""
+    def hidden(self, x: Tensor, cond: Tensor) -> Tensor:
+        """``[M, E]`` values and ``[M, T, D]`` condition to the ``[M, E, W]`` outputs that
+        channel e's logits are read from (position e)."""
         e = x.shape[1]
         tokens = [self.cond_proj(cond[:, 0])]  # [M, W]
         tokens += [self.codebooks[i](x[:, i]) for i in range(e - 1)]
-        h = self.backbone(self.ln(torch.stack(tokens, dim=1)), causal=True)  # [M, E, W]
+        return self.backbone(self.ln(torch.stack(tokens, dim=1)), causal=True)  # [M, E, W]
+
+    def element_logits(self, x: Tensor, cond: Tensor) -> Tensor:
+        """``[M, E]`` values and ``[M, T, D]`` condition to ``[M, E, V]`` logits."""
+        h = self.hidden(x, cond)
         weights = torch.stack([cb.weight for cb in self.codebooks])  # [E, V, W]
         return torch.einsum("mew,evw->mev", h, weights) + self.out_bias  # [M, E, V]
+
+    def observed_log_probs(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Teacher-forced log-probability of each channel's observed value, ``[M, E]``.
+
+        The logits are formed channel-major, ``[E, M, V]``, by one batched product into which
+        the bias is added in place, so that neither the forward nor the backward pass copies a
+        logits-sized tensor between layouts (the logits are the largest tensors of a small
+        model's training step). Under autocast or in 16-bit weights the generic path
+        (:meth:`Leaf.observed_log_probs`) keeps its casts, and so does a subclass that
+        redefines :meth:`element_logits`.
+        """
+        weight = self.out_bias
+        if (
+            weight.dtype not in (torch.float32, torch.float64)
+            or torch.is_autocast_enabled(weight.device.type)
+            or type(self).element_logits is not RGBLeaf.element_logits
+        ):
+            return super().observed_log_probs(x, cond)
+        h = self.hidden(x, cond).to(weight.dtype)  # [M, E, W]
+        weights = torch.stack([cb.weight for cb in self.codebooks])  # [E, V, W]
+        logits = torch.bmm(h.transpose(0, 1), weights.transpose(1, 2))  # [E, M, V]
+        logits = logits.add_(self.out_bias[:, None, :])
+        return observed_log_softmax(logits, x.t()).t().contiguous()  # [M, E]
 
 
 @register("rgb")

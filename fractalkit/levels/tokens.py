@@ -19,6 +19,7 @@ strategy* makes the T' condition tokens each selected child hands its own child:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fractalkit.nn.init import xavier_init
@@ -104,11 +105,15 @@ class GridNeighbourTokens(ChildTokenStrategy):
         """``[M, 5, D]``."""
         # One gather of the M children's tokens only (training masks ~80% of the children):
         # forming every child's tokens first and then selecting was a second full-size copy.
+        # Rows of the flattened [N * (k + 1), D] outputs, as an embedding lookup: its backward
+        # (rows split between threads, each summing its rows' gradients in order) takes less
+        # time than advanced indexing's accumulating index_put, and stays deterministic.
         n, k, d = h.shape
         padded = torch.cat([h, h.new_zeros(n, 1, d)], dim=1)  # index k holds zeros
         own = torch.arange(k, device=h.device)[:, None]
         index = torch.cat([own, self.neighbours.where(self.neighbours >= 0, k)], dim=1)  # [k, 5]
-        return padded[rows[:, None], index[cols]]  # [M, 5, D]
+        flat = (rows[:, None] * (k + 1) + index[cols]).reshape(-1)  # [M * 5]
+        return F.embedding(flat, padded.view(n * (k + 1), d)).view(rows.shape[0], 5, d)  # [M, 5, D]
 
     def select_passes(self, h: Tensor, children: Tensor, visible: Tensor) -> Tensor:
         """``[N * k, 5, D]``: child c's and its neighbours' outputs in child c's pass."""

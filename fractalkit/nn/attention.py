@@ -151,12 +151,16 @@ class Attention(nn.Module):
             ``[N, S, D]``.
         """
         n, s, d = x.shape
-        qkv = self.qkv(x).view(n, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(n, s, 3, self.heads, self.head_dim)
         if rope is not None:  # queries and keys rotated together: half the small ops
+            qkv = qkv.permute(2, 0, 3, 1, 4)
             q, k = apply_rope(qkv[:2], rope).unbind(0)
             v = qkv[2]
         else:
-            q, k, v = qkv.unbind(0)
+            # Unbound along the packed dim, then transposed: the same [N, H, S, E] views as
+            # permuting first, but the backward pass stacks their gradients straight into the
+            # [N, S, 3, H, E] layout of the product (permuting first costs one more copy).
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         mask = None
         is_causal = False  # a branch, not `causal and s > 1`: a plain bool under symbolic shapes
         if causal and s > 1:
