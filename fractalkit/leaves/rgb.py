@@ -87,14 +87,15 @@ class RGBLeaf(Leaf):
         the bias is added in place, so that neither the forward nor the backward pass copies a
         logits-sized tensor between layouts (the logits are the largest tensors of a small
         model's training step). Under autocast or in 16-bit weights the generic path
-        (:meth:`Leaf.observed_log_probs`) keeps its casts, and so does a subclass that
-        redefines :meth:`element_logits`.
+        (:meth:`Leaf.observed_log_probs`) keeps its casts, and so does a subclass or an instance
+        that redefines :meth:`element_logits`.
         """
         weight = self.out_bias
         if (
             weight.dtype not in (torch.float32, torch.float64)
             or torch.is_autocast_enabled(weight.device.type)
             or type(self).element_logits is not RGBLeaf.element_logits
+            or "element_logits" in vars(self)  # replaced on this instance (e.g. to capture logits)
         ):
             return super().observed_log_probs(x, cond)
         h = self.hidden(x, cond).to(weight.dtype)  # [M, E, W]
