@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import http.client
 import json
 import os
@@ -61,7 +60,7 @@ from typing import Any
 from fractalkit.config import FractalConfig
 from fractalkit.filelock import waiting_lock
 from fractalkit.protocol import SampleOptions
-from fractalkit.validation import read_json_file
+from fractalkit.validation import file_sha256, read_json_file
 
 __all__ = [
     "CACHE_ENV",
@@ -537,14 +536,6 @@ def download(
     return dest
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---- folders ------------------------------------------------------------------------------------
 
 
@@ -994,14 +985,14 @@ def _damaged(release: Release, folder: Path, detail: str) -> PretrainedError:
 
 
 def _file_record(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _source_record(url: str, original: Path, folder: Path) -> str:
     """source.json: where the original came from (its size and SHA-256) and the size and
     SHA-256 of every file the cached folder loads, checked on every later load."""
     files = {n: _file_record(folder / n) for n in _CHECKED_FILES if (folder / n).is_file()}
-    record = {"url": url, "bytes": original.stat().st_size, "sha256": _sha256(original), "files": files}
+    record = {"url": url, "bytes": original.stat().st_size, "sha256": file_sha256(original), "files": files}
     return json.dumps(record, indent=2) + "\n"
 
 
@@ -1042,7 +1033,7 @@ def _verify_cached(release: Release, folder: Path) -> dict[str, Any] | None:
             raise _damaged(release, folder, f"{name} has {size:,} bytes, {SOURCE_FILE} records "
                            f"{want.get('bytes')!r} (truncated or replaced)")
     for name in _CHECKED_FILES:
-        if name in files and _sha256(folder / name) != files[name].get("sha256"):
+        if name in files and file_sha256(folder / name) != files[name].get("sha256"):
             raise _damaged(release, folder, f"{name} does not have the SHA-256 {SOURCE_FILE} records "
                            "(its bytes changed since it was cached)")
     return None

@@ -104,7 +104,7 @@ def _target(tmp_path: Path, entry: str, what: str) -> Path:
         _hostile_file(folder / "model.safetensors", what)
         return folder
     from fractalkit.training import save_checkpoint
-    from fractalkit.training.checkpoint import _sha256
+    from fractalkit.validation import file_sha256 as _sha256
 
     folder = save_checkpoint(tmp_path / "ckpt", _tiny(), step=1)
     weights = _hostile_file(folder / "model.safetensors", what)

@@ -29,7 +29,6 @@ reference images (ADM's reference batches), which precision/recall need.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fractalkit.validation import check_count
+from fractalkit.validation import check_count, file_sha256
 
 __all__ = [
     "INCEPTION_ENV",
@@ -419,20 +418,12 @@ def _expected_sha256(sha256: str | None) -> str | None:
     return None
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify_inception(path: Path, expected: str | None) -> str | None:
     """Check the Inception file's SHA-256 against ``expected`` or the recorded hash, before any of
     its code is loaded; returns the hash to record when neither exists (first use), else None."""
     from fractalkit.hub import cache_dir
 
-    actual = _file_sha256(path)
+    actual = file_sha256(path)
     fix = (f"Delete {path} and download {INCEPTION_URL} again (or pass download=True)")
     if expected is not None:
         if actual != expected:

@@ -26,7 +26,6 @@ when the umask allows it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -41,7 +40,7 @@ from torch import Tensor
 from fractalkit.filelock import writer_lock
 from fractalkit.fractal import Fractal
 from fractalkit.legacy import upgrade_config, upgrade_optimizer_state, upgrade_state_dict
-from fractalkit.validation import nonfinite_tensors, read_json_file
+from fractalkit.validation import file_sha256, nonfinite_tensors, read_json_file
 
 __all__ = [
     "Checkpoint",
@@ -90,14 +89,6 @@ class Checkpoint:
     ema: dict[str, Tensor] | None = None
     rng: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -293,7 +284,7 @@ def _write(final: Path, model: Fractal, step: int, optimizer: Any, scheduler: An
         files = {}
         for f in sorted(tmp.iterdir()):
             _fsync(f)
-            files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            files[f.name] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
         manifest = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -359,7 +350,7 @@ def _verify(folder: Path) -> dict[str, Any]:
                 f"load_checkpoint: {f} is {size} bytes but was written with {info['bytes']} "
                 "(truncated or overwritten?)"
             )
-        if _sha256(f) != info["sha256"]:
+        if file_sha256(f) != info["sha256"]:
             raise CheckpointError(f"load_checkpoint: {f} is corrupt (its SHA-256 does not match {mpath})")
     return manifest
 
