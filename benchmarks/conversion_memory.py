@@ -78,7 +78,7 @@ def write_original_checkpoint(path: Path, top_depth: int, seed: int = 0) -> int:
 
 
 _MEASURE = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 import torch
 import fractalkit
 from fractalkit import Fractal, hub
@@ -93,7 +93,11 @@ def reset_peak():  # VmHWM := VmRSS (Linux >= 4.0); the import's own peak is not
         f.write("5")
 
 stage, cache, name, heads = sys.argv[1], sys.argv[2], sys.argv[3], tuple(json.loads(sys.argv[4]))
-hub.register_release(fractalgen_release(name, "http://127.0.0.1:9/unreachable.pth", 1.0, heads=heads))
+# the release declares the original file's true size in bytes (checked before conversion);
+# the load stage reads the cached folder by path, where the original is gone
+original = f"{cache}/fractalgen/{name}/checkpoint-last.pth"
+size = os.path.getsize(original) if os.path.exists(original) else 1
+hub.register_release(fractalgen_release(name, "http://127.0.0.1:9/unreachable.pth", size, heads=heads))
 reset_peak()
 base = status("VmRSS")
 start = time.perf_counter()

@@ -61,7 +61,7 @@ def _original_checkpoint(path: Path, top_depth: int) -> int:
 # peak (ru_maxrss of a child inherits the pytest process's), and clear_refs 5 resets it to the
 # current RSS so the imports' own peak is not counted.
 _MEASURE = r"""
-import json, resource, sys
+import json, os, resource, sys
 import torch
 from fractalkit import Fractal, hub
 from fractalkit.imagenet.releases import fractalgen_release
@@ -71,7 +71,11 @@ def status(field):
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
 
 stage, cache, name, heads = sys.argv[1], sys.argv[2], sys.argv[3], tuple(json.loads(sys.argv[4]))
-hub.register_release(fractalgen_release(name, "http://127.0.0.1:9/unreachable.pth", 1.0, heads=heads))
+# the release declares the original file's true size in bytes (checked before conversion);
+# the load stage reads the cached folder by path, where the original is gone
+original = f"{cache}/fractalgen/{name}/checkpoint-last.pth"
+size = os.path.getsize(original) if os.path.exists(original) else 1
+hub.register_release(fractalgen_release(name, "http://127.0.0.1:9/unreachable.pth", size, heads=heads))
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 base = status("VmRSS")
