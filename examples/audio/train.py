@@ -43,7 +43,8 @@ Usage (from the repository root)::
 
     PYTHONPATH=. python examples/audio/train.py --budgets 60,180 --seeds 0,1,2
 
-writes ``results.json``, ``samples/*.wav``, ``samples_<bits>bit.png`` and prints Markdown
+writes ``results.json``, ``samples/*.wav``, ``samples_<bits>bit.png`` into ``--out`` (default
+``runs/audio-results``; the committed figures: ``--out examples/audio/results``) and prints Markdown
 tables (and, for conditional models with an unconditional one at the same budget, Welch's
 t-test of the difference over seeds).
 """
@@ -494,7 +495,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=DATA, help="the FSDD recordings: a parquet file or a Hugging Face Hub "
                     f"dataset name (default {DATA}, downloaded once and cached)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--out", type=Path, default=Path("runs/audio-results"),
+                    help="results folder (default runs/audio-results; the committed figures: --out examples/audio/results)")
     ap.add_argument("--results", default="", help="results file name in --out (default: results.json, "
                     "results_16bit.json for --bits 16)")
     ap.add_argument("--bits", type=cli.positive_int, default=8, choices=(8, 16))

@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-orders", type=cli.positive_int, default=64, help="K orders per test graph")
     ap.add_argument("--threads", type=cli.positive_int, default=1, help="1: fastest on a shared CPU")
     ap.add_argument("--seed", type=cli.non_negative_int, default=0)
-    ap.add_argument("--out", type=cli.output_folder, default=Path(__file__).parent / "results")
+    ap.add_argument("--out", type=cli.output_folder, default=Path("runs/graphs-results"),
+                    help="results folder (default runs/graphs-results; the committed figures: --out examples/graphs/results)")
     cli.add_debug_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

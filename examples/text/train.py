@@ -22,7 +22,8 @@ Usage (from the repository root)::
 
 (budgets in CPU seconds of this process, one thread) or, on a GPU,
 ``--device cuda --budget-s 70 --batch 64`` (wall-clock, one seed, the model sizes of the GPU
-table); writes ``results.json``, ``samples.txt`` and prints a Markdown table.
+table); writes ``results.json``, ``samples.txt`` into ``--out`` (default ``runs/text-results``;
+the committed figures: ``--out examples/text/results``) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ def ngram_baseline(train_data: torch.Tensor, held_out: torch.Tensor, vocab_size:
 def main(argv: list[str] | None = None) -> None:
     """Train both models for each budget and seed, fit the n-gram, and write the table."""
     ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
-    budget.add_budget_arguments(ap, batch=16, out=Path(__file__).parent / "results")
+    # runs write under the ignored runs/; the committed figures pass --out examples/text/results
+    budget.add_budget_arguments(ap, batch=16, out=Path("runs/text-results"))
     ap.add_argument("--data", default=DATA, help="a UTF-8 .txt file or a Hugging Face Hub dataset with a "
                     f"text column (default {DATA}, downloaded once and cached)")
     ap.add_argument("--cpu-budgets", type=cli.positive_float_list, default=None, help="CPU-second budgets (comma-separated); "

@@ -59,3 +59,42 @@ def test_a_default_run_writes_under_runs_and_leaves_the_committed_results(tmp_pa
     assert json.loads((made / "results.json").read_text())["train_steps"] == 2
     assert (tmp_path / "runs" / "digits" / "config.json").is_file()
     assert {p.name: p.read_bytes() for p in COMMITTED.iterdir()} == before
+
+
+class _Parsed(Exception):
+    """Raised by the patched parse_args once an example's arguments parsed."""
+
+
+# Every example that writes a results folder: a run with the defaults must not rewrite the
+# committed figures beside the script (the class of the quick start's results.json).
+RESULT_WRITERS = [
+    "examples/audio/train.py",
+    "examples/graphs/train.py",
+    "examples/text/train.py",
+    "examples/molecules/train.py",
+    "examples/molecules/conditional.py",
+]
+
+
+@pytest.mark.parametrize("script", RESULT_WRITERS)
+def test_every_example_writes_its_default_results_under_runs(script: str, tmp_path: Path, monkeypatch) -> None:
+    import argparse
+    import sys
+
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    spec = importlib.util.spec_from_file_location(f"results_writer_{Path(script).parent.name}", ROOT / script)
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str((ROOT / script).parent))
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(sys, "argv", [script])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(_Parsed) as parsed:
+        example.main([])
+    out = Path(parsed.value.args[0].out).resolve()
+    assert out.is_relative_to(tmp_path / "runs"), out
+    assert not out.is_relative_to(ROOT / "examples"), out
