@@ -14,6 +14,11 @@ one more step of each model runs under ``torch.profiler``, forward and backward 
 operators with the largest self CPU time and their shares (what to quote on a shared machine,
 where the shares drift less than the seconds), plus the attention kernels' share.
 
+Like :class:`fractalkit.training.Trainer` on the CPU, the script first lets glibc keep freed
+tensor memory for the next step (:func:`fractalkit.hostmem.keep_freed_host_memory`);
+``--no-keep-host-memory`` leaves the C library's defaults (each step then page-faults its large
+buffers back in; the minor page faults per step are recorded either way).
+
 Run: ``PYTHONPATH=. python benchmarks/small_models.py --threads 2 [--profile]``
 (writes benchmarks/results/small_models[_TAG].json).
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -35,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_flags
 
 from fractalkit import Fractal, cli
+from fractalkit.hostmem import keep_freed_host_memory
 from fractalkit.leaves.rgb import RGBLeafConfig
 from fractalkit.levels.ar import ARLevelConfig
 from fractalkit.levels.mar import MARLevelConfig
@@ -80,6 +87,7 @@ class Trainer:
 
     def step(self) -> tuple[float, float, float]:
         """One training step: forward, backward and optimizer seconds."""
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         loss = self.model.loss(self.x, self.y, generator=self.g)
         t1 = time.perf_counter()
@@ -87,7 +95,9 @@ class Trainer:
         t2 = time.perf_counter()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return t1 - t0, t2 - t1, time.perf_counter() - t2
+        t3 = time.perf_counter()
+        self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        return t1 - t0, t2 - t1, t3 - t2
 
     def split_step(self) -> dict:
         """One more step with each level's transformer forward timed by module hooks."""
@@ -137,9 +147,11 @@ def measure(kinds: list[str], batch: int, steps: int, profiled: bool = False) ->
     for t in trainers:
         t.step()  # warm-up
     times: dict[str, list] = {t.kind: [] for t in trainers}
+    faults: dict[str, list] = {t.kind: [] for t in trainers}
     for _ in range(steps):
         for t in trainers:
             times[t.kind].append(t.step())
+            faults[t.kind].append(t.faults)
     runs = {}
     for t in trainers:
         ts = times[t.kind]
@@ -149,6 +161,7 @@ def measure(kinds: list[str], batch: int, steps: int, profiled: bool = False) ->
             "forward_s_median": statistics.median(x[0] for x in ts),
             "backward_s_median": statistics.median(x[1] for x in ts),
             "optimizer_s_median": statistics.median(x[2] for x in ts),
+            "minor_page_faults_per_step_median": statistics.median(faults[t.kind]),
             "split_step": t.split_step(),
             "parameters": sum(p.numel() for p in t.model.parameters()),
         }
@@ -171,16 +184,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=cli.positive_int, default=2)
     parser.add_argument("--models", nargs="+", default=["mar", "ar"], choices=["mar", "ar"])
     parser.add_argument("--tag", default="", help="suffix of the results file name")
+    parser.add_argument("--no-keep-host-memory", action="store_true",
+                        help="leave glibc's malloc defaults (freed large buffers go back to the kernel)")
     parser.add_argument("--profile", action="store_true",
                         help="also one profiled step per model: operator shares, forward and backward")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept = False if args.no_keep_host_memory else keep_freed_host_memory()
     with mock.patch("fractalkit.levels.mar.training_mask_counts", fixed_mask_counts):
         result = measure(args.models, args.batch, args.steps, args.profile)
     for kind, run in result["runs"].items():
         print(f"{kind}: step {run['step_s_median']:.3f} s (forward {run['forward_s_median']:.3f}, "
-              f"backward {run['backward_s_median']:.3f}, optimizer {run['optimizer_s_median']:.3f})")
+              f"backward {run['backward_s_median']:.3f}, optimizer {run['optimizer_s_median']:.3f}); "
+              f"{run['minor_page_faults_per_step_median']:.0f} minor page faults per step")
         for phase, prof in run.get("profile", {}).items():
             print(f"  {phase}: {prof['self_cpu_ms_total']:.0f} ms self CPU, attention kernels "
                   f"{100 * prof['attention_kernels_share']:.1f}%")
@@ -191,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"MAR / AR step: median {ratio['median']:.3f} (rounds: "
               f"{', '.join(f'{r:.3f}' for r in ratio['per_round'])})", flush=True)
     machine = {"cpu_flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
-               "load_average": list(os.getloadavg())}
+               "load_average": list(os.getloadavg()), "keep_freed_host_memory": kept}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"small_models{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({"machine": machine, **result}, indent=2))

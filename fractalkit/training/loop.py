@@ -55,6 +55,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from fractalkit.filelock import writer_lock
+from fractalkit.hostmem import keep_freed_host_memory
 from fractalkit.training.checkpoint import Checkpoint, save_checkpoint
 from fractalkit.training.distributed import is_distributed, parameter_digest
 from fractalkit.training.ema import EMA
@@ -183,6 +184,10 @@ class Trainer:
         find_unused_parameters: for DistributedDataParallel; None: decided by one probe step
             (True when it leaves a parameter without a gradient).
         handle_signals: catch SIGINT/SIGTERM during :meth:`fit` (finish the step, save, return).
+        keep_host_memory: for a model on the CPU, let :meth:`fit` call
+            :func:`fractalkit.hostmem.keep_freed_host_memory` (glibc keeps freed tensor memory
+            for the next step instead of page-faulting it back; process-wide; the process keeps
+            its peak footprint). False: leave the C library's settings alone.
 
     Raises:
         ValueError: inconsistent settings (no stopping rule, ``save_every`` without ``out``,
@@ -223,6 +228,7 @@ class Trainer:
         advice: str = "lower the learning rate or clip gradients",
         find_unused_parameters: bool | None = None,
         handle_signals: bool = True,
+        keep_host_memory: bool = True,
     ) -> None:
         if steps is not None:
             check_integer("Trainer", "steps", steps)
@@ -279,6 +285,7 @@ class Trainer:
         self.advice = advice
         self.find_unused_parameters = find_unused_parameters
         self.handle_signals = handle_signals
+        self.keep_host_memory = keep_host_memory
         self.rank = dist.get_rank() if is_distributed() else 0
         self.world = dist.get_world_size() if is_distributed() else 1
         #: optimizer steps taken (restored by :meth:`restore`)
@@ -457,6 +464,8 @@ class Trainer:
         """
         if (next_batch is None) == (batches is None):
             raise ValueError("Trainer.fit: give exactly one of next_batch and batches")
+        if self.keep_host_memory and self.device.type == "cpu":
+            keep_freed_host_memory()  # each step reuses the last one's buffers, no page faults
         # One writer per run folder, for the whole run (its checkpoint saves take the same lock)
         lock = (
             writer_lock(self.out, what="Trainer.fit")
