@@ -14,6 +14,11 @@ pass, Adafactor: the memory options a user can choose). ``--compile`` opts in to
 after one top-level step, warms up and is reported apart); ``--checkpointing`` turns on
 gradient checkpointing in every level.
 
+Like :class:`fractalkit.training.Trainer` on the CPU, the script first lets glibc keep freed
+tensor memory for reuse (:func:`fractalkit.hostmem.keep_freed_host_memory`: no page faults for the
+buffers each step frees and re-allocates, and the peak RSS then includes what glibc keeps);
+``--no-keep-host-memory`` leaves the C library's defaults.
+
 Run: ``python benchmarks/throughput.py --presets tiny-in32 small-in64 --batches 1 8``
 (writes benchmarks/results/throughput_<device>_<presets>[_sampling|_training][_compiled]...json).
 Peak memory is the process's peak RSS on CPU (``resource.getrusage``), or
@@ -38,6 +43,7 @@ from cost_table import level_flops, mean_mask_ratio
 from machine import describe
 
 from fractalkit import SampleOptions, cli
+from fractalkit.hostmem import keep_freed_host_memory
 from fractalkit.imagenet.presets import PRESETS, build_preset
 from fractalkit.levels.base import Level
 
@@ -206,12 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-steps", type=cli.positive_int, default=3, help="timed training steps (after one)")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
+    parser.add_argument("--no-keep-host-memory", action="store_true",
+                        help="leave glibc's malloc defaults (freed large buffers go back to the kernel)")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kept = device.type == "cpu" and not args.no_keep_host_memory and keep_freed_host_memory()
     machine = describe(device.type)
+    machine["keep_freed_host_memory"] = kept
     # glibc keeps freed blocks for reuse (counted in RSS) unless this fixes its mmap threshold.
     machine["MALLOC_MMAP_THRESHOLD_"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     print(json.dumps(machine, indent=1), flush=True)
