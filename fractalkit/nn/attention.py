@@ -12,6 +12,59 @@ from torch import Tensor, nn
 from fractalkit.nn.linear import Linear
 from fractalkit.nn.rope import apply_rope
 
+#: Shortest key sequence (tokens) that :func:`explicit_wanted` sends to :func:`explicit_attention`
+#: on CPU (below it SDPA's forward is faster); measured, see the module docstring.
+EXPLICIT_MIN_KEYS = 16
+#: Longest key sequence (tokens) sent to :func:`explicit_attention`; 0 turns the path off.
+EXPLICIT_MAX_KEYS = 24
+
+
+def explicit_wanted(q: Tensor, keys: int, *, cached: bool, dropout: float) -> bool:
+    """Whether :class:`Attention` computes this call with :func:`explicit_attention`.
+
+    True on CPU, in float32 or float64, with no KV cache, no attention dropout and
+    :data:`EXPLICIT_MIN_KEYS` to :data:`EXPLICIT_MAX_KEYS` keys; otherwise
+    :func:`torch.nn.functional.scaled_dot_product_attention` (on CUDA, in 16-bit floats and for
+    other lengths it was not slower or was not measured; its dropout draws random numbers its
+    own way; a cache brings a mask and long key rows).
+
+    Args:
+        q: the queries, ``[N, H, S, E]`` (only their device and dtype are read).
+        keys: L, how many keys each query sees.
+        cached: keys and values come from a :class:`KVCache`.
+        dropout: the attention dropout probability of this call (0 in eval mode).
+    """
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and not cached
+        and dropout == 0.0
+        and EXPLICIT_MIN_KEYS <= keys <= EXPLICIT_MAX_KEYS
+    )
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tensor:
+    """``softmax(q k^T / sqrt(E)) v`` as two batched products and a softmax.
+
+    The same attention as :func:`torch.nn.functional.scaled_dot_product_attention` with no
+    mask or dropout, to rounding; faster on CPU for short sequences (the module docstring).
+
+    Args:
+        q: ``[N, H, S, E]`` queries.
+        k, v: ``[N, H, L, E]`` keys and values.
+        causal: query i sees keys ``0..i`` only (S == L).
+
+    Returns:
+        ``[N, H, S, E]``.
+    """
+    # Scaled in place after the product (as the original FractalGen code does): the product's
+    # backward needs q and k, not its output, so autograd allows it, and it saves a copy of q.
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # [N, H, S, L]
+    if causal:
+        hidden = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
+        scores.masked_fill_(hidden, float("-inf"))
+    return torch.matmul(scores.softmax(-1), v)
+
 
 class KVCache:
     """Preallocated keys and values of one attention layer, filled left to right.
@@ -176,6 +229,10 @@ class Attention(nn.Module):
                 cache.advance(s)
             is_causal = False
         dropout = self.attn_dropout if self.training else 0.0
+        if explicit_wanted(q, k.shape[2], cached=cache is not None, dropout=dropout):
+            out = explicit_attention(q, k, v, causal=is_causal)
+            out = out.transpose(1, 2).reshape(n, s, d)
+            return self.proj_drop(self.proj(out))
         # CUDA kernels launch one block row per (sequence, head) and fail past 65,535 of them
         # (a leaf sees ~10^5 pixels per batch): chunk the batch there.
         step = 65535 // self.heads
