@@ -1,6 +1,38 @@
 """Multi-head self-attention on ``scaled_dot_product_attention``, with a preallocated KV cache.
 
-Shape letters: N sequences, S new tokens, P cached tokens, D width, H heads, E head dim.
+Shape letters: N sequences, S new tokens, P cached tokens, D width, H heads, E head dim, L keys.
+
+On the CPU, PyTorch's fused (flash) attention kernel is slow at the short sequences of a small
+model's lower levels, its backward pass above all; the original FractalGen code computes its MAR
+attention as two batched products and a softmax. :func:`explicit_wanted` sends a call to that
+form (:func:`explicit_attention`) on the CPU, in float32/float64, without a KV cache or attention
+dropout, for :data:`EXPLICIT_MIN_KEYS` to :data:`EXPLICIT_MAX_KEYS` keys. Measured (issue 23)
+as explicit / SDPA time ratios, forward / backward / both, fwd + bwd alternated in one process,
+about 35,000 tokens per call (N = 35000 // L), H = 4, q/k/v as views of a packed ``[N, S, 3, H,
+E]`` product as below, median of 6; one thread in process CPU time and two threads in wall
+time, on a 2-core AMD EPYC shared with other jobs (load 4-7), so single figures are rough:
+
+| L, E, causal | 1 thread | 2 threads |
+|---|---|---|
+| 3, 16, causal (the RGB leaf) | 1.59 / 0.89 / 1.13 | 2.82 / 1.00 / 1.37 |
+| 3, 32 | 1.83 / 1.25 / 1.44 | 0.73 / 0.41 / 0.51 |
+| 9, 16 | 1.43 / 0.60 / 0.90 | 2.13 / 0.81 / 1.16 |
+| 9, 32, causal | 1.09 / 0.67 / 0.82 | 0.75 / 0.53 / 0.62 |
+| 17, 32, causal (the small AR's second level) | 1.11 / 0.64 / 0.79 | 1.31 / 0.63 / 0.80 |
+| 21, 16 | 0.89 / 0.60 / 0.72 | 1.17 / 0.58 / 0.70 |
+| 21, 32 (the small MAR's second level) | 0.96 / 0.68 / 0.77 | 0.98 / 0.70 / 0.78 |
+| 21, 32, causal | 1.20 / 0.77 / 0.92 | 1.13 / 0.61 / 0.77 |
+| 33, 16, causal | 1.41 / 1.06 / 1.24 | 1.65 / 0.93 / 1.12 |
+| 33, 32 | 1.35 / 1.00 / 1.11 | 1.35 / 0.78 / 0.88 |
+| 49, 32, causal | 1.53 / 1.17 / 1.27 | |
+| 69, 32 | 1.30 / 1.13 / 1.18 | |
+
+The explicit form wins from about 17 to 21 keys at both thread counts and either head size (the
+backward pass by 0.6-0.8x; the forward is even to 1.3x slower), loses from 33 keys on, and
+below 16 keys the outcome depends on the head size and the thread count (the RGB leaf's 3 keys
+and 16 head dims lose), so the path takes 16 to 24 keys. 16-bit floats, CUDA and cached decoding
+keep SDPA (not measured, or a mask over long key rows); attention dropout keeps it because SDPA
+draws its dropout mask its own way. The result equals SDPA's to rounding (float64: 1e-12).
 """
 
 from __future__ import annotations
