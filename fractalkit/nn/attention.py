@@ -27,10 +27,14 @@ time, on a 2-core AMD EPYC shared with other jobs (load 4-7), so single figures 
 | 49, 32, causal | 1.53 / 1.17 / 1.27 | |
 | 69, 32 | 1.30 / 1.13 / 1.18 | |
 
-The explicit form wins from about 17 to 21 keys at both thread counts and either head size (the
-backward pass by 0.6-0.8x; the forward is even to 1.3x slower), loses from 33 keys on, and
-below 16 keys the outcome depends on the head size and the thread count (the RGB leaf's 3 keys
-and 16 head dims lose), so the path takes 16 to 24 keys. 16-bit floats, CUDA and cached decoding
+The explicit form wins from 17 to 21 keys at both thread counts, either head size, causal or
+not (the backward pass takes 0.6-0.8x the time; the forward is even to 1.3x slower); from 33
+keys on it loses at one thread (at two, all but the 32-dim non-causal case); below 16 keys the
+outcome depends on the head size and the thread count (the RGB leaf's 3 keys of 16 dims lose).
+So the path takes 16 keys to 24 (midway to the 33 that loses). On a quiet machine at two
+threads the 69 keys of the small MAR's top level won too (8.4 against 11.1 ms, forward plus
+backward), but they lose at one thread here, and a bound that depends on the thread count was
+not adopted on this evidence. 16-bit floats, CUDA and cached decoding
 keep SDPA (not measured, or a mask over long key rows); attention dropout keeps it because SDPA
 draws its dropout mask its own way. The result equals SDPA's to rounding (float64: 1e-12).
 """
