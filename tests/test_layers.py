@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fractalkit.nn import Attention, Backbone, KVCache, Linear, rope_2d_table
+from fractalkit.nn import Attention, Backbone, KVCache, Linear, attention, rope_2d_table
 from fractalkit.nn.blocks import swiglu_hidden
 from fractalkit.nn.rope import apply_rope
 from fractalkit.partition import ImagePatches
@@ -192,18 +192,29 @@ def test_linear_keeps_nn_linear_state_dict() -> None:
     assert set(layer.state_dict()) == {"weight", "bias"}
 
 
+@pytest.mark.parametrize("path", ["sdpa", "explicit"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(("n", "s", "width", "heads"), [(3, 5, 16, 4), (7, 3, 64, 4), (2, 21, 32, 2), (1, 1, 8, 1)])
-def test_attention_without_rope_equals_the_permuted_formulation(causal, n, s, width, heads) -> None:
+def test_attention_without_rope_equals_the_permuted_formulation(path, causal, n, s, width, heads, monkeypatch) -> None:
     """The [N, S, 3, H, E] unbind-then-transpose views give the same outputs and gradients, bit
-    for bit, as permuting the packed product first (what the layer computed before)."""
+    for bit, as permuting the packed product first (what the layer computed before), through
+    either attention kernel (SDPA, or the explicit short-sequence path)."""
+    if path == "sdpa":
+        monkeypatch.setattr(attention, "EXPLICIT_MAX_KEYS", 0)
+    else:  # every length here through the explicit path
+        monkeypatch.setattr(attention, "EXPLICIT_MIN_KEYS", 1)
+        monkeypatch.setattr(attention, "EXPLICIT_MAX_KEYS", 64)
     torch.manual_seed(n * 100 + s)
     attn = Attention(width, heads, bias=True)
     x = torch.randn(n, s, width, requires_grad=True)
     e = width // heads
     qkv = attn.qkv(x).view(n, s, 3, heads, e).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal and s > 1)
+    assert attention.explicit_wanted(q, s, cached=False, dropout=0.0) == (path == "explicit")
+    if path == "sdpa":
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal and s > 1)
+    else:
+        ref = attention.explicit_attention(q, k, v, causal=causal and s > 1)
     ref = attn.proj(ref.transpose(1, 2).reshape(n, s, width))
     got = attn(x, causal=causal)
     assert torch.equal(got, ref)

@@ -1,6 +1,42 @@
 """Multi-head self-attention on ``scaled_dot_product_attention``, with a preallocated KV cache.
 
-Shape letters: N sequences, S new tokens, P cached tokens, D width, H heads, E head dim.
+Shape letters: N sequences, S new tokens, P cached tokens, D width, H heads, E head dim, L keys.
+
+On the CPU, PyTorch's fused (flash) attention kernel is slow at the short sequences of a small
+model's lower levels, its backward pass above all; the original FractalGen code computes its MAR
+attention as two batched products and a softmax. :func:`explicit_wanted` sends a call to that
+form (:func:`explicit_attention`) on the CPU, in float32/float64, without a KV cache or attention
+dropout, for :data:`EXPLICIT_MIN_KEYS` to :data:`EXPLICIT_MAX_KEYS` keys. Measured (issue 23)
+as explicit / SDPA time ratios, forward / backward / both, fwd + bwd alternated in one process,
+about 35,000 tokens per call (N = 35000 // L), H = 4, q/k/v as views of a packed ``[N, S, 3, H,
+E]`` product as below, median of 6; one thread in process CPU time and two threads in wall
+time, on a 2-core AMD EPYC shared with other jobs (load 4-7), so single figures are rough:
+
+| L, E, causal | 1 thread | 2 threads |
+|---|---|---|
+| 3, 16, causal (the RGB leaf) | 1.59 / 0.89 / 1.13 | 2.82 / 1.00 / 1.37 |
+| 3, 32 | 1.83 / 1.25 / 1.44 | 0.73 / 0.41 / 0.51 |
+| 9, 16 | 1.43 / 0.60 / 0.90 | 2.13 / 0.81 / 1.16 |
+| 9, 32, causal | 1.09 / 0.67 / 0.82 | 0.75 / 0.53 / 0.62 |
+| 17, 32, causal (the small AR's second level) | 1.11 / 0.64 / 0.79 | 1.31 / 0.63 / 0.80 |
+| 21, 16 | 0.89 / 0.60 / 0.72 | 1.17 / 0.58 / 0.70 |
+| 21, 32 (the small MAR's second level) | 0.96 / 0.68 / 0.77 | 0.98 / 0.70 / 0.78 |
+| 21, 32, causal | 1.20 / 0.77 / 0.92 | 1.13 / 0.61 / 0.77 |
+| 33, 16, causal | 1.41 / 1.06 / 1.24 | 1.65 / 0.93 / 1.12 |
+| 33, 32 | 1.35 / 1.00 / 1.11 | 1.35 / 0.78 / 0.88 |
+| 49, 32, causal | 1.53 / 1.17 / 1.27 | |
+| 69, 32 | 1.30 / 1.13 / 1.18 | |
+
+The explicit form wins from 17 to 21 keys at both thread counts, either head size, causal or
+not (the backward pass takes 0.6-0.8x the time; the forward is even to 1.3x slower); from 33
+keys on it loses at one thread (at two, all but the 32-dim non-causal case); below 16 keys the
+outcome depends on the head size and the thread count (the RGB leaf's 3 keys of 16 dims lose).
+So the path takes 16 keys to 24 (midway to the 33 that loses). On a quiet machine at two
+threads the 69 keys of the small MAR's top level won too (8.4 against 11.1 ms, forward plus
+backward), but they lose at one thread here, and a bound that depends on the thread count was
+not adopted on this evidence. 16-bit floats, CUDA and cached decoding
+keep SDPA (not measured, or a mask over long key rows); attention dropout keeps it because SDPA
+draws its dropout mask its own way. The result equals SDPA's to rounding (float64: 1e-12).
 """
 
 from __future__ import annotations
@@ -11,6 +47,59 @@ from torch import Tensor, nn
 
 from fractalkit.nn.linear import Linear
 from fractalkit.nn.rope import apply_rope
+
+#: Shortest key sequence (tokens) that :func:`explicit_wanted` sends to :func:`explicit_attention`
+#: on CPU (below it SDPA's forward is faster); measured, see the module docstring.
+EXPLICIT_MIN_KEYS = 16
+#: Longest key sequence (tokens) sent to :func:`explicit_attention`; 0 turns the path off.
+EXPLICIT_MAX_KEYS = 24
+
+
+def explicit_wanted(q: Tensor, keys: int, *, cached: bool, dropout: float) -> bool:
+    """Whether :class:`Attention` computes this call with :func:`explicit_attention`.
+
+    True on CPU, in float32 or float64, with no KV cache, no attention dropout and
+    :data:`EXPLICIT_MIN_KEYS` to :data:`EXPLICIT_MAX_KEYS` keys; otherwise
+    :func:`torch.nn.functional.scaled_dot_product_attention` (on CUDA, in 16-bit floats and for
+    other lengths it was not slower or was not measured; its dropout draws random numbers its
+    own way; a cache brings a mask and long key rows).
+
+    Args:
+        q: the queries, ``[N, H, S, E]`` (only their device and dtype are read).
+        keys: L, how many keys each query sees.
+        cached: keys and values come from a :class:`KVCache`.
+        dropout: the attention dropout probability of this call (0 in eval mode).
+    """
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and not cached
+        and dropout == 0.0
+        and EXPLICIT_MIN_KEYS <= keys <= EXPLICIT_MAX_KEYS
+    )
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tensor:
+    """``softmax(q k^T / sqrt(E)) v`` as two batched products and a softmax.
+
+    The same attention as :func:`torch.nn.functional.scaled_dot_product_attention` with no
+    mask or dropout, to rounding; faster on CPU for short sequences (the module docstring).
+
+    Args:
+        q: ``[N, H, S, E]`` queries.
+        k, v: ``[N, H, L, E]`` keys and values.
+        causal: query i sees keys ``0..i`` only (S == L).
+
+    Returns:
+        ``[N, H, S, E]``.
+    """
+    # Scaled in place after the product (as the original FractalGen code does): the product's
+    # backward needs q and k, not its output, so autograd allows it, and it saves a copy of q.
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # [N, H, S, L]
+    if causal:
+        hidden = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
+        scores.masked_fill_(hidden, float("-inf"))
+    return torch.matmul(scores.softmax(-1), v)
 
 
 class KVCache:
@@ -176,6 +265,10 @@ class Attention(nn.Module):
                 cache.advance(s)
             is_causal = False
         dropout = self.attn_dropout if self.training else 0.0
+        if explicit_wanted(q, k.shape[2], cached=cache is not None, dropout=dropout):
+            out = explicit_attention(q, k, v, causal=is_causal)
+            out = out.transpose(1, 2).reshape(n, s, d)
+            return self.proj_drop(self.proj(out))
         # CUDA kernels launch one block row per (sequence, head) and fail past 65,535 of them
         # (a leaf sees ~10^5 pixels per batch): chunk the batch there.
         step = 65535 // self.heads
