@@ -25,6 +25,10 @@ products always take the usual form.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,20 +47,105 @@ def computes_reduced(weight: Tensor) -> bool:
     return weight.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
 
 
+class _Packed(threading.local):
+    """This thread's packed bfloat16 weights, alive while :func:`packed_weights` is open."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        #: ``id(weight) -> (weight, (data_ptr, version), packed)``; holding ``weight`` keeps its
+        #: id from being reused while the entry exists
+        self.entries: dict[int, tuple[Tensor, tuple[int, int], Tensor]] = {}
+
+
+_packed = _Packed()
+_can_pack: bool | None = None
+
+
+def packing_available() -> bool:
+    """Whether this PyTorch and CPU run oneDNN's prepacked bfloat16 products
+    (``torch.ops.mkldnn._reorder_linear_weight`` / ``_linear_pointwise``, the ones
+    ``torch.compile``'s CPU backend uses for frozen bfloat16 weights) and oneDNN is enabled."""
+    global _can_pack
+    if _can_pack is None:
+        try:
+            _can_pack = bool(
+                torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                and torch.ops.mkldnn._reorder_linear_weight is not None
+                and torch.ops.mkldnn._linear_pointwise is not None
+            )
+        except (AttributeError, RuntimeError):
+            _can_pack = False
+    return _can_pack and bool(torch.backends.mkldnn.enabled)
+
+
+@contextlib.contextmanager
+def packed_weights() -> Iterator[None]:
+    """Within this context, skinny bfloat16 products of :class:`Linear` (bf16 weights, or float32
+    weights under bf16 CPU autocast) read a prepacked bfloat16 copy of the weight, made at the
+    layer's first such product and dropped when the outermost context closes.
+
+    :meth:`fractalkit.Fractal.sample` (and every decoding call) opens it around its levels. A copy
+    is keyed on the weight's storage and version counter, so a weight changed in place (an
+    optimizer step, ``load_state_dict``, ``weight.mul_(2)``) is packed again at its next product;
+    only writes that bypass the version counter (``weight.data.copy_(...)``) go unseen until the
+    context closes. The copies take the memory autocast's own bf16 weight cache would
+    (2 bytes per weight entry). Contexts nest and are per thread.
+    """
+    _packed.depth += 1
+    try:
+        yield
+    finally:
+        _packed.depth -= 1
+        if _packed.depth == 0:
+            _packed.entries.clear()
+
+
+def _prepacked(weight: Tensor, x: Tensor) -> Tensor | None:
+    """The prepacked bfloat16 copy of ``weight`` for a product with ``x`` (made now if absent
+    or stale), or None where that path does not apply."""
+    if not _packed.depth or torch.compiler.is_compiling() or not packing_available():
+        return None
+    if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
+        return None  # no backward through the packed product
+    if torch.is_autocast_enabled("cpu"):
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16 or weight.dtype != torch.float32:
+            return None
+        if x.dtype not in (torch.float32, torch.bfloat16):
+            return None
+    elif weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16:
+        return None  # F.linear reports a dtype mismatch
+    key = (weight.data_ptr(), weight._version)
+    entry = _packed.entries.get(id(weight))
+    if entry is not None and entry[0] is weight and entry[1] == key:
+        return entry[2]
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16))
+    _packed.entries[id(weight)] = (weight, key, packed)
+    return packed
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` with a CPU fast path for skinny inputs.
 
     Built exactly like ``torch.nn.Linear(in_features, out_features, bias=True)``, with the same
     parameters and state dict; only :meth:`forward` differs, and only on the CPU for at most
-    :data:`SKINNY_ROWS` rows and at least :data:`LARGE_WEIGHT` weights.
+    :data:`SKINNY_ROWS` rows and at least :data:`LARGE_WEIGHT` weights: in float32 it computes
+    ``W @ x^T``, in bfloat16 inside :func:`packed_weights` it reads a prepacked bf16 weight.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[..., in_features] -> [..., out_features]``."""
+        """``[..., in_features] -> [..., out_features]``; under bf16 autocast, or with bf16
+        weights, the result is bfloat16 (as ``F.linear``'s)."""
         rows = x.numel() // max(self.in_features, 1)
         skinny = 0 < rows <= SKINNY_ROWS and self.weight.numel() >= LARGE_WEIGHT
-        if x.device.type != "cpu" or not skinny or computes_reduced(self.weight):
+        if x.device.type != "cpu" or not skinny:
             return F.linear(x, self.weight, self.bias)
+        if computes_reduced(self.weight):
+            packed = _prepacked(self.weight, x)
+            if packed is None:
+                return F.linear(x, self.weight, self.bias)
+            bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).contiguous(), packed, bias, "none", [], "")
         out = torch.mm(self.weight, x.reshape(rows, self.in_features).T).T.contiguous()
         if self.bias is not None:
             out += self.bias
