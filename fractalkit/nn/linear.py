@@ -52,8 +52,8 @@ class _Packed(threading.local):
 
     def __init__(self) -> None:
         self.depth = 0
-        #: ``id(weight) -> (weight, (data_ptr, version), packed)``; holding ``weight`` keeps its
-        #: id from being reused while the entry exists
+        #: ``id(tensor) -> (tensor, (data_ptr, version), derived)``: a weight's packed copy or a
+        #: bias's bf16 copy; holding ``tensor`` keeps its id from being reused meanwhile
         self.entries: dict[int, tuple[Tensor, tuple[int, int], Tensor]] = {}
 
 
@@ -101,6 +101,26 @@ def packed_weights() -> Iterator[None]:
             _packed.entries.clear()
 
 
+def _cached(tensor: Tensor, make) -> Tensor:
+    """``make(tensor)``, kept in the open :func:`packed_weights` context until ``tensor``'s
+    storage or version counter changes."""
+    key = (tensor.data_ptr(), tensor._version)
+    entry = _packed.entries.get(id(tensor))
+    if entry is not None and entry[0] is tensor and entry[1] == key:
+        return entry[2]
+    made = make(tensor.detach())
+    _packed.entries[id(tensor)] = (tensor, key, made)
+    return made
+
+
+def _pack(weight: Tensor) -> Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.to(torch.bfloat16))
+
+
+def _to_bf16(bias: Tensor) -> Tensor:
+    return bias.to(torch.bfloat16)
+
+
 def _prepacked(weight: Tensor, x: Tensor) -> Tensor | None:
     """The prepacked bfloat16 copy of ``weight`` for a product with ``x`` (made now if absent
     or stale), or None where that path does not apply."""
@@ -115,13 +135,7 @@ def _prepacked(weight: Tensor, x: Tensor) -> Tensor | None:
             return None
     elif weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16:
         return None  # F.linear reports a dtype mismatch
-    key = (weight.data_ptr(), weight._version)
-    entry = _packed.entries.get(id(weight))
-    if entry is not None and entry[0] is weight and entry[1] == key:
-        return entry[2]
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16))
-    _packed.entries[id(weight)] = (weight, key, packed)
-    return packed
+    return _cached(weight, _pack)
 
 
 class Linear(nn.Linear):
@@ -144,7 +158,7 @@ class Linear(nn.Linear):
             packed = _prepacked(self.weight, x)
             if packed is None:
                 return F.linear(x, self.weight, self.bias)
-            bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+            bias = None if self.bias is None else _cached(self.bias, _to_bf16)
             return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).contiguous(), packed, bias, "none", [], "")
         out = torch.mm(self.weight, x.reshape(rows, self.in_features).T).T.contiguous()
         if self.bias is not None:
