@@ -16,11 +16,29 @@ and from 24 to 96 rows ``x @ W^T`` takes 0.99-1.35x as long as ``W @ x^T`` over 
 the paper's levels (1.13-1.35x at 32-64 rows for 1024-wide ones). So the other form is used for
 at most 64 rows and weights of at least 2^18 entries; the result is the same up to rounding.
 
-In bfloat16 (bf16 weights, or under CPU autocast, whose bf16 copies of the weights autocast
-casts once per context and caches) the ranking flips: oneDNN's ``x @ W^T`` takes 1.0-1.7x less
-time than ``W @ x^T`` for 2 rows over 1024-wide weights (measured interleaved on an AVX-512
-BF16 EPYC, one thread, a loaded machine; ``benchmarks/README.md``), so reduced-precision
-products always take the usual form.
+In bfloat16 (bf16 weights, or float32 weights under bf16 CPU autocast) ``W @ x^T`` is slow, and
+``F.linear`` on autocast's cached bf16 copy (oneDNN, weight in its plain layout) runs no faster
+than the float32 ``W @ x^T``: bf16 sampling at batch 1 gained nothing. Inside
+:func:`packed_weights` (every decoding call opens it) a skinny bf16 product instead reads a copy of
+the weight that oneDNN packed once (``torch.ops.mkldnn._reorder_linear_weight``, the layout
+``torch.compile``'s CPU backend uses for frozen bf16 weights) and runs ``_linear_pointwise``; its
+results equal ``F.linear``'s bf16 product up to rounding. Measured on an AMD EPYC with
+``avx512_bf16`` (no AMX), torch 2.13, **1 thread**, 2 rows, the machine shared with other jobs
+(load average 2.3-2.6 on 2 cores; 2-thread figures were dominated by that load and are not
+quoted), weights out of cache, forms interleaved (``benchmarks/bf16_gemv.py``); ms per pass over
+the weights, and in brackets the float32 form's time over this one (median of 15 rounds):
+
+| weights (bf16 bytes) | fp32 ``W @ x^T`` | bf16 ``F.linear`` | bf16 packed | bf16 ``copy_`` | bf16 ``sum`` |
+|---|---|---|---|---|---|
+| 6 top-level blocks of FractalAR-64 (154 MB) | 21.9 | 17.4 (1.31x) | 14.2 (1.50x), 10.9 GB/s | 13.8 (1.64x) | 6.3 (3.42x) |
+| the 8 second-level blocks (55 MB) | 10.9 | 10.8 (1.00x) | 6.3 (1.75x), 8.6 GB/s | 4.9 (2.26x) | 2.6 (4.31x) |
+
+So the packed product streams bf16 weights at about copy bandwidth (read and write of the same
+bytes), not at read bandwidth (``sum``); its speed does not depend on the batch-size hint given
+to the packing (1, 2, 16 or none: 1.57-1.60x over the top-level weights). Inside a FractalAR-64
+draw (1 thread, profiled) it takes 0.42-0.88x the float32 product's time per weight shape, except
+the 512 x 512 projection (1.18x: small, partly in cache). Skinny float16 products, products that
+need gradients, and CPUs or builds without oneDNN's bf16 products keep ``F.linear``.
 """
 
 from __future__ import annotations
