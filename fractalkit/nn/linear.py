@@ -18,20 +18,22 @@ at most 64 rows and weights of at least 2^18 entries; the result is the same up 
 
 In bfloat16 (bf16 weights, or float32 weights under bf16 CPU autocast) ``W @ x^T`` is slow, and
 ``F.linear`` on autocast's cached bf16 copy (oneDNN, weight in its plain layout) runs no faster
-than the float32 ``W @ x^T``: bf16 sampling at batch 1 gained nothing. Inside
+than the float32 ``W @ x^T`` (bf16 sampling at batch 1 ran at 0.99x fp32). Inside
 :func:`packed_weights` (every decoding call opens it) a skinny bf16 product instead reads a copy of
 the weight that oneDNN packed once (``torch.ops.mkldnn._reorder_linear_weight``, the layout
 ``torch.compile``'s CPU backend uses for frozen bf16 weights) and runs ``_linear_pointwise``; its
 results equal ``F.linear``'s bf16 product up to rounding. Measured on an AMD EPYC with
-``avx512_bf16`` (no AMX), torch 2.13, **1 thread**, 2 rows, the machine shared with other jobs
-(load average 2.3-2.6 on 2 cores; 2-thread figures were dominated by that load and are not
-quoted), weights out of cache, forms interleaved (``benchmarks/bf16_gemv.py``); ms per pass over
-the weights, and in brackets the float32 form's time over this one (median of 15 rounds):
+``avx512_bf16`` (no AMX), torch 2.13, 2 rows, weights out of cache, forms interleaved in one
+process (``benchmarks/bf16_gemv.py``), on a machine shared with other jobs (load average 1.6 on
+its 2 cores); ms per pass over the weights, in brackets the float32 form's time over this one
+(median of 15 rounds):
 
-| weights (bf16 bytes) | fp32 ``W @ x^T`` | bf16 ``F.linear`` | bf16 packed | bf16 ``copy_`` | bf16 ``sum`` |
+| weights (bf16 bytes), threads | fp32 ``W @ x^T`` | bf16 ``F.linear`` | bf16 packed | bf16 ``copy_`` | bf16 ``sum`` |
 |---|---|---|---|---|---|
-| 6 top-level blocks of FractalAR-64 (154 MB) | 21.9 | 17.4 (1.31x) | 14.2 (1.50x), 10.9 GB/s | 13.8 (1.64x) | 6.3 (3.42x) |
-| the 8 second-level blocks (55 MB) | 10.9 | 10.8 (1.00x) | 6.3 (1.75x), 8.6 GB/s | 4.9 (2.26x) | 2.6 (4.31x) |
+| 6 top-level blocks of FractalAR-64 (154 MB), 1 | 27.9 | 17.6 (1.43x) | 13.8 (1.99x), 11.2 GB/s | 14.5 (1.69x) | 8.2 (3.24x) |
+| the same, 2 | 19.4 | 12.8 (1.26x) | 9.6 (1.87x), 16.1 GB/s | 10.9 (1.73x) | 6.3 (2.98x) |
+| its 8 second-level blocks (55 MB), 1 | 10.7 | 10.5 (1.03x) | 5.4 (2.00x), 10.1 GB/s | 5.4 (2.08x) | 3.1 (3.55x) |
+| the same, 2 | 5.9 | 6.6 (0.87x) | 4.1 (1.35x), 13.2 GB/s | 3.7 (1.55x) | 2.3 (2.47x) |
 
 So the packed product streams bf16 weights at about copy bandwidth (read and write of the same
 bytes), not at read bandwidth (``sum``); its speed does not depend on the batch-size hint given
