@@ -109,8 +109,9 @@ def packed_weights() -> Iterator[None]:
     is keyed on the weight's storage and version counter, so a weight changed in place (an
     optimizer step, ``load_state_dict``, ``weight.mul_(2)``) is packed again at its next product;
     only writes that bypass the version counter (``weight.data.copy_(...)``) go unseen until the
-    context closes. The copies take the memory autocast's own bf16 weight cache would
-    (2 bytes per weight entry). Contexts nest and are per thread.
+    context closes. The copies take 2 bytes per weight entry while the context is open: under
+    autocast what its own bf16 weight cache would hold (these weights no longer pass through it);
+    with bf16 weights, a second copy of each large weight. Contexts nest and are per thread.
     """
     _packed.depth += 1
     try:
