@@ -11,7 +11,11 @@
 #      number of top-level steps: FractalAR-64 (8 steps per draw, 3 pairs) and FractalMAR-64
 #      (2 steps per draw, 2 pairs); random weights (speed, not quality)
 #      -> results/profile_sampling_fractal{ar,mar}-in64_b1_fp32_vs_bf16_perf3.json
-#   3. with --full: one FractalMAR-64 draw at batch 1, fp32, published settings, beside its FLOP
+#   3. what the prepacked bf16 weights gain: FractalAR-64 bf16 draws without and with them in turn
+#      (3 pairs), and the skinny-product forms over its weights (benchmarks/bf16_gemv.py)
+#      -> results/profile_sampling_fractalar-in64_b1_bf16_packed_vs_unpacked_perf3.json,
+#         results/bf16_gemv_perf3.json
+#   4. with --full: one FractalMAR-64 draw at batch 1, fp32, published settings, beside its FLOP
 #      bound from this machine's fp32 matmul rate (target 2; needs 3 quiet runs to count)
 #      -> results/throughput_cpu_fractalmar-in64_sampling_perf3.json
 #
@@ -26,6 +30,9 @@ python benchmarks/profile_levels.py --preset fractalar-in64 --batch 1 --sampling
     --alternate 3 --threads 2 --tag perf3
 python benchmarks/profile_levels.py --preset fractalmar-in64 --batch 1 --sampling --steps 2 \
     --alternate 2 --threads 2 --tag perf3
+python benchmarks/profile_levels.py --preset fractalar-in64 --batch 1 --sampling --steps 8 \
+    --compare-packing 3 --threads 2 --tag perf3
+python benchmarks/bf16_gemv.py --threads 1 2 --tag perf3
 if [[ "${1:-}" == "--full" ]]; then
     python benchmarks/throughput.py --presets fractalmar-in64 --batches 1 --no-train --threads 2 \
         --tag perf3

@@ -11,7 +11,8 @@ bytes streamed per top-level step and the achieved GB/s, for a MAR top level its
 
 ``--bf16`` draws under bf16 autocast; ``--alternate R`` times R pairs of fp32 and bf16 draws of
 one model in turn in one process and reports the pair-by-pair speed-ups, level by level (what
-to quote on a shared machine, where separate runs drift by 2x).
+to quote on a shared machine, where separate runs drift by 2x); ``--compare-packing R`` times R
+pairs of bf16 draws without and with ``fractalkit.nn.Linear``'s prepacked bf16 weights.
 
 Run: ``python benchmarks/profile_levels.py --preset fractalmar-in64 --batch 1``
 (writes benchmarks/results/profile_<preset>_b<batch>.json) or
@@ -158,6 +159,36 @@ def alternate_precisions(preset: str, batch: int, steps: int, rounds: int) -> di
             "summary": summary, "pairs": pairs}
 
 
+def compare_packing(preset: str, batch: int, steps: int, rounds: int) -> dict:
+    """bf16-autocast draws of one model in turn without and with ``fractalkit.nn.Linear``'s
+    prepacked bf16 weights (``packed_weights``), ``rounds`` pairs: what the packed path gains."""
+    from fractalkit.nn import linear
+
+    torch.manual_seed(0)
+    model = build_preset(preset).eval()
+    pairs = []
+    try:
+        for _ in range(rounds):
+            linear._can_pack = False  # the path before: F.linear on autocast's bf16 copies
+            usual = profile_sampling(preset, batch, steps, bf16=True, model=model)
+            linear._can_pack = None  # detected again
+            packed = profile_sampling(preset, batch, steps, bf16=True, model=model)
+            pairs.append({"unpacked": usual, "packed": packed})
+    finally:
+        linear._can_pack = None
+    summary = {"speedup_packed_over_unpacked_top_step":
+               [p["unpacked"]["top_step_s"] / p["packed"]["top_step_s"] for p in pairs]}
+    for i in range(len(model.levels)):
+        summary[f"speedup_packed_over_unpacked_g{i + 1}"] = [
+            p["unpacked"]["levels"][i]["own_s_per_top_step"] / p["packed"]["levels"][i]["own_s_per_top_step"]
+            for p in pairs]
+    summary = {k: {"per_pair": v, "median": statistics.median(v)} for k, v in summary.items()}
+    for k, v in summary.items():
+        print(f"{k}: median {v['median']:.2f} (pairs: {', '.join(f'{r:.2f}' for r in v['per_pair'])})")
+    return {"preset": preset, "batch": batch, "steps_per_draw": steps, "rounds": rounds,
+            "packing_available": linear.packing_available(), "summary": summary, "pairs": pairs}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small-in64", choices=sorted(PRESETS))
@@ -170,11 +201,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--alternate", type=cli.non_negative_int, default=0, metavar="ROUNDS",
                         help="sampling: ROUNDS pairs of fp32 and bf16-autocast draws of one model, in turn")
+    parser.add_argument("--compare-packing", type=cli.non_negative_int, default=0, metavar="ROUNDS",
+                        help="sampling: ROUNDS pairs of bf16-autocast draws without and with the "
+                             "prepacked bf16 weights, in turn")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     tag = f"_{args.tag}" if args.tag else ""
+    if args.compare_packing:
+        result = compare_packing(args.preset, args.batch, args.steps, args.compare_packing)
+        result["machine"] = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
+                             "load_average_1_5_15_min": list(os.getloadavg()), "torch": torch.__version__}
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}_bf16_packed_vs_unpacked{tag}.json"
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return
     if args.alternate:
         result = alternate_precisions(args.preset, args.batch, args.steps, args.alternate)
         result["machine"] = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),

@@ -37,6 +37,7 @@ from fractalkit.config import (
 )
 from fractalkit.leaves.base import Leaf
 from fractalkit.levels.base import Level
+from fractalkit.nn.linear import packed_weights
 from fractalkit.normalisation import ValueNormalisation
 from fractalkit.partition import Partitioner
 from fractalkit.protocol import (
@@ -482,7 +483,9 @@ class Fractal(nn.Module):
         ctx = DecodeContext(
             options, generator, guided, scale=options.guidance, force=force, plans=plans, canvas=canvas
         )
-        out, logp = self.root.decode(x, known, cond, ctx)
+        # Skinny bf16 products (bf16 weights, or bf16 CPU autocast) read weights packed once per call.
+        with packed_weights():
+            out, logp = self.root.decode(x, known, cond, ctx)
         return out[:n], logp[:n]
 
     @torch.no_grad()

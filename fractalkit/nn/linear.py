@@ -16,14 +16,38 @@ and from 24 to 96 rows ``x @ W^T`` takes 0.99-1.35x as long as ``W @ x^T`` over 
 the paper's levels (1.13-1.35x at 32-64 rows for 1024-wide ones). So the other form is used for
 at most 64 rows and weights of at least 2^18 entries; the result is the same up to rounding.
 
-In bfloat16 (bf16 weights, or under CPU autocast, whose bf16 copies of the weights autocast
-casts once per context and caches) the ranking flips: oneDNN's ``x @ W^T`` takes 1.0-1.7x less
-time than ``W @ x^T`` for 2 rows over 1024-wide weights (measured interleaved on an AVX-512
-BF16 EPYC, one thread, a loaded machine; ``benchmarks/README.md``), so reduced-precision
-products always take the usual form.
+In bfloat16 (bf16 weights, or float32 weights under bf16 CPU autocast) ``W @ x^T`` is slow, and
+``F.linear`` on autocast's cached bf16 copy (oneDNN, weight in its plain layout) runs no faster
+than the float32 ``W @ x^T`` (bf16 sampling at batch 1 ran at 0.99x fp32). Inside
+:func:`packed_weights` (every decoding call opens it) a skinny bf16 product instead reads a copy of
+the weight that oneDNN packed once (``torch.ops.mkldnn._reorder_linear_weight``, the layout
+``torch.compile``'s CPU backend uses for frozen bf16 weights) and runs ``_linear_pointwise``; its
+results equal ``F.linear``'s bf16 product up to rounding. Measured on an AMD EPYC with
+``avx512_bf16`` (no AMX), torch 2.13, 2 rows, weights out of cache, forms interleaved in one
+process (``benchmarks/bf16_gemv.py``), on a machine shared with other jobs (load average 1.6 on
+its 2 cores); ms per pass over the weights, in brackets the float32 form's time over this one
+(median of 15 rounds):
+
+| weights (bf16 bytes), threads | fp32 ``W @ x^T`` | bf16 ``F.linear`` | bf16 packed | bf16 ``copy_`` | bf16 ``sum`` |
+|---|---|---|---|---|---|
+| 6 top-level blocks of FractalAR-64 (154 MB), 1 | 27.9 | 17.6 (1.43x) | 13.8 (1.99x), 11.2 GB/s | 14.5 (1.69x) | 8.2 (3.24x) |
+| the same, 2 | 19.4 | 12.8 (1.26x) | 9.6 (1.87x), 16.1 GB/s | 10.9 (1.73x) | 6.3 (2.98x) |
+| its 8 second-level blocks (55 MB), 1 | 10.7 | 10.5 (1.03x) | 5.4 (2.00x), 10.1 GB/s | 5.4 (2.08x) | 3.1 (3.55x) |
+| the same, 2 | 5.9 | 6.6 (0.87x) | 4.1 (1.35x), 13.2 GB/s | 3.7 (1.55x) | 2.3 (2.47x) |
+
+So the packed product streams bf16 weights at about copy bandwidth (read and write of the same
+bytes), not at read bandwidth (``sum``); its speed does not depend on the batch-size hint given
+to the packing (1, 2, 16 or none: 1.57-1.60x over the top-level weights). Inside a FractalAR-64
+draw (1 thread, profiled) it takes 0.42-0.88x the float32 product's time per weight shape, except
+the 512 x 512 projection (1.18x: small, partly in cache). Skinny float16 products, products that
+need gradients, and CPUs or builds without oneDNN's bf16 products keep ``F.linear``.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,20 +67,120 @@ def computes_reduced(weight: Tensor) -> bool:
     return weight.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
 
 
+class _Packed(threading.local):
+    """This thread's packed bfloat16 weights, alive while :func:`packed_weights` is open."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        #: ``id(tensor) -> (tensor, (data_ptr, version), derived)``: a weight's packed copy or a
+        #: bias's bf16 copy; holding ``tensor`` keeps its id from being reused meanwhile
+        self.entries: dict[int, tuple[Tensor, tuple[int, int], Tensor]] = {}
+
+
+_packed = _Packed()
+_can_pack: bool | None = None
+
+
+def packing_available() -> bool:
+    """Whether this PyTorch and CPU run oneDNN's prepacked bfloat16 products
+    (``torch.ops.mkldnn._reorder_linear_weight`` / ``_linear_pointwise``, the ones
+    ``torch.compile``'s CPU backend uses for frozen bfloat16 weights) and oneDNN is enabled."""
+    global _can_pack
+    if _can_pack is None:
+        try:
+            _can_pack = bool(
+                torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                and torch.ops.mkldnn._reorder_linear_weight is not None
+                and torch.ops.mkldnn._linear_pointwise is not None
+            )
+        except (AttributeError, RuntimeError):
+            _can_pack = False
+    return _can_pack and bool(torch.backends.mkldnn.enabled)
+
+
+@contextlib.contextmanager
+def packed_weights() -> Iterator[None]:
+    """Within this context, skinny bfloat16 products of :class:`Linear` (bf16 weights, or float32
+    weights under bf16 CPU autocast) read a prepacked bfloat16 copy of the weight, made at the
+    layer's first such product and dropped when the outermost context closes.
+
+    :meth:`fractalkit.Fractal.sample` (and every decoding call) opens it around its levels. A copy
+    is keyed on the weight's storage and version counter, so a weight changed in place (an
+    optimizer step, ``load_state_dict``, ``weight.mul_(2)``) is packed again at its next product;
+    only writes that bypass the version counter (``weight.data.copy_(...)``) go unseen until the
+    context closes. The copies take 2 bytes per weight entry while the context is open: under
+    autocast what its own bf16 weight cache would hold (these weights no longer pass through it);
+    with bf16 weights, a second copy of each large weight. Contexts nest and are per thread.
+    """
+    _packed.depth += 1
+    try:
+        yield
+    finally:
+        _packed.depth -= 1
+        if _packed.depth == 0:
+            _packed.entries.clear()
+
+
+def _cached(tensor: Tensor, make) -> Tensor:
+    """``make(tensor)``, kept in the open :func:`packed_weights` context until ``tensor``'s
+    storage or version counter changes."""
+    key = (tensor.data_ptr(), tensor._version)
+    entry = _packed.entries.get(id(tensor))
+    if entry is not None and entry[0] is tensor and entry[1] == key:
+        return entry[2]
+    made = make(tensor.detach())
+    _packed.entries[id(tensor)] = (tensor, key, made)
+    return made
+
+
+def _pack(weight: Tensor) -> Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.to(torch.bfloat16))
+
+
+def _to_bf16(bias: Tensor) -> Tensor:
+    return bias.to(torch.bfloat16)
+
+
+def _prepacked(weight: Tensor, x: Tensor) -> Tensor | None:
+    """The prepacked bfloat16 copy of ``weight`` for a product with ``x`` (made now if absent
+    or stale), or None where that path does not apply."""
+    if not _packed.depth or torch.compiler.is_compiling() or not packing_available():
+        return None
+    if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
+        return None  # no backward through the packed product
+    if torch.is_autocast_enabled("cpu"):
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16 or weight.dtype != torch.float32:
+            return None
+        if x.dtype not in (torch.float32, torch.bfloat16):
+            return None
+    elif weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16:
+        return None  # F.linear reports a dtype mismatch
+    return _cached(weight, _pack)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` with a CPU fast path for skinny inputs.
 
     Built exactly like ``torch.nn.Linear(in_features, out_features, bias=True)``, with the same
     parameters and state dict; only :meth:`forward` differs, and only on the CPU for at most
-    :data:`SKINNY_ROWS` rows and at least :data:`LARGE_WEIGHT` weights.
+    :data:`SKINNY_ROWS` rows and at least :data:`LARGE_WEIGHT` weights: in float32 it computes
+    ``W @ x^T``, in bfloat16 inside :func:`packed_weights` it reads a prepacked bf16 weight.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[..., in_features] -> [..., out_features]``."""
+        """``[..., in_features] -> [..., out_features]``; under bf16 autocast, or with bf16
+        weights, the result is bfloat16 (as ``F.linear``'s)."""
         rows = x.numel() // max(self.in_features, 1)
         skinny = 0 < rows <= SKINNY_ROWS and self.weight.numel() >= LARGE_WEIGHT
-        if x.device.type != "cpu" or not skinny or computes_reduced(self.weight):
+        if x.device.type != "cpu" or not skinny:
             return F.linear(x, self.weight, self.bias)
+        if computes_reduced(self.weight):
+            packed = _prepacked(self.weight, x)
+            if packed is None:
+                return F.linear(x, self.weight, self.bias)
+            bias = None if self.bias is None else _cached(self.bias, _to_bf16)
+            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).contiguous(), packed, bias, "none", [], "")
         out = torch.mm(self.weight, x.reshape(rows, self.in_features).T).T.contiguous()
         if self.bias is not None:
             out += self.bias
