@@ -29,17 +29,29 @@ Before timing, the checkout is checked to be the official math: the two tiny fix
 reproduce their recorded teacher-forced forward (loss, leaf logits and the conditions handed
 down, conditional and unconditional) within 1e-5; the largest differences are reported.
 
+``--preset fractalmar-in64 fractalar-in64`` adds the paper models (kwargs for the original read
+from ``fractalkit.imagenet.models.PAPER_MODELS``; 1000 classes, red weight 5, no label drop, no
+dropout, mask ratio fixed): a training step at ``--preset-batch`` (default 1) in fp32 and with the
+forward under bf16 autocast, one code after the other (about 8 GiB each; two do not fit a small
+machine together), so these ratios are of medians, not per round. The original's
+``torch.cuda.amp.autocast(enabled=False)`` regions do not leave CPU autocast, so on a CPU its
+attention logits run in bf16 too; bf16 figures count only on a CPU with ``avx512_bf16``.
+``--skip-small`` runs only those rows.
+
 ``--keep-host-memory`` calls ``fractalkit.hostmem.keep_freed_host_memory()`` first (glibc keeps
 freed memory for reuse); it is process-wide, so it applies to both codes. It needs a fractalkit
 that has ``fractalkit.hostmem``.
 
 Run: ``PYTHONPATH=. python benchmarks/against_original.py --original /path/to/fractalgen
---threads 2 --steps 5`` (writes benchmarks/results/against_original[_TAG].json).
+--threads 2 --steps 5 [--preset fractalmar-in64 fractalar-in64]`` (writes
+benchmarks/results/against_original[_TAG].json: the machine's CPU flags and load average, the
+original's path, git commit or "unknown" and file hashes, every step's seconds and the ratios).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -63,7 +75,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_flags
 from small_models import MASK_RATIO, Trainer, fixed_mask_counts
 
-from fractalkit import cli
+from fractalkit import Fractal, cli
+from fractalkit.imagenet.models import IMAGENET_CLASSES, PAPER_MODELS, RED_WEIGHT, PaperModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fractalgen"
@@ -76,6 +89,8 @@ PIX_MEAN = (0.485, 0.456, 0.406)
 PIX_STD = (0.229, 0.224, 0.225)
 #: the largest difference from the recorded official forward that still counts as the same code
 TOLERANCE = 1e-5
+#: paper models ``--preset`` offers (both codes at batch 1; the 256x256 ones need far more memory)
+PRESET_CHOICES = ("fractalmar-in64", "fractalar-in64")
 #: run order within a round: (code, kind)
 MODELS = (("fractalkit", "mar"), ("original", "mar"), ("fractalkit", "ar"), ("original", "ar"))
 
@@ -334,6 +349,16 @@ class FixedRatio:
         return np.full(size, self.ratio)
 
 
+def fixed_training(model: nn.Module) -> nn.Module:
+    """The original ``model`` with no dropout (its AR blocks hard-wire 0.1) and the fixed mask ratio."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "mask_ratio_generator"):
+            module.mask_ratio_generator = FixedRatio(MASK_RATIO)
+    return model
+
+
 class OriginalTrainer:
     """One small model of the original, its optimizer and the batch of :class:`small_models.Trainer`."""
 
@@ -342,12 +367,7 @@ class OriginalTrainer:
         np.random.seed(0)
         self.kind = kind
         with cpu_only():
-            self.model = fg.FractalGen(**original_kwargs(kind)).train()
-        for module in self.model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0  # the AR blocks hard-wire resid/ffn dropout 0.1
-            if hasattr(module, "mask_ratio_generator"):
-                module.mask_ratio_generator = FixedRatio(MASK_RATIO)
+            self.model = fixed_training(fg.FractalGen(**original_kwargs(kind)).train())
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
         g = torch.Generator().manual_seed(0)  # the same images and labels as small_models.Trainer
         self.x = _normalise(torch.randint(0, 256, (batch, 3, 32, 32), generator=g))
@@ -364,6 +384,89 @@ class OriginalTrainer:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
+def paper_kwargs(record: PaperModel) -> dict:
+    """``FractalGen`` arguments of a paper model, read from its record in ``PAPER_MODELS``."""
+    n = len(record.sizes) - 1
+    return {
+        "img_size_list": record.sizes, "embed_dim_list": record.widths, "num_blocks_list": record.depths,
+        "num_heads_list": record.heads, "generator_type_list": (record.kind,) * n + ("ar",),
+        "num_conds": 5 if record.kind == "mar" else 1, "class_num": IMAGENET_CLASSES, "label_drop_prob": 0.0,
+        "attn_dropout": 0.0, "proj_dropout": 0.0, "guiding_pixel": record.guiding_pixel,
+        "r_weight": RED_WEIGHT[0], "grad_checkpointing": False,
+    }
+
+
+class PresetTrainer:
+    """A paper model in one code (``"fractalkit"`` or ``"original"``), AdamW and one batch.
+
+    Both take the same uint8 images [batch, 3, S, S] and labels; the original gets them
+    normalised as its data pipeline does. No label drop, no dropout, mask ratio fixed.
+    """
+
+    def __init__(self, code: str, fg: types.ModuleType, record: PaperModel, batch: int) -> None:
+        torch.manual_seed(0)
+        np.random.seed(0)
+        self.code = code
+        self.g = torch.Generator().manual_seed(0)
+        size = record.image_size
+        images = torch.randint(0, 256, (batch, 3, size, size), generator=self.g)
+        self.y = torch.randint(0, IMAGENET_CLASSES, (batch,), generator=self.g)
+        if code == "fractalkit":
+            self.model = Fractal.from_config({**record.config(), "label_drop": 0.0}).train()
+            self.x = images
+        else:
+            with cpu_only():
+                self.model = fixed_training(fg.FractalGen(**paper_kwargs(record)).train())
+            self.x = _normalise(images)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
+
+    def step(self, bf16: bool) -> tuple[float, float, float]:
+        """One training step, the forward under bf16 autocast or not: forward, backward, optimizer seconds."""
+        with cpu_only():
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if self.code == "fractalkit":
+                    loss = self.model.loss(self.x, self.y, generator=self.g).total
+                else:
+                    loss = self.model(self.x, self.y)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
+def measure_preset(fg: types.ModuleType, record: PaperModel, batch: int, steps: int) -> dict:
+    """Training steps of a paper model in both codes, fp32 and bf16 autocast.
+
+    One code at a time (two such models with AdamW state do not fit a small machine together):
+    build, one warm-up step per precision, then ``steps`` rounds of an fp32 and a bf16 step.
+    """
+    runs: dict[str, dict] = {}
+    for code in ("fractalkit", "original"):
+        trainer = PresetTrainer(code, fg, record, batch)
+        for bf16 in (False, True):
+            trainer.step(bf16)  # warm-up
+        times: dict[str, list] = {"fp32": [], "bf16": []}
+        for _ in range(steps):
+            for precision in times:
+                times[precision].append(trainer.step(precision == "bf16"))
+        runs[code] = {"parameters": sum(p.numel() for p in trainer.model.parameters())}
+        for precision, ts in times.items():
+            runs[code][precision] = {
+                "step_s": [sum(x) for x in ts], "step_s_median": statistics.median(sum(x) for x in ts),
+                "forward_s_median": statistics.median(x[0] for x in ts),
+                "backward_s_median": statistics.median(x[1] for x in ts),
+                "optimizer_s_median": statistics.median(x[2] for x in ts),
+            }
+        del trainer
+        gc.collect()
+    ratios = {p: runs["fractalkit"][p]["step_s_median"] / runs["original"][p]["step_s_median"]
+              for p in ("fp32", "bf16")}
+    return {"batch": batch, "steps": steps, "runs": runs, "fractalkit_over_original_step": ratios}
 
 
 def _ratios(num: list, den: list) -> dict:
@@ -418,6 +521,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=cli.positive_int, default=5, help="timed rounds: steps per model (default 5)")
     parser.add_argument("--batch", type=cli.positive_int, default=32, help="images per step (default 32)")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
+    parser.add_argument("--preset", nargs="+", default=[], choices=PRESET_CHOICES,
+                        help="also the paper models' training step in both codes at --preset-batch, fp32 and bf16 "
+                             "autocast (about 8 GiB of memory per code; minutes per step on a small CPU)")
+    parser.add_argument("--preset-batch", type=cli.positive_int, default=1, help="images per paper-model step (default 1)")
+    parser.add_argument("--skip-small", action="store_true", help="only the --preset rows, not the small models")
     parser.add_argument("--keep-host-memory", action="store_true",
                         help="call fractalkit.hostmem.keep_freed_host_memory() first (process-wide: both codes)")
     cli.add_debug_argument(parser)
@@ -438,25 +546,42 @@ def main(argv: list[str] | None = None) -> None:
     check = check_original(fg)
     for name, rep in check.items():
         print(f"original vs the official forward of {name}: max abs diff {rep['max_abs_diff']:.3g}")
+    if args.skip_small and not args.preset:
+        parser.error("--skip-small leaves nothing to measure: give --preset too")
+    result: dict = {}
     with mock.patch("fractalkit.levels.mar.training_mask_counts", fixed_mask_counts):
-        result = measure(fg, args.batch, args.steps)
+        if not args.skip_small:
+            result = measure(fg, args.batch, args.steps)
+        presets = {name: measure_preset(fg, PAPER_MODELS[name], args.preset_batch, args.steps)
+                   for name in args.preset}
+    if presets:
+        result["presets"] = presets
 
-    for key, run in result["runs"].items():
+    for key, run in result.get("runs", {}).items():
         print(f"{key:16s} step {run['step_s_median']:.3f} s (forward {run['forward_s_median']:.3f}, backward "
               f"{run['backward_s_median']:.3f}, optimizer {run['optimizer_s_median']:.3f}), "
               f"{run['parameters']:,} parameters")
-    for kind, ratios in result["fractalkit_over_original"].items():
+    for kind, ratios in result.get("fractalkit_over_original", {}).items():
         print(f"fractalkit / original, {kind.upper()}: step {_fmt(ratios['step'])}; forward "
               f"{ratios['forward']['median']:.3f}, backward {ratios['backward']['median']:.3f}")
-    for code, ratios in result["mar_over_ar"].items():
+    for code, ratios in result.get("mar_over_ar", {}).items():
         print(f"MAR / AR, {code}: step {_fmt(ratios['step'])}; forward {ratios['forward']['median']:.3f}, "
               f"backward {ratios['backward']['median']:.3f}")
+    for name, rows in presets.items():
+        for precision in ("fp32", "bf16"):
+            fk, og = (rows["runs"][code][precision] for code in ("fractalkit", "original"))
+            print(f"{name} training step, batch {rows['batch']}, {precision}: fractalkit {fk['step_s_median']:.2f} s, "
+                  f"original {og['step_s_median']:.2f} s, fractalkit / original "
+                  f"{rows['fractalkit_over_original_step'][precision]:.3f}")
+    if presets and not cpu_flags().get("avx512_bf16"):
+        print("note: this CPU has no avx512_bf16: bf16 is emulated here and its figures do not count")
     machine = {"cpu_flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
                "load_average": list(os.getloadavg()), "cpus": os.cpu_count(),
                "keep_host_memory": kept if args.keep_host_memory else None}
-    settings = {"mask_ratio": MASK_RATIO, "masked_children": {k: math.ceil(MASK_RATIO * k) for k in (64, 16)},
+    settings = {"mask_ratio": MASK_RATIO, "batch": args.batch, "preset_batch": args.preset_batch, "masked_children": {k: math.ceil(MASK_RATIO * k) for k in (64, 16)},
                 "dropout": 0.0, "label_drop": 0.0, "optimizer": "AdamW(lr=1e-4, fused=True)",
-                "original_kwargs": {kind: original_kwargs(kind) for kind in ("mar", "ar")}}
+                "original_kwargs": {kind: original_kwargs(kind) for kind in ("mar", "ar")},
+                "original_preset_kwargs": {name: paper_kwargs(PAPER_MODELS[name]) for name in args.preset}}
     original = {**describe_original(args.original), "fixture_check": check}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"against_original{'_' + args.tag if args.tag else ''}.json"
