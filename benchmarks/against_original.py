@@ -532,6 +532,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.tag and not all(c.isalnum() or c in "-_." for c in args.tag):
         parser.error(f"--tag {args.tag!r}: use letters, digits, '-', '_' or '.' (it names a file)")
+    if args.skip_small and not args.preset:
+        parser.error("--skip-small leaves nothing to measure: give --preset too")
 
     kept = None
     if args.keep_host_memory:
@@ -546,8 +548,6 @@ def main(argv: list[str] | None = None) -> None:
     check = check_original(fg)
     for name, rep in check.items():
         print(f"original vs the official forward of {name}: max abs diff {rep['max_abs_diff']:.3g}")
-    if args.skip_small and not args.preset:
-        parser.error("--skip-small leaves nothing to measure: give --preset too")
     result: dict = {}
     with mock.patch("fractalkit.levels.mar.training_mask_counts", fixed_mask_counts):
         if not args.skip_small:
