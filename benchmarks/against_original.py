@@ -531,7 +531,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", nargs="+", default=[], choices=PRESET_CHOICES,
                         help="also the paper models' training step in both codes at --preset-batch, fp32 and bf16 "
                              "autocast (about 8 GiB of memory per code; minutes per step on a small CPU)")
-    parser.add_argument("--preset-batch", type=cli.positive_int, default=1, help="images per paper-model step (default 1)")
+    parser.add_argument("--preset-batch", type=cli.positive_int, default=1,
+                        help="images per paper-model step (default 1)")
     parser.add_argument("--skip-small", action="store_true", help="only the --preset rows, not the small models")
     parser.add_argument("--keep-host-memory", action="store_true",
                         help="call fractalkit.hostmem.keep_freed_host_memory() first (process-wide: both codes)")
@@ -550,6 +551,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--keep-host-memory needs fractalkit.hostmem, which this fractalkit does not have")
         kept = keep_freed_host_memory()
     torch.set_num_threads(args.threads)
+    load_at_start = list(os.getloadavg())
 
     fg = load_original(args.original)
     check = check_original(fg)
@@ -565,9 +567,9 @@ def main(argv: list[str] | None = None) -> None:
         result["presets"] = presets
 
     for key, run in result.get("runs", {}).items():
-        print(f"{key:16s} step {run['step_s_median']:.3f} s (min {run['step_s_min']:.3f}; forward {run['forward_s_median']:.3f}, backward "
-              f"{run['backward_s_median']:.3f}, optimizer {run['optimizer_s_median']:.3f}), "
-              f"{run['parameters']:,} parameters")
+        print(f"{key:16s} step {run['step_s_median']:.3f} s (min {run['step_s_min']:.3f}; forward "
+              f"{run['forward_s_median']:.3f}, backward {run['backward_s_median']:.3f}, optimizer "
+              f"{run['optimizer_s_median']:.3f}), {run['parameters']:,} parameters")
     for kind, ratios in result.get("fractalkit_over_original", {}).items():
         print(f"fractalkit / original, {kind.upper()}: step {_fmt(ratios['step'])}; forward "
               f"{ratios['forward']['median']:.3f}, backward {ratios['backward']['median']:.3f}")
@@ -583,10 +585,12 @@ def main(argv: list[str] | None = None) -> None:
     if presets and not cpu_flags().get("avx512_bf16"):
         print("note: this CPU has no avx512_bf16: bf16 is emulated here and its figures do not count")
     machine = {"cpu_flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
-               "load_average": list(os.getloadavg()), "cpus": os.cpu_count(),
+               "load_average_at_start": load_at_start, "load_average": list(os.getloadavg()),
+               "cpus": os.cpu_count(),
                "keep_host_memory": kept if args.keep_host_memory else None}
-    settings = {"mask_ratio": MASK_RATIO, "batch": args.batch, "preset_batch": args.preset_batch, "masked_children": {k: math.ceil(MASK_RATIO * k) for k in (64, 16)},
-                "dropout": 0.0, "label_drop": 0.0, "optimizer": "AdamW(lr=1e-4, fused=True)",
+    settings = {"mask_ratio": MASK_RATIO, "masked_children": {k: math.ceil(MASK_RATIO * k) for k in (64, 16)},
+                "batch": args.batch, "preset_batch": args.preset_batch, "dropout": 0.0, "label_drop": 0.0,
+                "optimizer": "AdamW(lr=1e-4, fused=True)",
                 "original_kwargs": {kind: original_kwargs(kind) for kind in ("mar", "ar")},
                 "original_preset_kwargs": {name: paper_kwargs(PAPER_MODELS[name]) for name in args.preset}}
     original = {**describe_original(args.original), "fixture_check": check}
