@@ -31,16 +31,17 @@ down, conditional and unconditional) within 1e-5; the largest differences are re
 
 ``--preset fractalmar-in64 fractalar-in64`` adds the paper models (kwargs for the original read
 from ``fractalkit.imagenet.models.PAPER_MODELS``; 1000 classes, red weight 5, no label drop, no
-dropout, mask ratio fixed): a training step at ``--preset-batch`` (default 1) in fp32 and with the
-forward under bf16 autocast, one code after the other (about 8 GiB each; two do not fit a small
-machine together), so these ratios are of medians, not per round. The original's
+dropout, mask ratio fixed): training steps at ``--preset-batch`` (default 1) in fp32 and with the
+forward under bf16 autocast (``--preset-steps`` of each, default 1, after a warm-up step of
+each), one code after the other (about 8 GiB each; two do not fit a small machine together), so
+these ratios are of medians, not per round. The original's
 ``torch.cuda.amp.autocast(enabled=False)`` regions do not leave CPU autocast, so on a CPU its
 attention logits run in bf16 too; bf16 figures count only on a CPU with ``avx512_bf16``.
 ``--skip-small`` runs only those rows.
 
 ``--keep-host-memory`` calls ``fractalkit.hostmem.keep_freed_host_memory()`` first (glibc keeps
-freed memory for reuse); it is process-wide, so it applies to both codes. It needs a fractalkit
-that has ``fractalkit.hostmem``.
+freed memory for reuse); it is process-wide, so it applies to both codes. Without it the C
+library's defaults stay (``small_models.py`` and ``throughput.py`` keep the memory by default).
 
 Run: ``PYTHONPATH=. python benchmarks/against_original.py --original /path/to/fractalgen
 --threads 2 --steps 5 [--preset fractalmar-in64 fractalar-in64]`` (writes
@@ -76,6 +77,7 @@ from machine import cpu_flags
 from small_models import MASK_RATIO, Trainer, fixed_mask_counts
 
 from fractalkit import Fractal, cli
+from fractalkit.hostmem import keep_freed_host_memory
 from fractalkit.imagenet.models import IMAGENET_CLASSES, PAPER_MODELS, RED_WEIGHT, PaperModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -534,6 +536,9 @@ def main(argv: list[str] | None = None) -> None:
                              "autocast (about 8 GiB of memory per code; minutes per step on a small CPU)")
     parser.add_argument("--preset-batch", type=cli.positive_int, default=1,
                         help="images per paper-model step (default 1)")
+    parser.add_argument("--preset-steps", type=cli.positive_int, default=1,
+                        help="timed fp32 and bf16 steps per paper model and code, after one warm-up each "
+                             "(default 1)")
     parser.add_argument("--skip-small", action="store_true", help="only the --preset rows, not the small models")
     parser.add_argument("--keep-host-memory", action="store_true",
                         help="call fractalkit.hostmem.keep_freed_host_memory() first (process-wide: both codes)")
@@ -544,13 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_small and not args.preset:
         parser.error("--skip-small leaves nothing to measure: give --preset too")
 
-    kept = None
-    if args.keep_host_memory:
-        try:
-            from fractalkit.hostmem import keep_freed_host_memory
-        except ImportError:
-            parser.error("--keep-host-memory needs fractalkit.hostmem, which this fractalkit does not have")
-        kept = keep_freed_host_memory()
+    kept = keep_freed_host_memory() if args.keep_host_memory else False
     torch.set_num_threads(args.threads)
     load_at_start = list(os.getloadavg())
 
@@ -562,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     with mock.patch("fractalkit.levels.mar.training_mask_counts", fixed_mask_counts):
         if not args.skip_small:
             result = measure(fg, args.batch, args.steps)
-        presets = {name: measure_preset(fg, PAPER_MODELS[name], args.preset_batch, args.steps)
+        presets = {name: measure_preset(fg, PAPER_MODELS[name], args.preset_batch, args.preset_steps)
                    for name in args.preset}
     if presets:
         result["presets"] = presets
@@ -588,9 +587,10 @@ def main(argv: list[str] | None = None) -> None:
     machine = {"cpu_flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
                "load_average_at_start": load_at_start, "load_average": list(os.getloadavg()),
                "cpus": os.cpu_count(),
-               "keep_host_memory": kept if args.keep_host_memory else None}
+               "keep_freed_host_memory": kept}
     settings = {"mask_ratio": MASK_RATIO, "masked_children": {k: math.ceil(MASK_RATIO * k) for k in (64, 16)},
-                "batch": args.batch, "preset_batch": args.preset_batch, "dropout": 0.0, "label_drop": 0.0,
+                "batch": args.batch, "preset_batch": args.preset_batch,
+                "preset_steps": args.preset_steps, "dropout": 0.0, "label_drop": 0.0,
                 "optimizer": "AdamW(lr=1e-4, fused=True)",
                 "original_kwargs": {kind: original_kwargs(kind) for kind in ("mar", "ar")},
                 "original_preset_kwargs": {name: paper_kwargs(PAPER_MODELS[name]) for name in args.preset}}
