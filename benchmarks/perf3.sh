@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 23's CPU rows, re-measured in one command. About 12 minutes on the 2-core EPYC when the
-# machine is quiet; --original adds about 6, --full about 20 (run nothing else meanwhile).
+# Issue 23's CPU rows, re-measured in one command. About 6 minutes on the 2-core EPYC when the
+# machine is quiet; --original adds about 4, --full about 17 (run nothing else meanwhile).
 #
 #   1. the small 3-level MAR against the AR of the same sizes, batch 32, fp32, at 2 threads and
 #      at 1 thread: steps alternated MAR / AR per round, forward / backward / optimizer split,
