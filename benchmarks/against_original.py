@@ -340,6 +340,20 @@ def original_kwargs(kind: str) -> dict:
     }
 
 
+def timed_step(forward, opt: torch.optim.Optimizer) -> tuple[float, float, float]:
+    """One training step (``forward() -> loss``, backward, ``opt``) with the original's
+    ``.cuda()`` calls made harmless: forward, backward and optimizer seconds."""
+    with cpu_only():
+        t0 = time.perf_counter()
+        loss = forward()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
 class FixedRatio:
     """Stands in for the original's ``mask_ratio_generator`` (scipy truncnorm): always the ratio."""
 
@@ -377,15 +391,7 @@ class OriginalTrainer:
 
     def step(self) -> tuple[float, float, float]:
         """One training step: forward, backward and optimizer seconds."""
-        with cpu_only():
-            t0 = time.perf_counter()
-            loss = self.model(self.x, self.y)
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            return t1 - t0, t2 - t1, time.perf_counter() - t2
+        return timed_step(lambda: self.model(self.x, self.y), self.opt)
 
 
 def paper_kwargs(record: PaperModel) -> dict:
@@ -426,19 +432,13 @@ class PresetTrainer:
 
     def step(self, bf16: bool) -> tuple[float, float, float]:
         """One training step, the forward under bf16 autocast or not: forward, backward, optimizer seconds."""
-        with cpu_only():
-            t0 = time.perf_counter()
+        def forward() -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 if self.code == "fractalkit":
-                    loss = self.model.loss(self.x, self.y, generator=self.g).total
-                else:
-                    loss = self.model(self.x, self.y)
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            return t1 - t0, t2 - t1, time.perf_counter() - t2
+                    return self.model.loss(self.x, self.y, generator=self.g).total
+                return self.model(self.x, self.y)
+
+        return timed_step(forward, self.opt)
 
 
 def measure_preset(fg: types.ModuleType, record: PaperModel, batch: int, steps: int) -> dict:

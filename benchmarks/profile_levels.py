@@ -209,21 +209,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tag = f"_{args.tag}" if args.tag else ""
+    paired = None
     if args.compare_packing:
-        result = compare_packing(args.preset, args.batch, args.steps, args.compare_packing)
+        paired = "bf16_packed_vs_unpacked", compare_packing(args.preset, args.batch, args.steps, args.compare_packing)
+    elif args.alternate:
+        paired = "fp32_vs_bf16", alternate_precisions(args.preset, args.batch, args.steps, args.alternate)
+    if paired is not None:  # pairs of draws in turn: with the machine they ran on
+        kind, result = paired
         result["machine"] = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
                              "load_average_1_5_15_min": list(os.getloadavg()), "torch": torch.__version__}
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}_bf16_packed_vs_unpacked{tag}.json"
-        out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
-        return
-    if args.alternate:
-        result = alternate_precisions(args.preset, args.batch, args.steps, args.alternate)
-        result["machine"] = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
-                             "load_average_1_5_15_min": list(os.getloadavg()), "torch": torch.__version__}
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}_fp32_vs_bf16{tag}.json"
+        out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}_{kind}{tag}.json"
         out.write_text(json.dumps(result, indent=2))
         print(f"wrote {out}")
         return
