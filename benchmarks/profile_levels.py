@@ -7,7 +7,10 @@ Training: times the forward pass of each level's transformer and of the leaf wit
 Sampling: draws with the preset's published settings, times ``--steps`` top-level steps after
 a warm-up (one step; three with ``--compile``), and splits each top-level step's time into each
 generator's own share (its time minus its child's). For AR levels it also gives the weight
-bytes streamed per top-level step and the achieved GB/s, for a MAR top level its GFLOP/s.
+bytes streamed per top-level step and the achieved GB/s, for a MAR top level its GFLOP/s; under
+a MAR top level, each level's executed GFLOP over the timed steps and the time over its FLOP
+bound, at the pinned reference rate (``machine.rate_of``: the best product measured before and
+after the timed steps).
 
 ``--bf16`` draws under bf16 autocast; ``--alternate R`` times R pairs of fp32 and bf16 draws of
 one model in turn in one process and reports the pair-by-pair speed-ups, level by level (what
@@ -35,7 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_table import level_flops, mean_mask_ratio
-from machine import cpu_flags
+from machine import cpu_flags, rate_of, reference_rates, remeasure
+from throughput import sampling_cost
 
 from fractalkit import cli
 from fractalkit.imagenet.presets import PRESETS, build_preset
@@ -83,11 +87,15 @@ def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False,
     # symbolic KV-cache length and for the last slot of the middle level's cache).
     warmup = 3 if compile else 1
 
+    decided: list[float] = []  # fraction of the instance's elements decided at each mark
+
     def callback(progress) -> None:
         if progress.step == warmup:  # warm-up done: start counting
             inclusive[:] = [0.0] * len(gens)
             marks.clear()
+            decided.clear()
         marks.append(time.perf_counter())
+        decided.append(float(progress.decided.float().mean()))
         if progress.step >= warmup + steps:
             raise _Stop
 
@@ -128,8 +136,40 @@ def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False,
               f"({100 * row['share']:.0f}%){extra}")
     per_image = inclusive[0] / counted * top_steps / batch
     print(f"top-level step {inclusive[0] / counted:.3f} s; extrapolated {per_image:.1f} s per image")
-    return {"preset": preset, "batch": batch, "compile": compile, "bf16": bf16, "steps_timed": counted,
-            "levels": rows, "top_step_s": inclusive[0] / counted, "extrapolated_s_per_image": per_image}
+    result = {"preset": preset, "batch": batch, "compile": compile, "bf16": bf16, "steps_timed": counted,
+              "levels": rows, "top_step_s": inclusive[0] / counted, "extrapolated_s_per_image": per_image}
+    if top.uses_orders:
+        # What the timed steps executed, level by level: the top level's whole pass at every
+        # step; below it, each level's per-image work in proportion to the elements decided.
+        share = decided[-1] - decided[0]
+        per_level = sampling_cost(preset)["sampling_executed_gflops_per_level"]
+        done = [guided * batch * counted * forward[0] / 1e9] + [batch * share * f for f in per_level[1:]]
+        for row, gflops in zip(rows, done, strict=True):
+            row["executed_gflops"] = gflops
+        result.update({"decided_fraction": share, "executed_gflops": sum(done)})
+    return result
+
+
+def against_bound(result: dict, machine: dict) -> dict:
+    """Set a sampling profile's FLOP bound from the pinned reference rate (``machine.rate_of``):
+    per level and for the timed top-level steps, the executed FLOPs at that rate, and the time
+    over it (``x_of_bound``, 1.0 = at the rate). Needs a MAR top level (``executed_gflops``)."""
+    rate = rate_of(machine, result["bf16"]) / 1e9
+    steps = result["steps_timed"]
+    for row in result["levels"]:
+        bound = row["executed_gflops"] / rate / steps
+        row["bound_s_per_top_step"] = bound
+        row["x_of_bound"] = row["own_s_per_top_step"] / bound if bound else None
+    bound = result["executed_gflops"] / rate / steps
+    result.update({"reference_gflops_per_s": rate, "bound_s_per_top_step": bound,
+                   "x_of_bound": result["top_step_s"] / bound})
+    for row in result["levels"]:
+        x = row["x_of_bound"]
+        print(f"  {row['level']}: {row['executed_gflops'] / steps:8.1f} GFLOP per top-level step, "
+              f"bound {row['bound_s_per_top_step']:.3f} s, {x if x is None else round(x, 2)} x of bound")
+    print(f"top-level step {result['top_step_s']:.3f} s against a bound of {bound:.3f} s "
+          f"({rate:.1f} GFLOP/s): {result['x_of_bound']:.3f} x")
+    return result
 
 
 def alternate_precisions(preset: str, batch: int, steps: int, rounds: int) -> dict:
@@ -224,7 +264,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {out}")
         return
     if args.sampling:
+        top_is_mar = PRESETS[args.preset].config["levels"][0]["level"]["kind"] == "mar"
+        machine = reference_rates("cpu") if top_is_mar else None  # before the timed work
         result = profile_sampling(args.preset, args.batch, args.steps, args.compile, args.bf16)
+        if machine is not None:  # ... and after it: the bound uses the best product seen
+            remeasure(machine, "after")
+            result["machine"] = {**machine, "cpu_flags": cpu_flags(),
+                                 "load_average_1_5_15_min": list(os.getloadavg()), "torch": torch.__version__}
+            against_bound(result, machine)
         RESULTS.mkdir(exist_ok=True)
         tag = ("_compiled" if args.compile else "") + ("_bf16" if args.bf16 else "") + tag
         out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}{tag}.json"

@@ -2,9 +2,10 @@
 
 For each preset and batch size: a training step (forward, backward, AdamW) in fp32 and, with
 ``--bf16``, under bf16 autocast; and sampling seconds per image with the preset's published
-settings. Each run first measures the machine's float32/bfloat16 matmul rates and memory
-bandwidth in the same process (benchmarks/machine.py) and reports the achieved fraction of the
-fp32 rate, counting the FLOPs a training step really executes (benchmarks/cost_table.py).
+settings. Each run measures the machine's float32/bfloat16 matmul rates in the same process
+before and after the timed work, and its memory bandwidth (benchmarks/machine.py), and reports
+the achieved fraction of the fp32 rate (the best product seen: ``machine.rate_of``), counting
+the FLOPs a training step really executes (benchmarks/cost_table.py).
 Sampling is set against its two bounds (:func:`sampling_cost`): the FLOPs it executes at the
 matmul rate, and the weight bytes its sequential AR steps stream at the copy bandwidth;
 ``x_of_bound`` is seconds over the larger bound (1.0 = at the machine's limit).
@@ -40,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_table import level_flops, mean_mask_ratio
-from machine import describe
+from machine import describe, rate_of, remeasure
 
 from fractalkit import SampleOptions, cli
 from fractalkit.hostmem import keep_freed_host_memory
@@ -78,22 +79,23 @@ def sampling_cost(name: str) -> dict:
     options: SampleOptions = PRESETS[name].sampling
     guided = 2 if options.guidance != 1.0 else 1
     forward = level_flops(model, executed=True, ratio=1.0)  # all children present
-    flops, weight_bytes, runs = 0.0, 0.0, 1  # runs: sequential calls of the current level
+    levels, weight_bytes, runs = [], 0.0, 1  # runs: sequential calls of the current level
     for depth, gen in enumerate(model.levels):
         if isinstance(gen, Level):
             own = [p for n, p in gen.named_parameters() if not n.startswith("child.")]
             nbytes = sum(p.numel() * 4 for p in own)
             if gen.uses_orders:  # MAR: the configured steps (None: one per child)
                 steps = (options.steps or [None] * (depth + 1))[depth] or gen.num_children
-                flops += guided * steps * forward[depth]
+                levels.append(guided * steps * forward[depth])
             else:  # AR: one child per step, one token each
                 steps = gen.num_children
                 weight_bytes += runs * steps * nbytes
-                flops += guided * forward[depth]
+                levels.append(guided * forward[depth])
             runs *= steps if not gen.uses_orders else gen.num_children
         else:
-            flops += guided * gen.num_elements * forward[depth]
-    return {"sampling_executed_gflops_per_image": flops / 1e9,
+            levels.append(guided * gen.num_elements * forward[depth])
+    return {"sampling_executed_gflops_per_image": sum(levels) / 1e9,
+            "sampling_executed_gflops_per_level": [f / 1e9 for f in levels],
             "sampling_weight_gb_per_batch": weight_bytes / 1e9}
 
 
@@ -192,9 +194,24 @@ def sample_time(name, batch, device, bf16, *, compile=False, bf16_weights=False)
             "peak_memory_GiB": peak_memory_gib(device)}
 
 
-def rate_of(machine: dict, bf16: bool) -> float:
-    """The measured matmul rate (FLOP/s) of the precision a run uses."""
-    return machine["bf16_flops" if bf16 else "fp32_flops"]
+def against_limits(r: dict, machine: dict, *, bf16_weights: bool = False) -> dict:
+    """Set a run's fraction of the matmul rate (training) or its bounds (sampling) from the pinned
+    reference rate (:func:`machine.rate_of`: the best product seen before and after the timed
+    work) and the copy bandwidth; ``r`` changed in place and returned."""
+    rate = rate_of(machine, r["bf16"])
+    r["reference_flops"] = rate
+    if r["kind"] == "train":
+        r["fraction_of_matmul_rate"] = r["executed_gflops_per_image"] * 1e9 * r["images_per_s"] / rate
+        return r
+    # The two bounds: FLOPs at the matmul rate, weights at the copy bandwidth.
+    flop_s = r["sampling_executed_gflops_per_image"] * 1e9 / rate
+    weight_bytes = r["sampling_weight_gb_per_batch"] * 1e9
+    weight_bytes /= 2 if bf16_weights else 1
+    byte_s = weight_bytes / machine["bandwidth_bytes"] / r["batch"]
+    r["flop_bound_s_per_image"] = flop_s
+    r["bandwidth_bound_s_per_image"] = byte_s
+    r["x_of_bound"] = r["seconds_per_image"] / max(flop_s, byte_s)
+    return r
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,26 +251,22 @@ def main(argv: list[str] | None = None) -> None:
                     r = train_step(name, batch, device, bf16, compile=args.compile,
                                    checkpointing=args.checkpointing, steps=args.train_steps,
                                    optimizer=args.optimizer)
-                    rate = rate_of(machine, bf16)
                     r["executed_gflops_per_image"] = flops / 1e9
-                    r["fraction_of_matmul_rate"] = flops * r["images_per_s"] / rate
+                    against_limits(r, machine)  # provisional: the rate measured before
                     print(json.dumps(r), flush=True)
                     runs.append(r)
                 if not args.no_sample:
                     r = sample_time(name, batch, device, bf16, compile=args.compile,
                                     bf16_weights=args.bf16_weights)
-                    cost = sampling_cost(name)
-                    r.update(cost)
-                    # The two bounds: FLOPs at the matmul rate, weights at the copy bandwidth.
-                    flop_s = cost["sampling_executed_gflops_per_image"] * 1e9 / rate_of(machine, bf16)
-                    weight_bytes = cost["sampling_weight_gb_per_batch"] * 1e9
-                    weight_bytes /= 2 if args.bf16_weights else 1
-                    byte_s = weight_bytes / machine["bandwidth_bytes"] / batch
-                    r["flop_bound_s_per_image"] = flop_s
-                    r["bandwidth_bound_s_per_image"] = byte_s
-                    r["x_of_bound"] = r["seconds_per_image"] / max(flop_s, byte_s)
+                    r.update(sampling_cost(name))
+                    against_limits(r, machine, bf16_weights=args.bf16_weights)  # provisional
                     print(json.dumps(r), flush=True)
                     runs.append(r)
+    # The reference rates again, after the timed work: every figure uses the best seen.
+    remeasure(machine, "after")
+    for r in runs:
+        against_limits(r, machine, bf16_weights=args.bf16_weights)
+    print(json.dumps({"rates": machine["rates"], "runs": runs}, indent=1), flush=True)
     RESULTS.mkdir(exist_ok=True)
     tag = "_".join(args.presets) if len(args.presets) < 3 else "presets"
     tag += "_sampling" if args.no_train else ""

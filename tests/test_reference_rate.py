@@ -1,0 +1,96 @@
+"""The pinned reference matmul rate of ``benchmarks/machine.py`` (issue 23): every sample kept,
+the best seen before and after the timed work is the rate a bound divides by, the spread beside
+it. Pure bookkeeping on given samples; nothing here is timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _machine():
+    name = "benchmarks_machine_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "machine.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ([150e9, 190e9, 170e9], [160e9, 185e9]),  # best before
+        ([150e9, 160e9], [199e9, 120e9, 180e9]),  # best after: a busy first measurement
+        ([100e9], [100e9]),  # equal
+        ([170e9] * 5, []),  # no after yet: empty measurement adds nothing
+    ],
+)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_rate_is_the_best_sample_before_or_after(before, after, bf16) -> None:
+    m = _machine()
+    key = "bf16" if bf16 else "fp32"
+    info = m.record_rates({"device": "cpu"}, "before", {key: before})
+    assert m.rate_of(info, bf16=bf16) == max(before)
+    if after:
+        m.record_rates(info, "after", {key: after})
+    every = before + after
+    assert m.rate_of(info, bf16=bf16) == max(every)
+    assert info[f"{key}_flops"] == max(every)
+    assert info["rate_samples"][key]["before"] == before  # all samples kept, by measurement
+    if after:
+        assert info["rate_samples"][key]["after"] == after
+    summary = info["rates"][key]
+    assert summary["best"] == max(every) and summary["worst"] == min(every)
+    assert summary["samples"] == len(every)
+    assert summary["spread"] == pytest.approx((max(every) - min(every)) / max(every))
+    assert set(info["rate_loads"]) == ({"before", "after"} if after else {"before"})
+
+
+def test_precisions_are_kept_apart() -> None:
+    m = _machine()
+    info = m.record_rates({}, "before", {"fp32": [1.0, 3.0], "bf16": [5.0, 2.0]})
+    m.record_rates(info, "after", {"fp32": [4.0], "bf16": [1.0]})
+    assert m.rate_of(info) == 4.0 and m.rate_of(info, bf16=True) == 5.0
+
+
+@pytest.mark.parametrize(
+    "samples, median, spread",
+    [([1.0], 1.0, 0.0), ([4.0, 2.0], 4.0, 0.5), ([3.0, 1.0, 2.0], 2.0, 2 / 3), ([5.0, 5.0, 4.0, 1.0], 5.0, 0.8)],
+)
+def test_summary_of_samples(samples, median, spread) -> None:
+    s = _machine().summarise_rates(samples)
+    assert s["best"] == max(samples) and s["worst"] == min(samples)
+    assert s["median"] == median and s["spread"] == pytest.approx(spread)
+
+
+def test_a_measurement_is_recorded_once_and_errors_name_what_is_missing() -> None:
+    m = _machine()
+    info = m.record_rates({}, "before", {"fp32": [1.0]})
+    with pytest.raises(ValueError, match="'before' are already recorded"):
+        m.record_rates(info, "before", {"fp32": [2.0]})
+    assert m.rate_of(info) == 1.0  # the refused measurement left nothing behind
+    with pytest.raises(ValueError, match="no rate samples"):
+        m.summarise_rates([])
+    with pytest.raises(KeyError, match="no bf16 matmul rate"):
+        m.rate_of(info, bf16=True)
+
+
+def test_a_description_without_samples_still_gives_its_rate() -> None:
+    # results files written before the samples were kept hold only fp32_flops / bf16_flops
+    assert _machine().rate_of({"fp32_flops": 7.0, "bf16_flops": 9.0}, bf16=True) == 9.0
+
+
+def test_measured_samples_are_one_per_product() -> None:
+    m = _machine()
+    samples = m.matmul_samples(__import__("torch").float32, "cpu", size=32, repeats=4)
+    assert len(samples) == 4 and all(s > 0 for s in samples)
+    info = m.reference_rates("cpu", repeats=2)
+    assert {len(v) for v in info["rate_samples"]["fp32"].values()} == {2}
+    assert m.rate_of(info) == max(info["rate_samples"]["fp32"]["before"])
