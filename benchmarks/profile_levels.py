@@ -53,11 +53,14 @@ class _Stop(Exception):
 
 
 def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False,
-                     bf16: bool = False, model=None) -> dict:
+                     bf16: bool = False, model=None, start: int = 1) -> dict:
     """Each generator's own seconds per top-level step of a draw (see the module docstring).
 
     ``model``: the preset's model, already built (eval mode), to time several draws of one
-    model in one process (``--alternate``); None builds it from seed 0.
+    model in one process (``--alternate``); None builds it from seed 0. ``start``: the top-level
+    steps run before the timed ones (at least the warm-up: 1, compiled 3); a MAR top level's
+    first steps decide one child each, its middle ones 3-5 (the cosine schedule), so the levels
+    below do more work per step there.
     """
     with torch.device("meta"):
         meta = build_preset(preset)
@@ -85,7 +88,7 @@ def profile_sampling(preset: str, batch: int, steps: int, compile: bool = False,
 
     # Warm-up: one top-level step; compiled, three (the second and third retrace with a
     # symbolic KV-cache length and for the last slot of the middle level's cache).
-    warmup = 3 if compile else 1
+    warmup = max(start, 3 if compile else 1)
 
     decided: list[float] = []  # fraction of the instance's elements decided at each mark
 
@@ -235,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=cli.positive_int, default=1)
     parser.add_argument("--sampling", action="store_true", help="profile sampling, not training")
     parser.add_argument("--steps", type=cli.positive_int, default=4, help="top-level steps timed (sampling)")
+    parser.add_argument("--start", type=cli.positive_int, default=1,
+                        help="sampling: top-level steps run before the timed ones (at least the warm-up)")
     parser.add_argument("--compile", action="store_true", help="opt in to Fractal.compile()")
     parser.add_argument("--bf16", action="store_true", help="under bf16 autocast")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
@@ -266,14 +271,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.sampling:
         top_is_mar = PRESETS[args.preset].config["levels"][0]["level"]["kind"] == "mar"
         machine = reference_rates("cpu") if top_is_mar else None  # before the timed work
-        result = profile_sampling(args.preset, args.batch, args.steps, args.compile, args.bf16)
+        result = profile_sampling(args.preset, args.batch, args.steps, args.compile, args.bf16,
+                                  start=args.start)
         if machine is not None:  # ... and after it: the bound uses the best product seen
             remeasure(machine, "after")
             result["machine"] = {**machine, "cpu_flags": cpu_flags(),
                                  "load_average_1_5_15_min": list(os.getloadavg()), "torch": torch.__version__}
             against_bound(result, machine)
         RESULTS.mkdir(exist_ok=True)
-        tag = ("_compiled" if args.compile else "") + ("_bf16" if args.bf16 else "") + tag
+        result["start"] = args.start
+        tag = (("_compiled" if args.compile else "") + ("_bf16" if args.bf16 else "")
+               + (f"_from{args.start}" if args.start != 1 else "") + tag)
         out = RESULTS / f"profile_sampling_{args.preset}_b{args.batch}{tag}.json"
         out.write_text(json.dumps(result, indent=2))
         print(f"wrote {out}")

@@ -94,3 +94,50 @@ def test_measured_samples_are_one_per_product() -> None:
     info = m.reference_rates("cpu", repeats=2)
     assert {len(v) for v in info["rate_samples"]["fp32"].values()} == {2}
     assert m.rate_of(info) == max(info["rate_samples"]["fp32"]["before"])
+
+
+def _script(name: str):
+    key = f"benchmarks_{name}_under_test"
+    if key not in sys.modules:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        spec = importlib.util.spec_from_file_location(key, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("after", [[100e9], [250e9]])  # the after-measurement lower / higher
+def test_sampling_bounds_use_the_best_rate_seen(bf16, after) -> None:
+    m, throughput = _machine(), _script("throughput")
+    key = "bf16" if bf16 else "fp32"
+    machine = m.record_rates({"bandwidth_bytes": 1e10}, "before", {key: [150e9, 200e9]})
+    run = {"kind": "sample", "bf16": bf16, "batch": 2, "seconds_per_image": 300.0,
+           "sampling_executed_gflops_per_image": 40_000.0, "sampling_weight_gb_per_batch": 10.0}
+    throughput.against_limits(run, machine)
+    assert run["flop_bound_s_per_image"] == pytest.approx(200.0)
+    m.record_rates(machine, "after", {key: after})
+    throughput.against_limits(run, machine)  # set again once the after-measurement is in
+    rate = max(200e9, *after)
+    assert run["reference_flops"] == rate
+    assert run["flop_bound_s_per_image"] == pytest.approx(40_000e9 / rate)
+    assert run["bandwidth_bound_s_per_image"] == pytest.approx(10e9 / 1e10 / 2)
+    assert run["x_of_bound"] == pytest.approx(300.0 / (40_000e9 / rate))
+    train = {"kind": "train", "bf16": bf16, "executed_gflops_per_image": 1000.0, "images_per_s": 0.1}
+    assert throughput.against_limits(train, machine)["fraction_of_matmul_rate"] == pytest.approx(100e9 / rate)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_a_profile_is_set_against_its_bound_level_by_level(steps) -> None:
+    m, profile = _machine(), _script("profile_levels")
+    machine = m.record_rates({}, "before", {"fp32": [80e9, 100e9]})
+    m.record_rates(machine, "after", {"fp32": [90e9]})
+    result = {"bf16": False, "steps_timed": steps, "top_step_s": 6.0, "executed_gflops": 500.0 * steps,
+              "levels": [{"level": "g1", "own_s_per_top_step": 5.0, "executed_gflops": 400.0 * steps},
+                         {"level": "g2", "own_s_per_top_step": 1.0, "executed_gflops": 100.0 * steps}]}
+    profile.against_bound(result, machine)
+    assert result["reference_gflops_per_s"] == 100.0
+    assert result["bound_s_per_top_step"] == pytest.approx(5.0) and result["x_of_bound"] == pytest.approx(1.2)
+    assert [row["bound_s_per_top_step"] for row in result["levels"]] == pytest.approx([4.0, 1.0])
+    assert [row["x_of_bound"] for row in result["levels"]] == pytest.approx([1.25, 1.0])
