@@ -91,12 +91,16 @@ def record_rates(info: dict, when: str, samples: dict[str, list[float]]) -> dict
     returns ``info``, changed in place.
 
     Raises:
-        ValueError: ``when`` was already recorded for a precision (a measurement is kept whole).
+        ValueError: ``when`` was already recorded for a precision (a measurement is kept whole),
+            or a precision has no samples; ``info`` is then left as it was.
     """
     for precision, values in samples.items():
-        kept = info.setdefault("rate_samples", {}).setdefault(precision, {})
-        if when in kept:
+        if when in info.get("rate_samples", {}).get(precision, {}):
             raise ValueError(f"record_rates: {precision} rates measured {when!r} are already recorded")
+        if not values:
+            raise ValueError(f"record_rates: no {precision} rate samples measured {when!r}")
+    for precision, values in samples.items():
+        kept = info.setdefault("rate_samples", {}).setdefault(precision, {})
         kept[when] = list(values)
         every = [v for vs in kept.values() for v in vs]
         info.setdefault("rates", {})[precision] = summarise_rates(every)

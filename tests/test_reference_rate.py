@@ -76,6 +76,12 @@ def test_a_measurement_is_recorded_once_and_errors_name_what_is_missing() -> Non
     with pytest.raises(ValueError, match="'before' are already recorded"):
         m.record_rates(info, "before", {"fp32": [2.0]})
     assert m.rate_of(info) == 1.0  # the refused measurement left nothing behind
+    with pytest.raises(ValueError, match="'before' are already recorded"):
+        m.record_rates(info, "before", {"bf16": [9.0], "fp32": [2.0]})  # bf16 new, fp32 not
+    assert "bf16" not in info["rate_samples"] and "bf16_flops" not in info  # all or nothing
+    with pytest.raises(ValueError, match="no fp32 rate samples measured 'after'"):
+        m.record_rates(info, "after", {"fp32": []})
+    assert list(info["rate_samples"]["fp32"]) == ["before"]
     with pytest.raises(ValueError, match="no rate samples"):
         m.summarise_rates([])
     with pytest.raises(KeyError, match="no bf16 matmul rate"):
