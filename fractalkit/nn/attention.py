@@ -37,6 +37,12 @@ backward), but they lose at one thread here, and a bound that depends on the thr
 not adopted on this evidence. 16-bit floats, CUDA and cached decoding
 keep SDPA (not measured, or a mask over long key rows); attention dropout keeps it because SDPA
 draws its dropout mask its own way. The result equals SDPA's to rounding (float64: 1e-12).
+
+KV-cached decoding under bf16 CPU autocast attends in float32 (:func:`widened_decoding`,
+:func:`cached_attention_in`): the caches keep float32 (autocast's bf16 keys and values are
+stored exactly) and the step's few queries are upcast, because a bf16
+``scaled_dot_product_attention`` of one query is 3-6x slower than a float32 one on a CPU
+without AMX (figures in :func:`cached_attention_in`). Float32 decoding does not change.
 """
 
 from __future__ import annotations
