@@ -192,6 +192,8 @@ def packed_pair(first: Linear, second: Linear, x: Tensor) -> Tensor | None:
     Returns:
         ``[..., first.out_features + second.out_features]`` bfloat16, or None.
     """
+    if not _packed.depth or not computes_reduced(first.weight):  # float32 returns here
+        return None
     rows = x.numel() // max(first.in_features, 1)
     if (
         x.device.type != "cpu"
@@ -200,7 +202,6 @@ def packed_pair(first: Linear, second: Linear, x: Tensor) -> Tensor | None:
         or min(first.weight.numel(), second.weight.numel()) < LARGE_WEIGHT
         or (first.bias is None) != (second.bias is None)
         or first.weight.dtype != second.weight.dtype
-        or not computes_reduced(first.weight)
         or _prepacked(first.weight, x, cache=False) is None
         or _prepacked(second.weight, x, cache=False) is None
     ):
