@@ -125,10 +125,16 @@ def widened_decoding(q: Tensor, k: Tensor) -> bool:
 
 
 def cached_attention_in(
-    dtype: torch.dtype, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
+    dtype: torch.dtype,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    *,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """One decoding step's attention computed in ``dtype`` with autocast off, in the queries'
-    dtype out.
+    """One decoding step's attention computed in ``dtype`` with autocast off, returned in
+    ``out_dtype`` (default: the queries' dtype).
 
     On the CPU (no AMX; measured on an AMD EPYC with ``avx512_bf16``, one thread, issue 23) a
     bf16 ``scaled_dot_product_attention`` of one query is 3-6x slower than in float32: 2 rows
@@ -139,16 +145,17 @@ def cached_attention_in(
 
     Args:
         dtype: the cache's dtype, float32 or float64.
-        q: ``[N, H, S, E]`` queries (16-bit).
+        q: ``[N, H, S, E]`` queries (16-bit, or already in ``dtype``).
         k, v: ``[N, H, L, E]`` keys and values in ``dtype``.
         mask: bool ``[S, L]``, True where a query may attend, or None.
+        out_dtype: the result's dtype; None: ``q``'s.
 
     Returns:
-        ``[N, H, S, E]`` in ``q``'s dtype.
+        ``[N, H, S, E]`` in ``out_dtype``.
     """
     with torch.autocast(q.device.type, enabled=False):
         out = F.scaled_dot_product_attention(q.to(dtype), k, v, attn_mask=mask)
-    return out.to(q.dtype)
+    return out.to(out_dtype or q.dtype)
 
 
 class KVCache:
@@ -290,9 +297,12 @@ class Attention(nn.Module):
         """
         n, s, d = x.shape
         qkv = self.qkv(x).view(n, s, 3, self.heads, self.head_dim)
+        # A 16-bit cached step on the CPU attends in its cache's dtype: rotated queries and keys
+        # come out of the (float32) rotation in it rather than being rounded and cast back.
+        wide = cache is not None and widened_decoding(qkv, cache.keys)
         if rope is not None:  # queries and keys rotated together: half the small ops
             qkv = qkv.permute(2, 0, 3, 1, 4)
-            q, k = apply_rope(qkv[:2], rope).unbind(0)
+            q, k = apply_rope(qkv[:2], rope, dtype=cache.keys.dtype if wide else None).unbind(0)
             v = qkv[2]
         else:
             # Unbound along the packed dim, then transposed: the same [N, H, S, E] views as
@@ -313,8 +323,8 @@ class Attention(nn.Module):
             if own:
                 cache.advance(s)
             is_causal = False
-            if widened_decoding(q, k):
-                out = cached_attention_in(k.dtype, q, k, v, mask)
+            if wide:
+                out = cached_attention_in(k.dtype, q, k, v, mask, out_dtype=qkv.dtype)
                 out = out.transpose(1, 2).reshape(n, s, d)
                 return self.proj_drop(self.proj(out))
         dropout = self.attn_dropout if self.training else 0.0
