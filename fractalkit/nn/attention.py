@@ -37,6 +37,12 @@ backward), but they lose at one thread here, and a bound that depends on the thr
 not adopted on this evidence. 16-bit floats, CUDA and cached decoding
 keep SDPA (not measured, or a mask over long key rows); attention dropout keeps it because SDPA
 draws its dropout mask its own way. The result equals SDPA's to rounding (float64: 1e-12).
+
+KV-cached decoding under bf16 CPU autocast attends in float32 (:func:`widened_decoding`,
+:func:`cached_attention_in`): the caches keep float32 (autocast's bf16 keys and values are
+stored exactly) and the step's few queries are upcast, because a bf16
+``scaled_dot_product_attention`` of one query is 3-6x slower than a float32 one on a CPU
+without AMX (figures in :func:`cached_attention_in`). Float32 decoding does not change.
 """
 
 from __future__ import annotations
@@ -100,6 +106,56 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tens
         hidden = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
         scores.masked_fill_(hidden, float("-inf"))
     return torch.matmul(scores.softmax(-1), v)
+
+
+def widened_decoding(q: Tensor, k: Tensor) -> bool:
+    """Whether a cached step attends in its cache's wider dtype (:func:`cached_attention_in`):
+    on the CPU, 16-bit queries (bf16 autocast's products) against float32 or wider keys, which
+    :meth:`fractalkit.nn.Backbone.new_caches` stores under CPU autocast.
+
+    Args:
+        q: the step's queries ``[N, H, S, E]``.
+        k: the cached keys ``[N, H, L, E]``.
+    """
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and k.dtype in (torch.float32, torch.float64)
+    )
+
+
+def cached_attention_in(
+    dtype: torch.dtype,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    *,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """One decoding step's attention computed in ``dtype`` with autocast off, returned in
+    ``out_dtype`` (default: the queries' dtype).
+
+    On the CPU (no AMX; measured on an AMD EPYC with ``avx512_bf16``, one thread, issue 23) a
+    bf16 ``scaled_dot_product_attention`` of one query is 3-6x slower than in float32: 2 rows
+    and 16 heads of 64 dims, 16 keys 102 against 30 µs, 64 keys 365 against 79, 256 keys 1,477
+    against 244 (8 heads, 16 keys: 64 against 22). Decoding under bf16 autocast therefore keeps
+    float32 caches (the bf16 keys and values are stored exactly) and attends in float32: the
+    queries are upcast (2 x 16 x 64 numbers a step), the cache is never cast.
+
+    Args:
+        dtype: the cache's dtype, float32 or float64.
+        q: ``[N, H, S, E]`` queries (16-bit, or already in ``dtype``).
+        k, v: ``[N, H, L, E]`` keys and values in ``dtype``.
+        mask: bool ``[S, L]``, True where a query may attend, or None.
+        out_dtype: the result's dtype; None: ``q``'s.
+
+    Returns:
+        ``[N, H, S, E]`` in ``out_dtype``.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        out = F.scaled_dot_product_attention(q.to(dtype), k, v, attn_mask=mask)
+    return out.to(out_dtype or q.dtype)
 
 
 class KVCache:
@@ -241,9 +297,12 @@ class Attention(nn.Module):
         """
         n, s, d = x.shape
         qkv = self.qkv(x).view(n, s, 3, self.heads, self.head_dim)
+        # A 16-bit cached step on the CPU attends in its cache's dtype: rotated queries and keys
+        # come out of the (float32) rotation in it rather than being rounded and cast back.
+        wide = cache is not None and widened_decoding(qkv, cache.keys)
         if rope is not None:  # queries and keys rotated together: half the small ops
             qkv = qkv.permute(2, 0, 3, 1, 4)
-            q, k = apply_rope(qkv[:2], rope).unbind(0)
+            q, k = apply_rope(qkv[:2], rope, dtype=cache.keys.dtype if wide else None).unbind(0)
             v = qkv[2]
         else:
             # Unbound along the packed dim, then transposed: the same [N, H, S, E] views as
@@ -264,6 +323,10 @@ class Attention(nn.Module):
             if own:
                 cache.advance(s)
             is_causal = False
+            if wide:
+                out = cached_attention_in(k.dtype, q, k, v, mask, out_dtype=qkv.dtype)
+                out = out.transpose(1, 2).reshape(n, s, d)
+                return self.proj_drop(self.proj(out))
         dropout = self.attn_dropout if self.training else 0.0
         if explicit_wanted(q, k.shape[2], cached=cache is not None, dropout=dropout):
             out = explicit_attention(q, k, v, causal=is_causal)

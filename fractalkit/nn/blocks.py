@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from fractalkit.nn.attention import Attention, KVCache
 from fractalkit.nn.init import xavier_init
-from fractalkit.nn.linear import Linear
+from fractalkit.nn.linear import Linear, packed_pair
 
 BlockStyle = Literal["vit", "llama"]
 
@@ -142,7 +142,15 @@ class LlamaBlock(PreNormBlock):
         self.drop = nn.Dropout(proj_dropout)
 
     def mlp(self, h: Tensor) -> Tensor:
-        """SwiGLU ``w2(silu(w1 h) * w3 h)`` with dropout, ``[N, S, D] -> [N, S, D]``."""
+        """SwiGLU ``w2(silu(w1 h) * w3 h)`` with dropout, ``[N, S, D] -> [N, S, D]``.
+
+        Inside :func:`fractalkit.nn.linear.packed_weights`, skinny bf16 products of ``w1`` and
+        ``w3`` run as one product over their stacked weights (:func:`~fractalkit.nn.linear.packed_pair`).
+        """
+        both = packed_pair(self.w1, self.w3, h)
+        if both is not None:
+            gate, up = both.split(self.w1.out_features, -1)
+            return self.drop(self.w2(F.silu(gate) * up))
         return self.drop(self.w2(F.silu(self.w1(h)) * self.w3(h)))
 
 
@@ -197,15 +205,22 @@ class Backbone(nn.Module):
 
     def new_caches(self, batch: int, capacity: int, like: Tensor) -> list[KVCache]:
         """One empty :class:`KVCache` per block for ``batch`` sequences of up to ``capacity``,
-        in ``like``'s dtype (under autocast from float32: autocast's dtype) and device."""
+        in ``like``'s dtype and device; under autocast from float32 on CUDA (or any device but
+        the CPU), in autocast's dtype.
+
+        Keys and values come out of autocast's products in its dtype; stored so, they are kept
+        exactly and attention does not cast the whole cache at every step. On the CPU the caches
+        stay float32 (the 16-bit keys are stored exactly all the same) and each step attends in
+        float32 (:func:`fractalkit.nn.attention.cached_attention_in`): a 16-bit attention step
+        is 3-6x slower there.
+        """
         attn = self.blocks[0].attn if len(self.blocks) else None
         if attn is None:
             return []
         dtype = like.dtype
-        if dtype == torch.float32 and torch.is_autocast_enabled(like.device.type):
-            # Keys and values come out of autocast's products in its dtype: stored so, they are
-            # kept exactly, and attention no longer casts the whole cache back at every step.
-            dtype = torch.get_autocast_dtype(like.device.type)
+        device = like.device.type
+        if dtype == torch.float32 and device != "cpu" and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
         return [
             KVCache(
                 batch,

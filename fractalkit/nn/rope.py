@@ -38,19 +38,20 @@ def rope_2d_table(positions: Tensor, head_dim: int, num_prefix: int, base: float
     return torch.cat([prefix, table], dim=0)
 
 
-def apply_rope(x: Tensor, table: Tensor) -> Tensor:
+def apply_rope(x: Tensor, table: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Rotate adjacent pairs (2i, 2i+1) of ``x`` by the angles in ``table``.
 
     Args:
         x: ``[N, H, S, E]`` queries or keys.
         table: ``[S, E/2, 2]`` from :func:`rope_2d_table`, sliced to the positions of ``x``.
+        dtype: the result's dtype; None: that of ``x``.
 
     Returns:
-        ``[N, H, S, E]`` in the dtype of ``x`` (the rotation itself runs in float32 or wider).
+        ``[N, H, S, E]`` in ``dtype`` (the rotation itself runs in float32 or wider).
     """
     work = torch.promote_types(x.dtype, torch.float32)
     pairs = x.to(work).unflatten(-1, (-1, 2))  # [N, H, S, E/2, 2]
     cos, sin = table[..., 0].to(work), table[..., 1].to(work)  # [S, E/2]
     a, b = pairs[..., 0], pairs[..., 1]
     out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    return out.flatten(-2).to(dtype or x.dtype)
