@@ -69,15 +69,14 @@ def time_steps(level, at: int, steps: int, form: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=cli.positive_int, default=1)
     parser.add_argument("--rounds", type=cli.positive_int, default=5)
     parser.add_argument("--tag", default="")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
                         help="cpu: this process's CPU time (what one thread spends on a shared machine; "
                         "with more threads it sums them); wall: elapsed time")
+    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -112,4 +111,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
