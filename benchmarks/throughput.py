@@ -161,12 +161,15 @@ def train_step(name, batch, device, bf16, *, compile=False, checkpointing=False,
             "images_per_s": batch / step, "peak_memory_GiB": peak, "peak_memory_GB": peak * 2**30 / 1e9}
 
 
-def alternate_train_steps(name, batch, device, *, rounds=3, optimizer="adamw", bf16_sdpa=False) -> dict:
+def alternate_train_steps(name, batch, device, *, rounds=3, optimizer="adamw", bf16_sdpa=False,
+                          clock=time.perf_counter) -> dict:
     """fp32 and bf16-autocast training steps of ONE model, alternated, ``rounds`` pairs after one
     warm-up pair: per step the forward (loss), backward and optimizer seconds, and per pair the
     fp32 step over the bf16 step (the ratio a loaded machine disturbs least). ``bf16_sdpa`` adds
     a third step per round, bf16 with SDPA for all attention (the bf16 explicit-attention path of
-    ``fractalkit.nn.attention`` off, as before it existed), and its step over the bf16 step."""
+    ``fractalkit.nn.attention`` off, as before it existed), and its step over the bf16 step.
+    ``clock``: ``time.perf_counter`` (wall) or ``time.process_time`` (CPU time of this process:
+    at one thread, steadier on a machine other jobs share)."""
     from fractalkit.nn import attention
     torch.manual_seed(0)
     model = build_preset(name).to(device).train()
@@ -179,7 +182,7 @@ def alternate_train_steps(name, batch, device, *, rounds=3, optimizer="adamw", b
     def sync() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return clock()
 
     steps: dict[str, list[dict]] = {"fp32": [], "bf16": []}
     if bf16_sdpa:
@@ -272,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alternate", type=cli.non_negative_int, default=0, metavar="ROUNDS",
                         help="training: alternate fp32 and bf16 steps of one model for ROUNDS pairs "
                              "(forward, backward, optimizer timed apart) instead of separate runs")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="with --alternate: wall seconds or this process's CPU seconds (steadier "
+                             "at --threads 1 on a shared machine)")
     parser.add_argument("--bf16-sdpa", action="store_true",
                         help="with --alternate: a third step per round, bf16 with SDPA for all attention")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
@@ -294,7 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batches:
             if args.alternate and not args.no_train:
                 r = alternate_train_steps(name, batch, device, rounds=args.alternate, optimizer=args.optimizer,
-                                          bf16_sdpa=args.bf16_sdpa)
+                                          bf16_sdpa=args.bf16_sdpa,
+                                          clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+                r["clock"] = args.clock
                 for key in r["median"]:
                     r["median"][key]["fraction_of_matmul_rate"] = (
                         flops * batch / r["median"][key]["step_s"] / rate_of(machine, key != "fp32"))
@@ -331,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     tag += "_sampling" if args.no_train else ""
     tag += "_training" if args.no_sample else ""
     tag += "_alternate" if args.alternate and not args.no_train else ""
+    tag += f"_t{args.threads}" if args.alternate and args.threads else ""
     tag += "_compiled" if args.compile else ""
     tag += "_checkpointing" if args.checkpointing else ""
     tag += "_bf16weights" if args.bf16_weights else ""

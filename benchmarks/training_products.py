@@ -10,7 +10,8 @@ at each ``--threads`` setting; the ceiling of a bf16 step's products is the fp32
 over the bf16 products' time (so FLOP-weighted: each product counts by its time at its shape).
 
 ``--profile`` also profiles one fp32 and one bf16-autocast step (``torch.profiler``, self CPU
-time by operator, forward and backward together) and writes the top operators of each.
+time by operator, forward and backward together) and writes the top operators of each, and
+the casts, fills and reductions split by input shape. ``--no-products`` skips the timing.
 
 Run: ``python benchmarks/training_products.py --preset fractalmar-in64 --threads 1 2``
 (writes benchmarks/results/training_products_<preset>[_tag].json). About 8 GiB for the paper
@@ -37,6 +38,9 @@ from fractalkit.imagenet.presets import PRESETS, build_preset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 aten = torch.ops.aten
+#: the operators whose time the profile also splits by input shape (casts, fills, reductions)
+SHAPED_OPS = {"aten::copy_", "aten::fill_", "aten::sum", "aten::cat", "aten::add_", "aten::add",
+              "aten::native_layer_norm_backward", "aten::_to_copy", "aten::mul"}
 PRODUCTS = {aten.mm.default: "mm", aten.addmm.default: "addmm", aten.bmm.default: "bmm",
             aten.baddbmm.default: "baddbmm"}
 
@@ -96,9 +100,14 @@ def record_step(name: str, profile: bool) -> tuple[Counter, Counter, dict]:
         for bf16 in (False, True):
             _step(model, x, y, bf16)  # warm (autocast, allocator)
             start = time.perf_counter()
-            with run_profile(activities=[ProfilerActivity.CPU]) as prof:
+            with run_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 _step(model, x, y, bf16)
             wall = time.perf_counter() - start
+            by_shape = sorted(({"op": e.key, "shapes": str(e.input_shapes), "calls": e.count,
+                                "self_cpu_ms": e.self_cpu_time_total / 1e3}
+                               for e in prof.key_averages(group_by_input_shape=True)
+                               if e.key in SHAPED_OPS and e.self_cpu_time_total > 0),
+                              key=lambda r: -r["self_cpu_ms"])[:40]
             table = []
             for e in prof.key_averages():
                 if e.self_cpu_time_total > 0:
@@ -107,10 +116,13 @@ def record_step(name: str, profile: bool) -> tuple[Counter, Counter, dict]:
             total = sum(r["self_cpu_ms"] for r in table)
             for r in table:
                 r["share"] = r["self_cpu_ms"] / total
-            profiles["bf16" if bf16 else "fp32"] = {"wall_s": wall, "self_cpu_total_ms": total, "ops": table[:40]}
+            profiles["bf16" if bf16 else "fp32"] = {"wall_s": wall, "self_cpu_total_ms": total, "ops": table[:40],
+                                                    "by_shape": by_shape}
             print(f"--- {'bf16' if bf16 else 'fp32'} step profiled: {wall:.2f} s", flush=True)
             for r in table[:25]:
                 print(f"  {r['op']:<55} {r['calls']:>7} {r['self_cpu_ms']:>10.1f} ms {100 * r['share']:5.1f}%")
+            for r in by_shape[:25]:
+                print(f"  {r['op']:<28} {r['shapes'][:90]:<90} {r['calls']:>5} {r['self_cpu_ms']:>9.1f} ms")
     del model
     return seen[False], seen[True], profiles
 
@@ -158,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=cli.positive_int, default=3, help="alternations per shape")
     parser.add_argument("--budget", type=float, default=0.3, help="rough seconds of fp32 work per shape and round")
     parser.add_argument("--profile", action="store_true", help="also profile one fp32 and one bf16 step")
+    parser.add_argument("--no-products", action="store_true", help="profile only (with --profile)")
     parser.add_argument("--tag", default="")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
@@ -167,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"machine": describe("cpu"), "preset": args.preset, "profiles": profiles,
               "bf16_step_products_gflop": sum(_flops(k[0], k[1]) * c for k, c in bf16_seen.items()) / 1e9,
               "bf16_step_product_kinds": sorted({k[0] for k in bf16_seen}), "by_threads": {}}
-    for threads in args.threads:
+    for threads in [] if args.no_products else args.threads:
         torch.set_num_threads(threads)
         rows = time_products(fp32_seen, args.rounds, args.budget)
         summary = summarise(rows)
