@@ -11,7 +11,9 @@ over the bf16 products' time (so FLOP-weighted: each product counts by its time 
 
 ``--profile`` also profiles one fp32 and one bf16-autocast step (``torch.profiler``, self CPU
 time by operator, forward and backward together) and writes the top operators of each, and
-the casts, fills and reductions split by input shape. ``--no-products`` skips the timing.
+the casts, fills and reductions split by input shape. ``--no-products`` skips the timing;
+``--bf16-step`` also times the products the bf16-autocast step itself records (autocast's
+copies may lay them out differently from the fp32 step's).
 
 Run: ``python benchmarks/training_products.py --preset fractalmar-in64 --threads 1 2``
 (writes benchmarks/results/training_products_<preset>[_tag].json). About 8 GiB for the paper
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=0.3, help="rough seconds of fp32 work per shape and round")
     parser.add_argument("--profile", action="store_true", help="also profile one fp32 and one bf16 step")
     parser.add_argument("--no-products", action="store_true", help="profile only (with --profile)")
+    parser.add_argument("--bf16-step", action="store_true",
+                        help="also time the bf16 step's own products (its shapes and strides) both ways")
     parser.add_argument("--tag", default="")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
@@ -182,6 +186,11 @@ def main(argv: list[str] | None = None) -> None:
               "bf16_step_product_kinds": sorted({k[0] for k in bf16_seen}), "by_threads": {}}
     for threads in [] if args.no_products else args.threads:
         torch.set_num_threads(threads)
+        if args.bf16_step:  # the products as the bf16 step runs them (autocast's layouts)
+            bf16_rows = time_products(bf16_seen, args.rounds, args.budget)
+            result.setdefault("bf16_step_by_threads", {})[str(threads)] = {
+                "summary": summarise(bf16_rows), "products": bf16_rows}
+            print(f"threads {threads}, the bf16 step's own products: " + json.dumps(summarise(bf16_rows)), flush=True)
         rows = time_products(fp32_seen, args.rounds, args.budget)
         summary = summarise(rows)
         print(f"threads {threads}: " + json.dumps(summary), flush=True)
