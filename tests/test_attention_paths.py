@@ -112,7 +112,8 @@ def test_layer_with_cache_or_dropout_never_takes_the_explicit_path(mode, monkeyp
 
 # ---- bfloat16 training (autocast): the explicit form with float32 scores ----------------------
 
-BF16_HIGH = attention_module.EXPLICIT_MAX_KEYS_BF16_TRAINING
+#: the bound this file was written for (read from the module where it exists)
+BF16_HIGH = getattr(attention_module, "EXPLICIT_MAX_KEYS_BF16_TRAINING", 128)
 BF16_LENGTHS = [1, 3, LOW - 1, 21, 69, BF16_HIGH, BF16_HIGH + 1]
 
 
@@ -191,7 +192,7 @@ def test_bf16_explicit_attention_follows_the_originals_policy(s, e, causal):
     """The bare function on bf16 q, k, v computes what the original FractalGen's attention does
     under autocast: scores and softmax in float32 (here float64, to one bf16 step), the weights
     rounded to bf16 for the product with v, a bf16 result. Rounding the scores to bf16 as well
-    (what a plain bf16 ``q @ k^T`` would do) is 5-20x further off and fails this."""
+    (what a plain bf16 ``q @ k^T`` would do) fails this at 69 and 261 keys."""
     g = torch.Generator().manual_seed(s * 100 + e)
     q, k, v = (torch.randn(4, 2, s, e, generator=g).mul(2).to(torch.bfloat16) for _ in range(3))
     got = attention_module.explicit_attention(q, k, v, causal=causal)
