@@ -9,7 +9,9 @@ are printed, forward / backward / both. ``--clock cpu`` times in process CPU tim
 shared machine at one thread; at two threads it counts spinning threads too), ``wall`` in
 seconds. Prints the rows of the table in ``fractalkit/nn/attention.py``.
 
-Run: ``PYTHONPATH=. python benchmarks/attention_paths.py --threads 2 [--clock cpu]``
+``--bf16`` times both in bfloat16 (q, k, v as bf16 autocast's products make them).
+
+Run: ``PYTHONPATH=. python benchmarks/attention_paths.py --threads 2 [--clock cpu] [--bf16]``
 (writes benchmarks/results/attention_paths[_TAG].json).
 """
 
@@ -36,7 +38,8 @@ LENGTHS = (3, 9, 17, 21, 33, 49, 69)
 HEAD_DIMS = (16, 32, 64)
 
 
-def time_pair(n: int, heads: int, length: int, e: int, causal: bool, rounds: int, clock) -> dict:
+def time_pair(n: int, heads: int, length: int, e: int, causal: bool, rounds: int, clock,
+              dtype: torch.dtype = torch.float32) -> dict:
     """Median forward, backward and total ratios explicit / SDPA over ``rounds`` rounds."""
     kernels = {
         "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
@@ -45,7 +48,7 @@ def time_pair(n: int, heads: int, length: int, e: int, causal: bool, rounds: int
     times: dict[str, list] = {name: [] for name in kernels}
     for r in range(rounds + 1):  # round 0 warms up
         for name in (list(kernels) if r % 2 else list(reversed(kernels))):
-            qkv = torch.randn(n, length, 3, heads, e, requires_grad=True)
+            qkv = torch.randn(n, length, 3, heads, e, dtype=dtype, requires_grad=True)
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
             t0 = clock()
             out = kernels[name](q, k, v)
@@ -71,18 +74,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=cli.positive_int, default=35000, help="tokens per call (N * L)")
     parser.add_argument("--rounds", type=cli.positive_int, default=6)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--bf16", action="store_true",
+                        help="q, k, v in bfloat16 (as bf16 autocast's products make them): SDPA's bf16 "
+                             "kernel against the explicit form's bf16 path (float32 scores)")
+    parser.add_argument("--lengths", nargs="+", type=cli.positive_int, default=list(LENGTHS))
+    parser.add_argument("--head-dims", nargs="+", type=cli.positive_int, default=list(HEAD_DIMS))
+    parser.add_argument("--heads", type=cli.positive_int, default=4)
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rows = []
-    for e in HEAD_DIMS:
-        for length in LENGTHS:
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    for e in args.head_dims:
+        for length in args.lengths:
             for causal in (False, True):
-                row = {"keys": length, "head_dim": e, "causal": causal, "heads": 4,
-                       "sequences": args.tokens // length}
-                row |= time_pair(row["sequences"], 4, length, e, causal, args.rounds, clock)
+                row = {"keys": length, "head_dim": e, "causal": causal, "heads": args.heads,
+                       "sequences": args.tokens // length, "dtype": str(dtype)}
+                row |= time_pair(row["sequences"], args.heads, length, e, causal, args.rounds, clock, dtype)
                 rows.append(row)
                 print(f"| {length}, {e}{', causal' if causal else ''} | {row['ratio_forward']:.2f} / "
                       f"{row['ratio_backward']:.2f} / {row['ratio_total']:.2f} |", flush=True)

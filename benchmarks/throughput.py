@@ -13,7 +13,9 @@ matmul rate, and the weight bytes its sequential AR steps stream at the copy ban
 ``--optimizer`` picks what holds the optimizer state (AdamW, AdamW stepped inside the backward
 pass, Adafactor: the memory options a user can choose). ``--compile`` opts in to ``Fractal.compile()`` (the first training step, or a draw stopped
 after one top-level step, warms up and is reported apart); ``--checkpointing`` turns on
-gradient checkpointing in every level.
+gradient checkpointing in every level. ``--alternate ROUNDS`` times fp32 and bf16-autocast
+training steps of one model alternately (forward, backward and optimizer apart), the fairest
+bf16/fp32 ratio on a shared machine (the fractions of the matmul rate are per precision).
 
 Like :class:`fractalkit.training.Trainer` on the CPU, the script first lets glibc keep freed
 tensor memory for reuse (:func:`fractalkit.hostmem.keep_freed_host_memory`: no page faults for the
@@ -161,6 +163,65 @@ def train_step(name, batch, device, bf16, *, compile=False, checkpointing=False,
             "images_per_s": batch / step, "peak_memory_GiB": peak, "peak_memory_GB": peak * 2**30 / 1e9}
 
 
+def alternate_train_steps(name, batch, device, *, rounds=3, optimizer="adamw", bf16_sdpa=False,
+                          clock=time.perf_counter) -> dict:
+    """fp32 and bf16-autocast training steps of ONE model, alternated, ``rounds`` pairs after one
+    warm-up pair: per step the forward (loss), backward and optimizer seconds, and per pair the
+    fp32 step over the bf16 step (the ratio a loaded machine disturbs least). ``bf16_sdpa`` adds
+    a third step per round, bf16 with SDPA for all attention (the bf16 explicit-attention path of
+    ``fractalkit.nn.attention`` off, as before it existed), and its step over the bf16 step.
+    ``clock``: ``time.perf_counter`` (wall) or ``time.process_time`` (CPU time of this process:
+    at one thread, steadier on a machine other jobs share)."""
+    from fractalkit.nn import attention
+    torch.manual_seed(0)
+    model = build_preset(name).to(device).train()
+    opt = make_optimizer(optimizer, model)
+    size = PRESETS[name].image_size
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randint(0, 256, (batch, 3, size, size), generator=g, device=device)
+    y = torch.randint(0, model.num_classes, (batch,), generator=g, device=device)
+
+    def sync() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return clock()
+
+    steps: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+    if bf16_sdpa:
+        steps["bf16_sdpa"] = []
+    bound = attention.EXPLICIT_MAX_KEYS_BF16_TRAINING
+    for _ in range(rounds + 1):
+        for key in steps:
+            attention.EXPLICIT_MAX_KEYS_BF16_TRAINING = 0 if key == "bf16_sdpa" else bound
+            t0 = sync()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=key != "fp32"):
+                loss = model.loss(x, y, generator=g)
+            t1 = sync()
+            loss.total.backward()
+            t2 = sync()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t3 = sync()
+            steps[key].append({"forward_s": t1 - t0, "backward_s": t2 - t1, "optimizer_s": t3 - t2,
+                               "step_s": t3 - t0})
+    for key in steps:
+        steps[key] = steps[key][1:]  # the first pair warms up
+    attention.EXPLICIT_MAX_KEYS_BF16_TRAINING = bound
+
+    def ratios(a: str, b: str) -> list[float]:
+        return [x["step_s"] / y["step_s"] for x, y in zip(steps[a], steps[b], strict=True)]
+
+    median = {key: {part: sorted(s[part] for s in runs)[len(runs) // 2] for part in runs[0]}
+              for key, runs in steps.items()}
+    out = {"kind": "train_alternate", "preset": name, "batch": batch, "optimizer": optimizer,
+           "rounds": rounds, "steps": steps, "median": median}
+    for a, b in [("fp32", "bf16")] + ([("bf16_sdpa", "bf16")] if bf16_sdpa else []):
+        r = ratios(a, b)
+        out[f"{a}_over_{b}"], out[f"{a}_over_{b}_median"] = r, sorted(r)[len(r) // 2]
+    out["peak_memory_GiB"] = peak_memory_gib(device)
+    return out
+
+
 class _Stop(Exception):
     """Raised by the warm-up callback to end a draw after its first top-level step."""
 
@@ -228,6 +289,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="training: what holds the optimizer state (see make_optimizer)")
     parser.add_argument("--train-steps", type=cli.positive_int, default=3, help="timed training steps (after one)")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--alternate", type=cli.non_negative_int, default=0, metavar="ROUNDS",
+                        help="training: alternate fp32 and bf16 steps of one model for ROUNDS pairs "
+                             "(forward, backward, optimizer timed apart) instead of separate runs")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="with --alternate: wall seconds or this process's CPU seconds (steadier "
+                             "at --threads 1 on a shared machine)")
+    parser.add_argument("--bf16-sdpa", action="store_true",
+                        help="with --alternate: a third step per round, bf16 with SDPA for all attention")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     parser.add_argument("--no-keep-host-memory", action="store_true",
                         help="leave glibc's malloc defaults (freed large buffers go back to the kernel)")
@@ -246,8 +315,19 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.presets:
         flops = executed_step_flops(name)
         for batch in args.batches:
+            if args.alternate and not args.no_train:
+                r = alternate_train_steps(name, batch, device, rounds=args.alternate, optimizer=args.optimizer,
+                                          bf16_sdpa=args.bf16_sdpa,
+                                          clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+                r["clock"] = args.clock
+                for key in r["median"]:
+                    r["median"][key]["fraction_of_matmul_rate"] = (
+                        flops * batch / r["median"][key]["step_s"] / rate_of(machine, key != "fp32"))
+                r["executed_gflops_per_image"] = flops / 1e9
+                print(json.dumps({k: v for k, v in r.items() if k != "steps"}), flush=True)
+                runs.append(r)
             for bf16 in [False, True] if args.bf16 else [False]:
-                if not args.no_train:
+                if not args.no_train and not args.alternate:
                     r = train_step(name, batch, device, bf16, compile=args.compile,
                                    checkpointing=args.checkpointing, steps=args.train_steps,
                                    optimizer=args.optimizer)
@@ -271,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     tag = "_".join(args.presets) if len(args.presets) < 3 else "presets"
     tag += "_sampling" if args.no_train else ""
     tag += "_training" if args.no_sample else ""
+    tag += "_alternate" if args.alternate and not args.no_train else ""
+    tag += f"_t{args.threads}" if args.alternate and args.threads else ""
     tag += "_compiled" if args.compile else ""
     tag += "_checkpointing" if args.checkpointing else ""
     tag += "_bf16weights" if args.bf16_weights else ""

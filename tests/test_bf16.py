@@ -111,3 +111,37 @@ def test_leaf_decodes_in_its_weights_dtype_under_cpu_autocast() -> None:
     with autocast:
         got = draw()
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("kind", ["ar", "mar"])
+def test_bf16_training_loss_and_gradients_within_tolerance(kind: str, monkeypatch) -> None:
+    """A training step under bf16 autocast (the attention of the level's 17-21 keys and the
+    leaf's 3 now take the explicit form with float32 scores): the loss within the stated
+    per-dimension tolerance of float32's, every gradient within 5% of float32's in norm."""
+    from fractalkit.nn import attention
+
+    calls = []
+    real = attention.explicit_attention
+    monkeypatch.setattr(attention, "explicit_attention",
+                        lambda q, *a, **k: calls.append(q.dtype) or real(q, *a, **k))
+    model = _wide_model(kind).train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (3, 3, 4, 4), generator=g)
+    y = torch.tensor([0, 1, 2])
+
+    def step(bf16: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(x, y, generator=torch.Generator().manual_seed(5)).total
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    ref, ref_grads = step(False)
+    calls.clear()
+    got, grads = step(True)
+    assert torch.bfloat16 in calls  # the bf16 training path was taken
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got))
+    assert float((got - ref).abs()) <= BF16_NATS_PER_DIM, (got, ref)  # the loss is a mean per dim
+    assert len(grads) == len(ref_grads)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert float((a - b).norm()) <= 0.05 * float(b.norm()) + 1e-6

@@ -43,6 +43,27 @@ KV-cached decoding under bf16 CPU autocast attends in float32 (:func:`widened_de
 stored exactly) and the step's few queries are upcast, because a bf16
 ``scaled_dot_product_attention`` of one query is 3-6x slower than a float32 one on a CPU
 without AMX (figures in :func:`cached_attention_in`). Float32 decoding does not change.
+
+In bfloat16 (bf16 autocast's products) SDPA's CPU backward kernel is slow at every length
+measured. Ratios explicit / SDPA as above, bf16 q/k/v, 8 heads, about 20,000 tokens per call,
+one thread in process CPU time on the same CPU (``avx512_bf16``), shared with other jobs (load
+about 3 on its 2 cores); ``attention_paths.py --bf16``:
+
+| L, E, causal | 1 thread |
+|---|---|
+| 3, 32 (causal: FractalMAR-64's leaf) | 0.85 / 0.50 / 0.63 (causal 0.75 / 0.50 / 0.60) |
+| 9, 32 | 1.27 / 0.37 / 0.64 |
+| 21, 32 | 1.17 / 0.08 / 0.17 |
+| 21, 64 (FractalMAR-64's second level) | 1.65 / 0.24 / 0.42 |
+| 33, 32 | 1.25 / 0.15 / 0.27 |
+| 69, 32 | 1.95 / 0.36 / 0.47 |
+| 129, 32 | 2.81 / 0.57 / 0.85 (causal 0.97) |
+| 261, 32 | 2.81 / 1.22 / 1.55 (causal 2.24) |
+
+So with a backward pass to follow, bf16 calls of up to :data:`EXPLICIT_MAX_KEYS_BF16_TRAINING`
+keys take the explicit form; without one (sampling) its forward loses and SDPA stays. In bf16
+the explicit form follows the original FractalGen's attention under autocast: scores and softmax
+in float32, the weights rounded to bf16 for the product with v.
 """
 
 from __future__ import annotations
@@ -61,28 +82,43 @@ EXPLICIT_MIN_KEYS = 16
 EXPLICIT_MAX_KEYS = 24
 
 
+#: Longest key sequence sent to :func:`explicit_attention` in bfloat16 when a backward pass
+#: follows (training under bf16 autocast); 0 turns that path off. Measured, see
+#: :func:`explicit_wanted`.
+EXPLICIT_MAX_KEYS_BF16_TRAINING = 128
+
+
 def explicit_wanted(q: Tensor, keys: int, *, cached: bool, dropout: float) -> bool:
     """Whether :class:`Attention` computes this call with :func:`explicit_attention`.
 
-    True on CPU, in float32 or float64, with no KV cache, no attention dropout and
-    :data:`EXPLICIT_MIN_KEYS` to :data:`EXPLICIT_MAX_KEYS` keys; otherwise
-    :func:`torch.nn.functional.scaled_dot_product_attention` (on CUDA, in 16-bit floats and for
-    other lengths it was not slower or was not measured; its dropout draws random numbers its
-    own way; a cache brings a mask and long key rows).
+    True on CPU, with no KV cache and no attention dropout, for
+
+    - float32 or float64 and :data:`EXPLICIT_MIN_KEYS` to :data:`EXPLICIT_MAX_KEYS` keys;
+    - bfloat16 (under bf16 autocast, or bf16 weights) when a backward pass follows (grad mode
+      on and ``q`` requires grad) and at most :data:`EXPLICIT_MAX_KEYS_BF16_TRAINING` keys:
+      SDPA's bf16 CPU backward kernel is slow (the module docstring's second table: at 21 keys,
+      the second level of FractalMAR-64, the explicit form's forward plus backward takes 0.2-0.4x
+      SDPA's); at 261 keys over many sequences the explicit form lost, so long rows keep SDPA.
+      Without a backward (sampling) SDPA's bf16 forward is the faster one, so it stays.
+
+    Otherwise :func:`torch.nn.functional.scaled_dot_product_attention` (on CUDA, in float16
+    and for other lengths it was not slower or was not measured; its dropout draws random
+    numbers its own way; a cache brings a mask and long key rows).
 
     Args:
-        q: the queries, ``[N, H, S, E]`` (only their device and dtype are read).
+        q: the queries, ``[N, H, S, E]`` (its device, dtype and ``requires_grad`` are read).
         keys: L, how many keys each query sees.
         cached: keys and values come from a :class:`KVCache`.
         dropout: the attention dropout probability of this call (0 in eval mode).
     """
-    return (
-        q.device.type == "cpu"
-        and q.dtype in (torch.float32, torch.float64)
-        and not cached
-        and dropout == 0.0
-        and EXPLICIT_MIN_KEYS <= keys <= EXPLICIT_MAX_KEYS
-    )
+    if q.device.type != "cpu" or cached or dropout != 0.0:
+        return False
+    if q.dtype in (torch.float32, torch.float64):
+        return EXPLICIT_MIN_KEYS <= keys <= EXPLICIT_MAX_KEYS
+    if q.dtype == torch.bfloat16:
+        backward = torch.is_grad_enabled() and bool(getattr(q, "requires_grad", False))
+        return backward and keys <= EXPLICIT_MAX_KEYS_BF16_TRAINING
+    return False
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tensor:
@@ -90,6 +126,8 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tens
 
     The same attention as :func:`torch.nn.functional.scaled_dot_product_attention` with no
     mask or dropout, to rounding; faster on CPU for short sequences (the module docstring).
+    bfloat16 inputs get float32 scores and softmax (autocast off for them), bf16 weights times
+    ``v`` and a bf16 result: the original FractalGen's attention under autocast.
 
     Args:
         q: ``[N, H, S, E]`` queries.
@@ -101,10 +139,18 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tens
     """
     # Scaled in place after the product (as the original FractalGen code does): the product's
     # backward needs q and k, not its output, so autograd allows it, and it saves a copy of q.
+    if q.dtype == torch.bfloat16:
+        # The original's MAR attention under autocast: scores and softmax in float32 from the
+        # bf16 queries and keys (autocast off for that product), the weights cast to bf16 for
+        # the product with v. Rounding the scores to bf16 would lose more than the reference.
+        with torch.autocast(q.device.type, enabled=False):
+            scores = torch.matmul(q.float(), k.float().transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
+            if causal:
+                scores.masked_fill_(_causal_hidden(q, k), float("-inf"))
+            return torch.matmul(scores.softmax(-1).to(v.dtype), v)
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # [N, H, S, L]
     if causal:
-        hidden = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
-        scores.masked_fill_(hidden, float("-inf"))
+        scores.masked_fill_(_causal_hidden(q, k), float("-inf"))
     return torch.matmul(scores.softmax(-1), v)
 
 
@@ -156,6 +202,10 @@ def cached_attention_in(
     with torch.autocast(q.device.type, enabled=False):
         out = F.scaled_dot_product_attention(q.to(dtype), k, v, attn_mask=mask)
     return out.to(out_dtype or q.dtype)
+
+def _causal_hidden(q: Tensor, k: Tensor) -> Tensor:
+    """bool ``[S, L]``: True where query i must not see key j (j > i)."""
+    return torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
 
 
 class KVCache:
