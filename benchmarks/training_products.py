@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="fractalmar-in64", choices=sorted(PRESETS))
     parser.add_argument("--threads", nargs="+", type=cli.positive_int, default=[1, 2])
     parser.add_argument("--rounds", type=cli.positive_int, default=3, help="alternations per shape")
-    parser.add_argument("--budget", type=float, default=0.3, help="rough seconds of fp32 work per shape and round")
+    parser.add_argument("--budget", type=cli.positive_float, default=0.3, help="rough seconds of fp32 work per shape and round")
     parser.add_argument("--profile", action="store_true", help="also profile one fp32 and one bf16 step")
     parser.add_argument("--no-products", action="store_true", help="profile only (with --profile)")
     parser.add_argument("--bf16-step", action="store_true",

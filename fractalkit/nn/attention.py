@@ -34,8 +34,8 @@ outcome depends on the head size and the thread count (the RGB leaf's 3 keys of 
 So the path takes 16 keys to 24 (midway to the 33 that loses). On a quiet machine at two
 threads the 69 keys of the small MAR's top level won too (8.4 against 11.1 ms, forward plus
 backward), but they lose at one thread here, and a bound that depends on the thread count was
-not adopted on this evidence. 16-bit floats, CUDA and cached decoding
-keep SDPA (not measured, or a mask over long key rows); attention dropout keeps it because SDPA
+not adopted on this evidence. float16, bfloat16 without a backward pass (below), CUDA and
+cached decoding keep SDPA (not measured, or a mask over long key rows); attention dropout keeps it because SDPA
 draws its dropout mask its own way. The result equals SDPA's to rounding (float64: 1e-12).
 
 KV-cached decoding under bf16 CPU autocast attends in float32 (:func:`widened_decoding`,
