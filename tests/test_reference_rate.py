@@ -134,6 +134,24 @@ def test_sampling_bounds_use_the_best_rate_seen(bf16, after) -> None:
     assert throughput.against_limits(train, machine)["fraction_of_matmul_rate"] == pytest.approx(100e9 / rate)
 
 
+@pytest.mark.parametrize("after", [[100e9], [250e9]])
+def test_alternated_steps_each_use_their_own_precisions_best_rate(after) -> None:
+    """``throughput.py --alternate``: fp32 and bf16 steps of one model (and the bf16 step with
+    SDPA), each median against its own precision's best rate, set again after the remeasure."""
+    m, throughput = _machine(), _script("throughput")
+    machine = m.record_rates({}, "before", {"fp32": [150e9, 200e9], "bf16": [300e9, 400e9]})
+    run = {"kind": "train_alternate", "batch": 2, "executed_gflops_per_image": 1000.0,
+           "median": {"fp32": {"step_s": 10.0}, "bf16": {"step_s": 5.0}, "bf16_sdpa": {"step_s": 8.0}}}
+    throughput.against_limits(run, machine)
+    assert run["median"]["fp32"]["fraction_of_matmul_rate"] == pytest.approx(200e9 / 200e9)
+    m.record_rates(machine, "after", {"fp32": after, "bf16": after})
+    throughput.against_limits(run, machine)
+    fp32, bf16 = max(200e9, *after), max(400e9, *after)
+    expected = {"fp32": 200e9 / fp32, "bf16": 400e9 / bf16, "bf16_sdpa": 250e9 / bf16}
+    for key, fraction in expected.items():
+        assert run["median"][key]["fraction_of_matmul_rate"] == pytest.approx(fraction)
+
+
 @pytest.mark.parametrize("steps", [1, 2, 5])
 def test_a_profile_is_set_against_its_bound_level_by_level(steps) -> None:
     m, profile = _machine(), _script("profile_levels")
