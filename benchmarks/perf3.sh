@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 23's CPU rows, re-measured in one command. About 6 minutes on the 2-core EPYC when the
+# Issue 23's CPU rows, re-measured in one command. About 8 minutes on the 2-core EPYC when the
 # machine is quiet; --original adds about 4, --full about 17 (run nothing else meanwhile).
 #
 #   1. the small 3-level MAR against the AR of the same sizes, batch 32, fp32, at 2 threads and
@@ -14,8 +14,10 @@
 #      both codes -> results/against_original_TAG{,_keep,_presets}.json
 #   3. the paper models' training step at batch 1 (FractalMAR-64 fp32 and bf16 autocast, with
 #      peak RSS, and fp32 again with glibc's malloc defaults; FractalAR-64 fp32), executed FLOPs
-#      against the machine's matmul rate (target 4)
-#      -> results/throughput_cpu_fractalmar-in64_training_TAG{,_nokeep}.json, ..._fractalar-in64_...
+#      against the machine's pinned matmul rate (target 4); then FractalMAR-64's fp32 and bf16
+#      steps of one model alternated, 3 rounds, with a third bf16 step on SDPA for all attention
+#      -> results/throughput_cpu_fractalmar-in64_training_TAG{,_nokeep}.json, ..._fractalar-in64_...,
+#         results/throughput_cpu_fractalmar-in64_training_alternate_t2_TAG.json
 #   4. bf16 autocast against fp32 at batch 1, 2 threads, pairs of draws in turn over a reduced
 #      number of top-level steps: FractalAR-64 (8 steps per draw, 3 pairs) and FractalMAR-64
 #      (2 steps per draw, 2 pairs); bf16 draws without and with prepacked weights; the skinny
@@ -28,6 +30,9 @@
 #      matmul rate measured in that run (target 2 counts 3 of 3 quiet runs)
 #      -> results/throughput_cpu_fractalar-in64_sampling_TAG.json,
 #         results/throughput_cpu_fractalmar-in64_sampling_TAG_run{1,2,3}.json
+#
+#   0. first, the reference matmul rate's stability: five fresh processes at 2 threads
+#      -> results/machine_rate_stability_TAG.json
 #
 # Run from anywhere: bash benchmarks/perf3.sh [--tag TAG] [--original PATH] [--full]
 # (TAG defaults to perf3).
@@ -44,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 uptime
+python benchmarks/machine.py --repeat 5 --threads 2 --out "benchmarks/results/machine_rate_stability_${tag}.json"
 python benchmarks/small_models.py --threads 2 --steps 6 --profile --tag "${tag}_t2"
 python benchmarks/small_models.py --threads 1 --steps 4 --profile --tag "${tag}_t1"
 python benchmarks/small_models.py --threads 2 --steps 4 --no-keep-host-memory --tag "${tag}_t2_nokeep"
@@ -59,6 +65,8 @@ python benchmarks/throughput.py --presets fractalmar-in64 --batches 1 --no-sampl
 python benchmarks/throughput.py --presets fractalmar-in64 --batches 1 --no-sample --threads 2 \
     --no-keep-host-memory --tag "${tag}_nokeep"
 python benchmarks/throughput.py --presets fractalar-in64 --batches 1 --no-sample --threads 2 --tag "$tag"
+python benchmarks/throughput.py --presets fractalmar-in64 --batches 1 --no-sample --threads 2 \
+    --alternate 3 --bf16-sdpa --tag "$tag"
 python benchmarks/profile_levels.py --preset fractalar-in64 --batch 1 --sampling --steps 8 \
     --alternate 3 --threads 2 --tag "$tag"
 python benchmarks/profile_levels.py --preset fractalmar-in64 --batch 1 --sampling --steps 2 \
