@@ -195,16 +195,14 @@ def packed_pair(first: Linear, second: Linear, x: Tensor) -> Tensor | None:
     """
     if not _packed.depth or not computes_reduced(first.weight):  # float32 returns here
         return None
-    rows = x.numel() // max(first.in_features, 1)
-    if (
-        x.device.type != "cpu"
-        or not 0 < rows <= SKINNY_ROWS
-        or first.in_features != second.in_features
-        or min(first.weight.numel(), second.weight.numel()) < LARGE_WEIGHT
-        or (first.bias is None) != (second.bias is None)
-        or first.weight.dtype != second.weight.dtype
-        or _prepacked(first.weight, x, cache=False) is None
-        or _prepacked(second.weight, x, cache=False) is None
+    if not (
+        first.in_features == second.in_features
+        and _skinny(first, x)
+        and _skinny(second, x)
+        and (first.bias is None) == (second.bias is None)
+        and first.weight.dtype == second.weight.dtype
+        and _packable(first.weight, x)
+        and _packable(second.weight, x)
     ):
         return None
     packed = _cached_pair(first.weight, second.weight, _pack_pair)
@@ -220,22 +218,32 @@ def _to_bf16(bias: Tensor) -> Tensor:
     return bias.to(torch.bfloat16)
 
 
-def _prepacked(weight: Tensor, x: Tensor, *, cache: bool = True) -> Tensor | None:
-    """The prepacked bfloat16 copy of ``weight`` for a product with ``x`` (made now if absent
-    or stale), or None where that path does not apply (``cache=False``: ``weight`` itself where
-    it applies, nothing packed)."""
+def _skinny(layer: nn.Linear, x: Tensor) -> bool:
+    """Whether ``layer(x)`` is a skinny CPU product: at most :data:`SKINNY_ROWS` rows of ``x``
+    against at least :data:`LARGE_WEIGHT` weights."""
+    rows = x.numel() // max(layer.in_features, 1)
+    return x.device.type == "cpu" and 0 < rows <= SKINNY_ROWS and layer.weight.numel() >= LARGE_WEIGHT
+
+
+def _packable(weight: Tensor, x: Tensor) -> bool:
+    """Whether a product of ``x`` with ``weight`` may read a prepacked bfloat16 weight here."""
     if not _packed.depth or torch.compiler.is_compiling() or not packing_available():
-        return None
+        return False
     if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
-        return None  # no backward through the packed product
+        return False  # no backward through the packed product
     if torch.is_autocast_enabled("cpu"):
-        if torch.get_autocast_dtype("cpu") != torch.bfloat16 or weight.dtype != torch.float32:
-            return None
-        if x.dtype not in (torch.float32, torch.bfloat16):
-            return None
-    elif weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16:
-        return None  # F.linear reports a dtype mismatch
-    return _cached(weight, _pack) if cache else weight
+        return (
+            torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and weight.dtype == torch.float32
+            and x.dtype in (torch.float32, torch.bfloat16)
+        )
+    return weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16  # else F.linear reports it
+
+
+def _prepacked(weight: Tensor, x: Tensor) -> Tensor | None:
+    """The prepacked bfloat16 copy of ``weight`` for a product with ``x`` (made now if absent
+    or stale), or None where that path does not apply."""
+    return _cached(weight, _pack) if _packable(weight, x) else None
 
 
 class Linear(nn.Linear):
@@ -250,9 +258,7 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         """``[..., in_features] -> [..., out_features]``; under bf16 autocast, or with bf16
         weights, the result is bfloat16 (as ``F.linear``'s)."""
-        rows = x.numel() // max(self.in_features, 1)
-        skinny = 0 < rows <= SKINNY_ROWS and self.weight.numel() >= LARGE_WEIGHT
-        if x.device.type != "cpu" or not skinny:
+        if not _skinny(self, x):
             return F.linear(x, self.weight, self.bias)
         if computes_reduced(self.weight):
             packed = _prepacked(self.weight, x)
@@ -260,7 +266,7 @@ class Linear(nn.Linear):
                 return F.linear(x, self.weight, self.bias)
             bias = None if self.bias is None else _cached(self.bias, _to_bf16)
             return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).contiguous(), packed, bias, "none", [], "")
-        out = torch.mm(self.weight, x.reshape(rows, self.in_features).T).T.contiguous()
+        out = torch.mm(self.weight, x.reshape(-1, self.in_features).T).T.contiguous()
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
